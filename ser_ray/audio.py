@@ -1,0 +1,210 @@
+"""Decode and condition audio: pure functions from bytes to mono float32 windows.
+
+Every failure raises :class:`AudioError` with a stable ``reason`` (see ``schema.REASONS``) so the
+pipeline can quarantine the file and go on.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ser_ray.config import AudioConfig
+
+
+class AudioError(Exception):
+    """A file that cannot be used; ``reason`` is one of ``schema.REASONS``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# Extensions that mark a file as an audio input (anything else is still read and sniffed when
+# it is not a known metadata file: a non-audio file under a .wav name must be quarantined).
+AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
+                    ".mp3", ".m4a", ".mp4", ".aac", ".au", ".snd", ".caf", ".w64", ".rf64")
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Container of a file from its first bytes, ignoring the extension (TESS ships AIFF as .wav)."""
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:4] == b".snd":
+        return "au"
+    if head[:4] == b"caff":
+        return "caf"
+    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+                              and head[1] & 0x06 != 0):
+        return "mp3"
+    if head[4:8] == b"ftyp":
+        return "m4a"
+    return None
+
+
+def _wav_truncation(data: bytes) -> str | None:
+    """Describe a RIFF/WAVE file whose data chunk is shorter than its header declares."""
+    if data[:4] != b"RIFF":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if cid == b"data":
+            have = len(data) - pos - 8
+            # 0 and 0xFFFFFFFF are written by streaming recorders that never patch the header.
+            if size not in (0, 0xFFFFFFFF) and have < size:
+                return f"header declares {size} bytes of audio, file holds {have}"
+            return None
+        pos += 8 + size + (size & 1)
+    return "no data chunk before end of file"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded file: ``samples`` is (frames, channels) float32 at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+    format: str
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[0] / float(self.sample_rate)
+
+
+def decode(data: bytes) -> Decoded:
+    """Decode audio bytes of any container libsndfile reads (wav, flac, ogg, aiff, mp3, ...)."""
+    if len(data) == 0:
+        raise AudioError("empty", "file has 0 bytes")
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise AudioError("not_audio", f"first bytes {data[:12]!r} match no audio container")
+    if fmt == "m4a":
+        raise AudioError("unsupported_format",
+                         "m4a/mp4 audio needs an ffmpeg-based decoder, which is not installed; "
+                         "convert to wav or flac first")
+    if fmt == "wav":
+        problem = _wav_truncation(data)
+        if problem:
+            raise AudioError("decode_error", f"truncated wav: {problem}")
+    try:
+        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+        raise AudioError("decode_error", f"{fmt}: {exc}") from None
+    if samples.shape[0] == 0:
+        raise AudioError("empty", f"{fmt} container holds no audio frames")
+    if not np.isfinite(samples).all():
+        raise AudioError("bad_samples", f"{int((~np.isfinite(samples)).sum())} NaN/inf samples")
+    return Decoded(samples, int(sr), fmt)
+
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,) mono by averaging channels."""
+    return samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
+
+
+def resample(y: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """High-quality resampling with soxr; a no-op at the target rate."""
+    if sr == target_sr:
+        return y
+    return soxr.resample(y, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def trim(y: np.ndarray, top_db: float) -> np.ndarray:
+    """Strip leading and trailing silence quieter than ``top_db`` below the peak."""
+    import librosa
+
+    out, _ = librosa.effects.trim(y, top_db=top_db)
+    return out if out.size else y
+
+
+def normalise(y: np.ndarray, mode: str, rms_dbfs: float = -20.0) -> np.ndarray:
+    """Per-utterance level normalisation: ``peak`` to [-1, 1] or ``rms`` to ``rms_dbfs``."""
+    if mode == "none":
+        return y
+    if mode == "peak":
+        peak = float(np.max(np.abs(y)))
+        return y / peak if peak > 0 else y
+    if mode == "rms":
+        rms = float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
+        if rms == 0:
+            return y
+        out = y * (10 ** (rms_dbfs / 20) / rms)
+        return np.clip(out, -1.0, 1.0).astype(np.float32)
+    raise ValueError(f"audio.normalise={mode!r}: choose none, peak or rms")
+
+
+def window(y: np.ndarray, sr: int, offset_s: float, duration_s: float | None,
+           pad: bool = True) -> np.ndarray:
+    """Crop ``duration_s`` from ``offset_s`` (zero-padded to the full length when ``pad``)."""
+    start = min(int(round(offset_s * sr)), len(y))
+    if duration_s is None:
+        return y[start:]
+    n = int(round(duration_s * sr))
+    out = y[start:start + n]
+    if pad and len(out) < n:
+        out = np.pad(out, (0, n - len(out)))
+    return out
+
+
+def split_blocks(y: np.ndarray, sr: int, block_s: float,
+                 hop_s: float | None = None) -> list[tuple[int, np.ndarray]]:
+    """Split into fixed-length blocks -> [(start_sample, block)].
+
+    The last partial block is zero-padded when it holds at least half a block, and dropped
+    otherwise; a signal shorter than one block always yields one padded block, so every
+    utterance has at least one.
+    """
+    n = int(round(block_s * sr))
+    hop = int(round((hop_s or block_s) * sr))
+    if n <= 0 or hop <= 0:
+        raise ValueError(f"block_s={block_s} and hop_s={hop_s} must be positive")
+    blocks = []
+    for start in range(0, max(len(y), 1), hop):
+        block = y[start:start + n]
+        if len(block) < n:
+            if blocks and len(block) < n // 2:
+                break
+            block = np.pad(block, (0, n - len(block)))
+        blocks.append((start, block))
+        if start + n >= len(y):
+            break
+    return blocks
+
+
+def condition(decoded: Decoded, cfg: AudioConfig) -> np.ndarray:
+    """Decoded file -> mono float32 at ``cfg.sample_rate``, trimmed/normalised as configured.
+
+    Windowing (offset/duration) is applied here too; block splitting is left to the caller
+    because extractors may ask for their own block length.
+    """
+    if decoded.duration_s < cfg.min_duration_s:
+        raise AudioError("too_short", f"{decoded.duration_s:.3f} s < audio.min_duration_s="
+                                      f"{cfg.min_duration_s}")
+    if decoded.duration_s > cfg.max_duration_s:
+        raise AudioError("too_long", f"{decoded.duration_s:.1f} s > audio.max_duration_s="
+                                     f"{cfg.max_duration_s}")
+    y = resample(downmix(decoded.samples), decoded.sample_rate, cfg.sample_rate)
+    if cfg.trim:
+        y = trim(y, cfg.trim_top_db)
+    if cfg.pre_emphasis:
+        y = np.append(y[:1], y[1:] - cfg.pre_emphasis * y[:-1]).astype(np.float32)
+    y = normalise(y, cfg.normalise, cfg.rms_dbfs)
+    return window(y, cfg.sample_rate, cfg.offset_s, cfg.duration_s, cfg.pad).astype(
+        np.float32, copy=False)

@@ -1,0 +1,150 @@
+"""Run configuration: frozen dataclasses loaded from plain YAML and overridable from the CLI.
+
+Config is data: a run writes the resolved config next to its outputs, and loading that file
+again reproduces the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Decode and condition: every file ends up mono float32 at ``sample_rate``."""
+
+    sample_rate: int = 16000
+    trim: bool = False              # strip leading/trailing silence (librosa.effects.trim)
+    trim_top_db: float = 30.0
+    pre_emphasis: float = 0.0       # coefficient; 0 disables
+    normalise: str = "none"         # none | peak | rms: per-utterance level (corpora differ by ~20 dB)
+    rms_dbfs: float = -20.0         # target level for normalise=rms
+    offset_s: float = 0.0           # window start (the literature's 0.5 s)
+    duration_s: float | None = None  # window length (the literature's 2.5 s); None keeps the rest
+    pad: bool = True                # pad short windows with zeros up to duration_s
+    block_s: float | None = None    # split into blocks of this length (1 s in METHODS.md)
+    block_hop_s: float | None = None  # block hop; None = block_s (no overlap)
+    min_duration_s: float = 0.1     # shorter decoded files are quarantined as too_short
+    max_duration_s: float = 3600.0  # longer decoded files are quarantined as too_long
+    max_file_mb: float = 2048.0     # bigger files are quarantined as too_large without reading
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """S3 access. Credentials come from the standard AWS chain (env, profile, instance role)."""
+
+    endpoint_url: str | None = None  # S3-compatible store; falls back to $AWS_ENDPOINT_URL
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """The ``prepare`` job: inputs -> manifest, feature tables, quarantine, summary."""
+
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    corpus: str = "auto"            # a registered corpus, "manifest", "sidecar" or "auto"
+    label_set: str = "all"
+    features: tuple[str, ...] = ("mfcc",)
+    feature_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    files_per_task: int = 32        # files per work unit: the unit of parallelism and of resume
+    num_workers: int | None = None  # None = one per CPU of the cluster
+    cpus_per_worker: float = 1.0
+    strict: bool = False            # exit non-zero when any file is quarantined
+    seed: int = 0
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Turn a YAML value into the declared field type (tuples, nested dataclasses, optionals)."""
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        return from_dict(tp, value or {}, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(item, v, where) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ValueError(f"config {where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config {where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"config {where or cls.__name__}: unknown key(s) {unknown}; valid: {sorted(names)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, YAML-safe dict of a config (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected KEY=VALUE, e.g. audio.trim=true")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,
+         **values: Any) -> Any:
+    """Resolve a config: YAML file, then explicit ``values`` (non-None), then ``overrides``."""
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path}: expected a YAML mapping at the top level")
+    for k, v in values.items():
+        if v is not None:
+            data[k] = list(v) if isinstance(v, tuple) else v
+    apply_overrides(data, overrides or [])
+    return from_dict(cls, data)
+
+
+def dump(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,110 @@
+"""Extractor registry and the base config every feature extractor shares.
+
+An extractor is a frozen dataclass (its config) with a pure ``__call__(y, sr) -> np.ndarray``.
+Implementations are chosen by registered name, never by if/elif, and a run writes
+``extractor_config(e)`` next to its outputs so the features can be recomputed exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, ClassVar, TypeVar
+
+import numpy as np
+
+_REGISTRY: dict[str, type["Extractor"]] = {}
+
+E = TypeVar("E", bound=type["Extractor"])
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """Base config: subclasses add their parameters and implement :meth:`compute`."""
+
+    name: ClassVar[str] = ""
+    # Split audio into blocks of this many seconds before extraction; the pipeline does the
+    # splitting (one output row per block); the extractor only sees one block. None = whole clip.
+    block_s: float | None = None
+    # Rate the frame/hop sizes are expressed at; input at another rate is rejected, not resampled.
+    sample_rate: int = 16000
+
+    @property
+    def expected_sr(self) -> int | None:
+        """Sample rate the input must have, or None when the extractor copes with any rate."""
+        return self.sample_rate
+
+    def min_samples(self, sr: int) -> int:
+        """Shortest input, in samples at ``sr``, that yields a meaningful output."""
+        return 1
+
+    def compute(self, y: np.ndarray, sr: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """Validate mono float audio ``y`` at ``sr`` Hz and return the finite float32 feature."""
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(
+                f"{self.name}: expected mono 1-D audio, got shape {y.shape}; downmix first"
+            )
+        if not np.issubdtype(y.dtype, np.floating):
+            raise ValueError(f"{self.name}: expected float audio in [-1, 1], got dtype {y.dtype}")
+        if self.expected_sr is not None and sr != self.expected_sr:
+            raise ValueError(
+                f"{self.name}: input is {sr} Hz but the config expects {self.expected_sr} Hz; "
+                f"resample the audio first or set sample_rate={sr}"
+            )
+        need = self.min_samples(sr)
+        if len(y) < need:
+            raise ValueError(
+                f"{self.name}: input has {len(y)} samples ({len(y) / sr:.4f} s) but needs at least "
+                f"{need} ({need / sr:.4f} s); drop or pad such clips"
+            )
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"{self.name}: input contains NaN or inf samples")
+        out = np.asarray(self.compute(y.astype(np.float32, copy=False), sr), dtype=np.float32)
+        if not np.all(np.isfinite(out)):
+            raise ValueError(f"{self.name}: produced non-finite values for a {len(y)}-sample input")
+        return out
+
+
+def _check_choice(owner: str, field: str, value, choices) -> None:
+    """Reject a config value outside ``choices`` with a message listing them."""
+    if value not in choices:
+        raise ValueError(f"{owner}: {field}={value!r} is not one of {list(choices)}")
+
+
+def register(name: str) -> Callable[[E], E]:
+    """Class decorator: register an :class:`Extractor` subclass under ``name``."""
+
+    def deco(cls: E) -> E:
+        if name in _REGISTRY:
+            raise ValueError(f"extractor {name!r} is already registered by {_REGISTRY[name]}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    """Registered extractor names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_extractor(name: str, **overrides) -> Extractor:
+    """Build the extractor registered as ``name`` with config fields replaced by ``overrides``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown extractor {name!r}; available: {available()}")
+    cls = _REGISTRY[name]
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"extractor {name!r} has no field(s) {unknown}; valid fields: {fields}")
+    return cls(**overrides)
+
+
+def extractor_config(e: Extractor) -> dict:
+    """Resolved config of ``e`` as a plain dict, with its registered name under ``"name"``."""
+    return {"name": e.name, **dataclasses.asdict(e)}

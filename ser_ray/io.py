@@ -1,0 +1,280 @@
+"""Sources and sinks: local paths, ``s3://`` prefixes and tar shards; atomic Parquet writes.
+
+A URI is a local path, ``s3://bucket/key``, or a tar member ``<shard uri>#<member name>``.
+Listing is lazy (generators over paginated S3 listings and ``os.scandir``), so a large prefix is
+never held in memory whole: the driver only splits an input into sub-folders, and Ray workers
+list those.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import itertools
+import os
+import re
+import tarfile
+import uuid
+from pathlib import Path
+from typing import IO, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ser_ray.config import S3Config
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def is_tar(uri: str) -> bool:
+    return uri.lower().endswith(TAR_SUFFIXES)
+
+
+def is_table(uri: str) -> bool:
+    return uri.lower().endswith(TABLE_SUFFIXES)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> (``bucket``, ``a/b``)."""
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r}: expected s3://bucket/prefix")
+    return bucket, key
+
+
+def join(root: str, rel: str) -> str:
+    """Join a root URI and a '/'-separated relative path."""
+    if not rel:
+        return root
+    if is_s3(root):
+        return root.rstrip("/") + "/" + rel
+    return os.path.join(root, *rel.split("/"))
+
+
+def relpath(root: str, uri: str) -> str:
+    """Path of ``uri`` below ``root``, '/'-separated."""
+    if is_s3(root):
+        return uri[len(root.rstrip("/")) + 1:]
+    return Path(os.path.relpath(uri, root)).as_posix()
+
+
+def expand_braces(uri: str) -> list[str]:
+    """WebDataset shard notation: ``shard-{000..009}.tar`` -> ten URIs (zero padding kept)."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", uri)
+    if not m:
+        return [uri]
+    lo, hi = m.group(1), m.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    out = []
+    for i in range(int(lo), int(hi) + 1):
+        out.extend(expand_braces(uri[:m.start()] + str(i).zfill(width) + uri[m.end():]))
+    return out
+
+
+def glob_root(pattern: str) -> tuple[str, str]:
+    """Split a glob into the folder above its first wildcard and the pattern below it."""
+    parts = pattern.split("/")
+    for i, p in enumerate(parts):
+        if _GLOB.search(p):
+            return "/".join(parts[:i]) or "/", "/".join(parts[i:])
+    return pattern, ""
+
+
+class TooLarge(Exception):
+    """A file over the byte cap; it is not read."""
+
+    def __init__(self, size: int, cap: int):
+        super().__init__(f"{size} bytes > cap of {cap} bytes (audio.max_file_mb)")
+        self.size, self.cap = size, cap
+
+
+class Storage:
+    """Reads and lists local files and S3 objects (standard AWS credential chain)."""
+
+    def __init__(self, s3: S3Config | None = None):
+        self.s3cfg = s3 or S3Config()
+
+    @functools.cached_property
+    def _s3(self):
+        import boto3
+        from botocore.config import Config
+
+        endpoint = (self.s3cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL"))
+        # S3-compatible stores rarely do virtual-hosted buckets; path style works everywhere.
+        cfg = Config(s3={"addressing_style": "path"} if endpoint else {},
+                     retries={"max_attempts": 5, "mode": "standard"})
+        return boto3.client("s3", endpoint_url=endpoint, region_name=self.s3cfg.region, config=cfg)
+
+    def __getstate__(self):  # boto3 clients do not pickle; rebuild lazily in each worker
+        return {"s3cfg": self.s3cfg}
+
+    # -- reading -------------------------------------------------------------------------
+    def size(self, uri: str) -> int:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return int(self._s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        return os.stat(uri).st_size
+
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """Whole file; :class:`TooLarge` (without reading it) when over ``max_bytes``."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            resp = self._s3.get_object(Bucket=bucket, Key=key)
+            if max_bytes is not None and resp["ContentLength"] > max_bytes:
+                resp["Body"].close()
+                raise TooLarge(resp["ContentLength"], max_bytes)
+            return resp["Body"].read()
+        with open(uri, "rb") as f:
+            if max_bytes is not None:
+                size = os.fstat(f.fileno()).st_size
+                if size > max_bytes:
+                    raise TooLarge(size, max_bytes)
+            return f.read()
+
+    def read_text(self, uri: str) -> str:
+        """Text of a file; FileNotFoundError when it is absent (also on S3)."""
+        try:
+            return self.read_bytes(uri).decode("utf-8", errors="replace")
+        except Exception as exc:  # botocore raises ClientError for a missing key
+            if is_s3(uri) and ("NoSuchKey" in str(exc) or "404" in str(exc)):
+                raise FileNotFoundError(uri) from None
+            raise
+
+    def open_stream(self, uri: str) -> IO[bytes]:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return self._s3.get_object(Bucket=bucket, Key=key)["Body"]
+        return open(uri, "rb")
+
+    def exists_dir(self, uri: str) -> bool:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            prefix = key.rstrip("/") + "/" if key else ""
+            resp = self._s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            return resp.get("KeyCount", 0) > 0
+        return os.path.isdir(uri)
+
+    def exists(self, uri: str) -> bool:
+        if is_s3(uri):
+            try:
+                self.size(uri)
+                return True
+            except Exception:
+                return False
+        return os.path.exists(uri)
+
+    # -- listing -------------------------------------------------------------------------
+    def list_level(self, uri: str) -> tuple[list[str], list[str]]:
+        """One level of a folder/prefix -> (sub-folder URIs, file URIs), both sorted."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            prefix = key.rstrip("/") + "/" if key else ""
+            dirs, files = [], []
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                dirs += [f"s3://{bucket}/{p['Prefix'].rstrip('/')}"
+                         for p in page.get("CommonPrefixes", [])]
+                files += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])
+                          if not o["Key"].endswith("/")]
+            return sorted(dirs), sorted(files)
+        dirs, files = [], []
+        with os.scandir(uri) as it:
+            for e in it:
+                (dirs if e.is_dir(follow_symlinks=True) else files).append(e.path)
+        return sorted(dirs), sorted(files)
+
+    def walk(self, uri: str) -> Iterator[str]:
+        """Every file below a folder/prefix, lazily, in sorted order within each folder."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            prefix = key.rstrip("/") + "/" if key else ""
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                       Prefix=prefix)
+            for page in pages:  # S3 lists keys in sorted order already
+                for o in page.get("Contents", []):
+                    if not o["Key"].endswith("/"):
+                        yield f"s3://{bucket}/{o['Key']}"
+            return
+        for dirpath, dirnames, filenames in os.walk(uri, followlinks=True):
+            dirnames.sort()
+            for name in sorted(filenames):
+                yield os.path.join(dirpath, name)
+
+    def glob(self, pattern: str) -> Iterator[str]:
+        root, pat = glob_root(pattern)
+        for uri in self.walk(root):
+            if fnmatch.fnmatchcase(relpath(root, uri), pat):
+                yield uri
+
+
+def tar_members(stream: IO[bytes], max_bytes: int | None = None,
+                ) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """Stream a tar shard -> (member name, bytes, error); directories and links are skipped.
+
+    Streaming mode ('r|*') reads each shard once, front to back, as WebDataset does. A member
+    over ``max_bytes`` is skipped unread with error ``too_large: ...``; a shard that is cut
+    short yields what it holds, then one item with an empty name naming the error.
+    """
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                if max_bytes is not None and m.size > max_bytes:
+                    yield m.name, None, f"too_large: {TooLarge(m.size, max_bytes)}"
+                    continue
+                f = tf.extractfile(m)
+                yield m.name, (f.read() if f else b""), None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        yield "", None, f"{type(exc).__name__}: {exc}"
+
+
+def sample_paths(storage: Storage, uri: str, n: int = 2000) -> list[str]:
+    """Up to ``n`` paths below an input, relative to it (for corpus auto-detection)."""
+    if is_tar(uri):
+        with storage.open_stream(uri) as s:
+            return [name for name, _, err in itertools.islice(tar_members(s), n) if not err]
+    if storage.exists_dir(uri):
+        return [relpath(uri, u) for u in itertools.islice(storage.walk(uri), n)]
+    return [uri.rsplit("/", 1)[-1]]
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write then rename, so a reader never sees a half-written part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_table(uri: str, storage: Storage | None = None) -> pa.Table:
+    """A CSV/TSV/Parquet table from a local path or S3."""
+    import io as _io
+
+    import pandas as pd
+
+    data = (storage or Storage()).read_bytes(uri)
+    if uri.lower().endswith(".parquet"):
+        return pq.read_table(pa.BufferReader(data))
+    # Every CSV column as text: speaker "03" must not become the integer 3.
+    df = pd.read_csv(_io.BytesIO(data), sep="\t" if uri.lower().endswith(".tsv") else ",",
+                     dtype=str, keep_default_na=False)
+    return pa.Table.from_pandas(df, preserve_index=False)

@@ -1,0 +1,602 @@
+"""The ``prepare`` job: audio inputs -> manifest, feature tables, quarantine and summary.
+
+Work is cut into *units* of a few files (or one tar shard). A Ray actor pool processes units; each
+unit's rows are written by the worker as deterministic, atomically renamed part files, then a
+``_units/<id>.json`` marker records it as done. A rerun into the same output skips marked units,
+so an interrupted run resumes and ends with the same tables as one clean run.
+
+Stages (Ray Data): plan inputs on the driver (one level of listing) -> list sub-folders and cut
+units on workers (``flat_map``) -> decode, condition and extract features (``map_batches`` on an
+actor pool) -> summarise on the driver from the written tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ser_ray import audio, io
+from ser_ray.config import PrepareConfig, from_dict, to_dict
+from ser_ray.schema import (FEATURE_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA,
+                            get_label_set)
+
+TABLES = ("manifest", "quarantine", "skipped")
+SIDECAR_EXTENSIONS = (".json", ".txt", ".cls", ".cls2", ".id", ".key")
+# Fields that change what a run produces: a rerun with other values cannot resume into the output.
+MATERIAL_FIELDS = ("inputs", "corpus", "label_set", "features", "feature_options", "audio")
+
+
+def log(msg: str) -> None:
+    print(f"[ser-ray prepare] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (driver): resolve each input's corpus and cut it into listing jobs
+# --------------------------------------------------------------------------------------------
+
+def _audio_like(rel: str) -> bool:
+    return rel.lower().endswith(audio.AUDIO_EXTENSIONS)
+
+
+def resolve_corpus(uri: str, requested: str, storage: io.Storage) -> str:
+    """The corpus an input is read as: the requested one, or detected from a sample of names."""
+    if io.is_table(uri):
+        return "manifest"
+    if requested != "auto":
+        if requested not in ("sidecar", "manifest"):
+            from ser_ray.corpora import get_corpus
+            get_corpus(requested)  # unknown names fail here, before any work starts
+        return requested
+    from ser_ray.corpora import detect_corpus
+
+    sample = io.sample_paths(storage, uri)
+    try:
+        return detect_corpus([p for p in sample if _audio_like(p)] or sample)
+    except ValueError as exc:
+        if io.is_tar(uri) and any(p.endswith(".json") for p in sample):
+            return "sidecar"  # WebDataset shard whose labels live in JSON sidecars
+        raise ValueError(f"--input {uri}: cannot recognise the corpus layout ({exc}). "
+                         f"Pass --corpus NAME, or a manifest (CSV/Parquet with path,label)."
+                         ) from None
+
+
+def plan_inputs(cfg: PrepareConfig, storage: io.Storage) -> list[dict[str, Any]]:
+    """Inputs -> listing jobs, listing at most one level of each input on the driver."""
+    jobs: list[dict[str, Any]] = []
+    for index, given in enumerate(cfg.inputs):
+        for uri in io.expand_braces(given):
+            uri = uri.rstrip("/") if uri not in ("/",) else uri
+            if not io.is_s3(uri) and not io._GLOB.search(uri):
+                uri = os.path.abspath(uri)
+            base = {"input": index}
+            if io._GLOB.search(uri):
+                root, pattern = io.glob_root(uri)
+                corpus = resolve_corpus(root, cfg.corpus, storage)
+                jobs.append({**base, "kind": "glob", "root": root, "uri": root,
+                             "pattern": pattern, "corpus": corpus})
+            elif io.is_table(uri) or io.is_tar(uri):
+                if not storage.exists(uri):
+                    raise FileNotFoundError(f"--input {uri}: no such file or object")
+                corpus = resolve_corpus(uri, cfg.corpus, storage)
+                kind = "table" if io.is_table(uri) else "tar"
+                jobs.append({**base, "kind": kind, "root": uri, "uri": uri, "corpus": corpus})
+            elif storage.exists_dir(uri):
+                corpus = resolve_corpus(uri, cfg.corpus, storage)
+                dirs, files = storage.list_level(uri)
+                jobs += [{**base, "kind": "walk", "root": uri, "uri": d, "corpus": corpus}
+                         for d in dirs]
+                if files:
+                    jobs.append({**base, "kind": "files", "root": uri, "corpus": corpus,
+                                 "relpaths": [io.relpath(uri, f) for f in files]})
+            elif storage.exists(uri):  # a single file
+                parent = uri.rsplit("/", 1)[0] if io.is_s3(uri) else os.path.dirname(uri)
+                corpus = resolve_corpus(uri, cfg.corpus, storage)
+                jobs.append({**base, "kind": "files", "root": parent, "corpus": corpus,
+                             "relpaths": [io.relpath(parent, uri)]})
+            else:
+                raise FileNotFoundError(f"--input {uri}: no such file, folder or prefix "
+                                        f"(check the path, or credentials/endpoint for s3://)")
+    return jobs
+
+
+def _unit(kind: str, root: str, corpus: str, **payload: Any) -> dict[str, str]:
+    body = {"kind": kind, "root": root, "corpus": corpus, **payload}
+    uid = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+    return {"unit_id": uid, "unit": json.dumps({**body, "unit_id": uid})}
+
+
+def expand_job(row: dict[str, Any], files_per_task: int, s3: dict) -> list[dict[str, str]]:
+    """A listing job -> work units of at most ``files_per_task`` files (tar shards whole)."""
+    job = json.loads(row["job"])
+    storage = io.Storage(from_dict(io.S3Config, s3))
+    root, corpus = job["root"], job["corpus"]
+    if job["kind"] == "tar":
+        return [_unit("tar", root, corpus, uri=job["uri"])]
+    if job["kind"] == "table":
+        return _expand_table(job, storage, files_per_task)
+    if job["kind"] == "files":
+        rels: Iterator[str] = iter(job["relpaths"])
+    else:
+        found = storage.walk(job["uri"]) if job["kind"] == "walk" else storage.glob(
+            io.join(root, job["pattern"]))
+        rels = (io.relpath(root, u) for u in found)
+    units, chunk = [], []
+    for rel in rels:
+        if io.is_tar(rel):  # shards found inside a folder are units of their own
+            units.append(_unit("tar", io.join(root, rel), corpus, uri=io.join(root, rel)))
+            continue
+        chunk.append(rel)
+        if len(chunk) == files_per_task:
+            units.append(_unit("files", root, corpus, relpaths=chunk))
+            chunk = []
+    if chunk:
+        units.append(_unit("files", root, corpus, relpaths=chunk))
+    return units
+
+
+def _expand_table(job: dict, storage: io.Storage, files_per_task: int) -> list[dict[str, str]]:
+    from ser_ray.corpora.manifest import load_manifest
+
+    uri = job["uri"]
+    base = uri.rsplit("/", 1)[0] if io.is_s3(uri) else os.path.dirname(uri)
+    entries = []
+    for path, utt in load_manifest(io.read_table(uri, storage), base):
+        entries.append([path, {"speaker": utt.speaker, "sex": utt.sex, "raw_label": utt.raw_label,
+                               "label": utt.label, "extra": utt.extra}])
+    return [_unit("entries", base, "manifest", entries=entries[i:i + files_per_task])
+            for i in range(0, len(entries), files_per_task)]
+
+
+# --------------------------------------------------------------------------------------------
+# Processing (Ray actors): one unit -> part files + marker
+# --------------------------------------------------------------------------------------------
+
+class _Rows:
+    """Rows of one unit, by table."""
+
+    def __init__(self, features: list[str]):
+        self.manifest: list[dict] = []
+        self.quarantine: list[dict] = []
+        self.skipped: list[dict] = []
+        self.features: dict[str, list[dict]] = {f: [] for f in features}
+
+
+def _hidden(rel: str) -> bool:
+    return any(p.startswith(".") for p in rel.split("/"))
+
+
+class UnitProcessor:
+    """Ray Data callable class: loads extractors once per actor, processes units of files."""
+
+    def __init__(self, cfg: dict[str, Any], output: str):
+        from ser_ray.features import get_extractor
+
+        self.cfg = from_dict(PrepareConfig, cfg)
+        self.out = Path(output)
+        self.storage = io.Storage(self.cfg.s3)
+        self.label_set = get_label_set(self.cfg.label_set)
+        self.extractors = {name: get_extractor(name, **self.cfg.feature_options.get(name, {}))
+                           for name in self.cfg.features}
+        self.max_bytes = int(self.cfg.audio.max_file_mb * 2**20)
+        self._corpora: dict[tuple[str, str], Any] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        ids, stats = [], []
+        for text in batch["unit"]:
+            unit = json.loads(str(text))
+            ids.append(unit["unit_id"])
+            stats.append(json.dumps(self.process(unit)))
+        return {"unit_id": ids, "stats": stats}
+
+    def _corpus(self, name: str, root: str):
+        if name in ("manifest", "sidecar"):
+            return None
+        key = (name, root)  # label-file caches belong to one corpus root
+        if key not in self._corpora:
+            from ser_ray.corpora import get_corpus
+            self._corpora[key] = get_corpus(name)
+        return self._corpora[key]
+
+    # -- one unit ------------------------------------------------------------------------
+    def process(self, unit: dict[str, Any]) -> dict[str, Any]:
+        marker = self.out / "_units" / f"{unit['unit_id']}.json"
+        if marker.exists():  # done by an earlier run into this output: resume
+            return {**json.loads(marker.read_text()), "resumed": True}
+        t0 = time.perf_counter()
+        rows = _Rows(list(self.extractors))
+        kind, root = unit["kind"], unit["root"]
+        corpus = self._corpus(unit["corpus"], root)
+        read_text = lambda rel: self.storage.read_text(io.join(root, rel))  # noqa: E731
+        n_files = 0
+        if kind == "files":
+            for rel in unit["relpaths"]:
+                n_files += 1
+                uri = io.join(root, rel)
+                self._one(rows, uri, rel, unit["corpus"], corpus,
+                          lambda u=uri: self.storage.read_bytes(u, self.max_bytes),
+                          lambda r: corpus.parse(r, read_text))
+        elif kind == "entries":
+            for path, fields in unit["entries"]:
+                n_files += 1
+                uri = path if (io.is_s3(path) or os.path.isabs(path)) else io.join(root, path)
+                self._one(rows, uri, path, "manifest", None,
+                          lambda u=uri: self.storage.read_bytes(u, self.max_bytes),
+                          lambda r, f=fields: _utterance(f))
+        else:
+            n_files = self._tar(rows, unit, corpus)
+        self._write(unit["unit_id"], rows)
+        stats = {
+            "unit_id": unit["unit_id"], "files": n_files, "ok": len(rows.manifest),
+            "quarantined": len(rows.quarantine), "skipped": len(rows.skipped),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "audio_s": round(sum(r["duration_s"] for r in rows.manifest), 3),
+        }
+        if stats["ok"] + stats["quarantined"] + stats["skipped"] != n_files:
+            raise RuntimeError(f"unit {unit['unit_id']} lost files: {stats}")  # never silently
+        io.write_text_atomic(json.dumps(stats), marker)
+        return stats
+
+    def _tar(self, rows: _Rows, unit: dict, corpus) -> int:
+        """Stream a shard, grouping members by WebDataset key so sidecars meet their audio."""
+        shard, n = unit["uri"], 0
+        group: list[tuple[str, bytes | None, str | None]] = []
+
+        def flush() -> None:
+            sidecar: dict = {}
+            for name, data, _ in group:
+                if name.lower().endswith(".json") and data is not None:
+                    try:
+                        sidecar = json.loads(data.decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        sidecar = {}
+            for name, data, err in group:
+                uri = f"{shard}#{name}"
+                if name.lower().endswith(SIDECAR_EXTENSIONS):
+                    rows.skipped.append({"uri": uri, "reason": "sidecar"})
+                    continue
+
+                def get(d=data, e=err):
+                    if e:
+                        raise audio.AudioError(*e.split(": ", 1))
+                    return d
+
+                if unit["corpus"] == "sidecar":
+                    resolve = lambda r, s=sidecar: _utterance_from_sidecar(s, r)  # noqa: E731
+                else:
+                    resolve = lambda r, s=sidecar: _merge_sidecar(corpus.parse(r), s)  # noqa
+                self._one(rows, uri, name, unit["corpus"], corpus, get, resolve)
+            group.clear()
+
+        try:
+            stream = self.storage.open_stream(shard)
+        except Exception as exc:
+            _quarantine(rows, shard, "", "unreadable", f"{type(exc).__name__}: {exc}")
+            return 1
+        with stream:
+            key = None
+            for name, data, err in io.tar_members(stream, self.max_bytes):
+                n += 1
+                if not name:  # the shard itself broke off: record where, as a row of its own
+                    flush()
+                    _quarantine(rows, shard, "", "decode_error", f"tar shard unreadable after "
+                                f"{n - 1} members: {err}")
+                    continue
+                base = name.rsplit("/", 1)[-1]
+                k = name[:len(name) - len(base)] + base.split(".", 1)[0]
+                if k != key:
+                    flush()
+                    key = k
+                group.append((name, data, err))
+            flush()
+        return n
+
+    def _one(self, rows: _Rows, uri: str, rel: str, corpus_name: str, corpus,
+             get_bytes: Callable[[], bytes], resolve: Callable[[str], Any]) -> None:
+        """Process one file into exactly one of manifest / quarantine / skipped."""
+        if _hidden(rel):
+            rows.skipped.append({"uri": uri, "reason": "hidden"})
+            return
+        if corpus is not None and corpus.is_metadata(rel):
+            rows.skipped.append({"uri": uri, "reason": "corpus_metadata"})
+            return
+        stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+        utt_id = f"{corpus_name}/{stem}"
+        try:
+            try:
+                data = get_bytes()
+            except io.TooLarge as exc:
+                raise audio.AudioError("too_large", str(exc)) from None
+            except audio.AudioError:
+                raise
+            except Exception as exc:  # permission denied, missing object, network ...
+                raise audio.AudioError("unreadable", f"{type(exc).__name__}: {exc}") from None
+            if len(data) == 0:
+                raise audio.AudioError("empty", "file has 0 bytes")
+            if audio.sniff_format(data[:16]) is None:
+                raise audio.AudioError("not_audio", f"first bytes {data[:12]!r} match no "
+                                                    f"audio container")
+            from ser_ray.corpora import UnrecognisedName
+            try:
+                utt = resolve(rel)
+            except UnrecognisedName as exc:
+                raise audio.AudioError("unrecognised_name", str(exc)) from None
+            label = self.label_set.apply(utt.label, utt.sex)
+            if label is None:
+                raise audio.AudioError("label_outside_set", utt.label or utt.raw_label)
+            decoded = audio.decode(data)
+            y = audio.condition(decoded, self.cfg.audio)
+            feats = self._features(y)
+        except audio.AudioError as exc:
+            _quarantine(rows, uri, utt_id, exc.reason, exc.detail)
+            return
+        except Exception as exc:  # a bug must not take the job down; keep the evidence
+            tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+            _quarantine(rows, uri, utt_id, "internal_error", f"{type(exc).__name__}: {exc} "
+                                                             f"({tb})")
+            return
+        common = {"utterance_id": utt_id, "source_id": utt_id, "corpus": corpus_name,
+                  "speaker": utt.speaker, "sex": utt.sex, "label": label}
+        rows.manifest.append({
+            **common, "uri": uri, "raw_label": utt.raw_label,
+            "duration_s": decoded.duration_s, "sample_rate": decoded.sample_rate,
+            "channels": decoded.channels, "format": decoded.format,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "extra": json.dumps(utt.extra, sort_keys=True, default=str),
+        })
+        for name, blocks in feats.items():
+            rows.features[name] += [{**common, "block_index": i, "start_s": s, "end_s": e,
+                                     "array": a} for i, (s, e, a) in enumerate(blocks)]
+
+    def _features(self, y: np.ndarray) -> dict[str, list[tuple[float, float, np.ndarray]]]:
+        """Conditioned audio -> per extractor, [(start_s, end_s, array)] over its blocks."""
+        a, sr = self.cfg.audio, self.cfg.audio.sample_rate
+        out = {}
+        for name, ext in self.extractors.items():
+            block_s = a.block_s or getattr(ext, "block_s", None)
+            hop_s = a.block_hop_s if a.block_s else None
+            segs = audio.split_blocks(y, sr, block_s, hop_s) if block_s else [(0, y)]
+            try:
+                out[name] = [(st / sr, (st + len(seg)) / sr, np.asarray(ext(seg, sr), np.float32))
+                             for st, seg in segs]
+            except Exception as exc:
+                raise audio.AudioError("feature_error", f"{name}: {type(exc).__name__}: {exc}")
+        return out
+
+    def _write(self, uid: str, rows: _Rows) -> None:
+        from ser_ray.features.arrays import to_arrow_columns
+
+        part = f"part-{uid}.parquet"
+        io.write_parquet_atomic(pa.Table.from_pylist(rows.manifest, MANIFEST_SCHEMA),
+                                self.out / "manifest" / part)
+        io.write_parquet_atomic(pa.Table.from_pylist(rows.quarantine, QUARANTINE_SCHEMA),
+                                self.out / "quarantine" / part)
+        io.write_parquet_atomic(pa.Table.from_pylist(rows.skipped, SKIPPED_SCHEMA),
+                                self.out / "skipped" / part)
+        for name, frows in rows.features.items():
+            arrays = [r.pop("array") for r in frows]
+            meta = pa.Table.from_pylist(frows, _FEATURE_META)
+            values, shape = to_arrow_columns(arrays)
+            table = meta.append_column("values", values).append_column("shape", shape)
+            io.write_parquet_atomic(table.cast(FEATURE_SCHEMA), self.out / "features" / name / part)
+
+
+_FEATURE_META = pa.schema([f for f in FEATURE_SCHEMA if f.name not in ("values", "shape")])
+
+
+def _quarantine(rows: _Rows, uri: str, utt_id: str, reason: str, detail: str) -> None:
+    rows.quarantine.append({"uri": uri, "utterance_id": utt_id, "reason": reason,
+                            "detail": detail})
+
+
+def _utterance(fields: dict):
+    from ser_ray.corpora import Utterance
+    return Utterance(**fields)
+
+
+def _utterance_from_sidecar(sidecar: dict, rel: str):
+    from ser_ray.corpora import UnrecognisedName
+    from ser_ray.corpora.manifest import utterance_from_fields
+    if not sidecar:
+        raise UnrecognisedName(f"{rel!r}: no JSON sidecar with a label beside it in the shard")
+    return utterance_from_fields(sidecar)
+
+
+def _merge_sidecar(utt, sidecar: dict):
+    """Corpus name wins for labels; sidecar fields are kept as extra fields."""
+    if not sidecar:
+        return utt
+    from dataclasses import replace
+    return replace(utt, extra={**{f"sidecar_{k}": v for k, v in sidecar.items()}, **utt.extra})
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("ser-ray", "ray", "numpy", "librosa", "soundfile", "soxr", "pyarrow",
+                "opensmile", "torch", "scikit-learn", "boto3"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _check_output(cfg: PrepareConfig, out: Path, overwrite: bool) -> None:
+    """Refuse to resume into an output made with a different config (or wipe it)."""
+    stamp = out / "_units" / "config.json"
+    material = {k: v for k, v in to_dict(cfg).items() if k in MATERIAL_FIELDS}
+    if overwrite:
+        for sub in (*TABLES, "features", "_units"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    elif stamp.exists() and json.loads(stamp.read_text()) != material:
+        raise ValueError(f"{out} holds a prepare run with a different config; choose another "
+                         f"--output or pass --overwrite")
+    io.write_text_atomic(json.dumps(material, sort_keys=True), stamp)
+
+
+def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """Run the prepare job end to end; returns the summary (also written to summary.json)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from ser_ray.runtime import init_ray
+
+    if not cfg.inputs:
+        raise ValueError("prepare: give at least one --input")
+    if not cfg.output:
+        raise ValueError("prepare: give --output DIR")
+    if io.is_s3(cfg.output):
+        raise ValueError("prepare: --output must be a local or shared-filesystem folder")
+    from ser_ray.features import get_extractor
+    for name in cfg.features:  # fail fast on bad names/options, before Ray starts
+        get_extractor(name, **cfg.feature_options.get(name, {}))
+    get_label_set(cfg.label_set)
+    out = Path(cfg.output).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    _check_output(cfg, out, overwrite)
+    t0 = time.time()
+    storage = io.Storage(cfg.s3)
+    jobs = plan_inputs(cfg, storage)
+    corpora = sorted({j["corpus"] for j in jobs})
+    log(f"{len(cfg.inputs)} input(s), corpus {', '.join(corpora)}, {len(jobs)} listing job(s)")
+
+    init_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.verbose_progress = False
+    s3 = to_dict(cfg.s3)
+    listing = ray.data.from_items([{"job": json.dumps(j)} for j in jobs],
+                                  override_num_blocks=max(1, len(jobs)))
+    units = listing.flat_map(expand_job, fn_kwargs={"files_per_task": cfg.files_per_task,
+                                                    "s3": s3}).materialize()
+    n_units = units.count()
+    # One unit per block so units spread over actors; materialised before the actor pool
+    # exists, because the pool may hold every CPU and the repartition needs one.
+    units = units.repartition(max(1, n_units)).materialize()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = max(1, min(cfg.num_workers or int(cpus / cfg.cpus_per_worker), n_units or 1))
+    log(f"{n_units} work unit(s) of <= {cfg.files_per_task} files on {workers} worker(s)")
+    totals: Counter = Counter()
+    unit_ids: set[str] = set()
+    if n_units:
+        results = units.map_batches(
+            UnitProcessor, fn_constructor_kwargs={"cfg": to_dict(cfg), "output": str(out)},
+            batch_size=1, compute=ActorPoolStrategy(size=workers),
+            num_cpus=cfg.cpus_per_worker)
+        last = time.time()
+        for row in results.iter_rows():
+            st = json.loads(row["stats"])
+            unit_ids.add(st["unit_id"])
+            totals.update({k: st[k] for k in ("files", "ok", "quarantined", "skipped", "audio_s")})
+            totals["resumed"] += int(bool(st.get("resumed")))
+            if progress and time.time() - last > 5:
+                last = time.time()
+                log(f"{len(unit_ids)}/{n_units} units, {totals['files']} files: "
+                    f"{totals['ok']} ok, {totals['quarantined']} quarantined")
+    summary = finalize(cfg, out, unit_ids, totals, time.time() - t0, corpora)
+    log(f"done: {summary['input_files']} input files, {summary['ok']} ok, "
+        f"{summary['quarantined']} quarantined, {summary['skipped']} skipped "
+        f"({summary['resumed_units']} units resumed) -> {out}")
+    return summary
+
+
+def _read(dirpath: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:
+    files = sorted(dirpath.glob("part-*.parquet")) if dirpath.exists() else []
+    if not files:
+        return schema.empty_table().select(columns)
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+def finalize(cfg: PrepareConfig, out: Path, unit_ids: set[str], totals: Counter,
+             seconds: float, corpora: list[str]) -> dict[str, Any]:
+    """Drop parts of units no longer in the plan, then write summary, config and label map."""
+    from ser_ray import config as config_mod
+    from ser_ray.features import extractor_config, get_extractor
+
+    keep = {f"part-{u}.parquet" for u in unit_ids}
+    for d in [out / t for t in TABLES] + [out / "features" / f for f in cfg.features]:
+        for f in d.glob("part-*.parquet") if d.exists() else []:
+            if f.name not in keep:
+                f.unlink()
+    for f in (out / "_units").glob("*.json"):
+        if f.stem != "config" and f.stem not in unit_ids:
+            f.unlink()
+
+    man = _read(out / "manifest", MANIFEST_SCHEMA, ["utterance_id", "uri", "speaker", "label",
+                                                    "sha256", "duration_s", "corpus", "sex"])
+    qua = _read(out / "quarantine", QUARANTINE_SCHEMA, ["uri", "reason", "detail"])
+    skp = _read(out / "skipped", SKIPPED_SCHEMA, ["uri", "reason"])
+    ok, quarantined = man.num_rows, qua.num_rows
+    if ok + quarantined + skp.num_rows != totals["files"]:
+        raise RuntimeError(f"tables hold {ok + quarantined + skp.num_rows} files but "
+                           f"{totals['files']} were listed: a part is missing in {out}")
+    labels = Counter(man.column("label").to_pylist())
+    reasons = Counter(qua.column("reason").to_pylist())
+    dropped = Counter(d for r, d in zip(qua.column("reason").to_pylist(),
+                                        qua.column("detail").to_pylist())
+                      if r == "label_outside_set")
+    by_hash: dict[str, list[str]] = {}
+    for h, u in zip(man.column("sha256").to_pylist(), man.column("uri").to_pylist()):
+        by_hash.setdefault(h, []).append(u)
+    dups = {h: us for h, us in by_hash.items() if len(us) > 1}
+    io.write_parquet_atomic(pa.table({
+        "sha256": [h for h, us in dups.items() for _ in us],
+        "uri": [u for us in dups.values() for u in us]}), out / "duplicates.parquet")
+    label_order = list(get_label_set(cfg.label_set).labels)
+    label_map = {lab: i for i, lab in enumerate(x for x in label_order if x in labels)}
+    features = {}
+    for name in cfg.features:
+        ft = _read(out / "features" / name, FEATURE_SCHEMA, ["shape"])
+        shapes = Counter(tuple(s) for s in ft.column("shape").to_pylist())
+        features[name] = {"rows": ft.num_rows,
+                          "config": extractor_config(get_extractor(
+                              name, **cfg.feature_options.get(name, {}))),
+                          "shapes": {"x".join(map(str, s)): n for s, n in shapes.most_common(5)}}
+    summary = {
+        "input_files": ok + quarantined,
+        "ok": ok,
+        "quarantined": quarantined,
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "skipped": skp.num_rows,
+        "skip_reasons": dict(Counter(skp.column("reason").to_pylist())),
+        "dropped_labels": dict(sorted(dropped.items())),
+        "corpora": corpora,
+        "speakers": len(set(man.column("speaker").to_pylist())),
+        "speaker_ids": sorted(set(man.column("speaker").to_pylist())),
+        "labels": dict(sorted(labels.items())),
+        "label_set": cfg.label_set,
+        "label_map": label_map,
+        "audio_hours": round(sum(man.column("duration_s").to_pylist()) / 3600, 4),
+        "duplicates": {"groups": len(dups), "files": sum(len(v) for v in dups.values()),
+                       "table": "duplicates.parquet"},
+        "features": features,
+        "units": len(unit_ids),
+        "resumed_units": totals["resumed"],
+        "seconds": round(seconds, 2),
+        "seed": cfg.seed,
+        "config": to_dict(cfg),
+        "versions": versions(),
+    }
+    io.write_text_atomic(json.dumps(summary, indent=2, default=str), out / "summary.json")
+    io.write_text_atomic(json.dumps(label_map, indent=2), out / "label_map.json")
+    config_mod.dump(cfg, out / "config.yaml")
+    return summary

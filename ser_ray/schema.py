@@ -1,0 +1,80 @@
+"""Column names and pyarrow schemas of every table that crosses a stage.
+
+Tables are the contract between stages: a writer validates against these before writing and a
+reader can rely on them. Label sets live in :mod:`ser_ray.labels` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from ser_ray.labels import CANONICAL_LABELS, LABEL_SETS, LabelSet, get_label_set  # noqa: F401
+
+# One row per input file that decoded and passed every check.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("utterance_id", pa.string()),   # stable id: "<corpus>/<path relative to its input root, no ext>"
+        ("source_id", pa.string()),      # the recording blocks and augmented copies descend from
+        ("uri", pa.string()),            # where the bytes came from (path, s3://..., shard.tar#member)
+        ("corpus", pa.string()),
+        ("speaker", pa.string()),        # corpus-qualified, e.g. "ravdess:12"
+        ("sex", pa.string()),            # "female" | "male" | None
+        ("label", pa.string()),          # label in the chosen label set
+        ("raw_label", pa.string()),      # label as the corpus writes it
+        ("duration_s", pa.float64()),    # of the decoded file before windowing
+        ("sample_rate", pa.int32()),     # native rate of the file
+        ("channels", pa.int32()),        # native channel count
+        ("format", pa.string()),         # sniffed container: wav, flac, ogg, aiff, mp3
+        ("sha256", pa.string()),         # of the file's bytes: exact duplicates share it
+        ("extra", pa.string()),          # JSON object of corpus-specific fields
+    ]
+)
+
+# One row per input file that could not be used, with the reason.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("utterance_id", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+# Quarantine reasons, stable strings that summaries count by.
+REASONS = (
+    "empty",              # zero bytes
+    "unreadable",         # I/O error, permission denied, missing object
+    "not_audio",          # bytes are not a known audio container
+    "unsupported_format", # audio container with no decoder here (m4a without ffmpeg)
+    "decode_error",       # truncated or corrupt audio
+    "bad_samples",        # NaN or inf samples
+    "too_short",
+    "too_long",
+    "unrecognised_name",  # path does not follow the corpus's naming scheme
+    "label_outside_set",  # label dropped by the chosen label set
+    "too_large",          # file bigger than the byte cap: not read
+    "feature_error",      # an extractor failed on this file
+    "internal_error",     # a bug: the detail carries the exception; please report it
+)
+
+# Files found under an input that are not inputs: counted and listed in `skipped`, never lost.
+SKIP_REASONS = ("hidden", "corpus_metadata", "sidecar")
+
+SKIPPED_SCHEMA = pa.schema([("uri", pa.string()), ("reason", pa.string())])
+
+# One row per (utterance, block) per extractor; arrays stored flat with their shape.
+FEATURE_SCHEMA = pa.schema(
+    [
+        ("utterance_id", pa.string()),
+        ("source_id", pa.string()),
+        ("block_index", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("corpus", pa.string()),
+        ("speaker", pa.string()),
+        ("sex", pa.string()),
+        ("label", pa.string()),
+        ("values", pa.list_(pa.float32())),
+        ("shape", pa.list_(pa.int32())),
+    ]
+)

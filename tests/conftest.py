@@ -1,0 +1,45 @@
+"""Shared pytest fixtures for ser-ray."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from s3.server import INSTALL_SCRIPT, S3Server, missing_binaries
+
+
+# --------------------------------------------------------------------------- S3
+@pytest.fixture(scope="session")
+def s3_server():
+    """A running local S3 server (Swift + s3api) for the whole session; see tests/s3/server.py.
+
+    While it runs, its ``env()`` is applied to ``os.environ`` (and conflicting AWS_* variables are
+    removed), so boto3, pyarrow and child processes started afterwards (Ray workers included)
+    reach it without arguments; the previous environment is restored at the end. Start Ray after
+    requesting this fixture. Skips when Swift/memcached are absent, but fails under ``CI=true``
+    so that CI cannot silently stop testing S3.
+    """
+    missing = missing_binaries()
+    if missing:
+        reason = (
+            f"local S3 server unavailable: missing {', '.join(missing)}; "
+            f"install with `sudo {INSTALL_SCRIPT}`"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: S3 tests must run)", pytrace=False)
+        pytest.skip(reason)
+
+    with S3Server() as server:
+        saved = {k: os.environ.get(k) for k in (*server.env(), *server.conflicting_env)}
+        for k in server.conflicting_env:
+            os.environ.pop(k, None)
+        os.environ.update(server.env())
+        try:
+            yield server
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
