@@ -441,7 +441,7 @@ def versions() -> dict[str, str]:
 
 def _check_output(cfg: PrepareConfig, out: Path, overwrite: bool) -> None:
     """Refuse to resume into an output made with a different config (or wipe it)."""
-    stamp = out / "_units" / "config.json"
+    stamp = out / "_units" / "_config.json"
     material = {k: v for k, v in to_dict(cfg).items() if k in MATERIAL_FIELDS}
     if overwrite:
         for sub in (*TABLES, "features", "_units"):
@@ -538,7 +538,7 @@ def finalize(cfg: PrepareConfig, out: Path, unit_ids: set[str], totals: Counter,
             if f.name not in keep:
                 f.unlink()
     for f in (out / "_units").glob("*.json"):
-        if f.stem != "config" and f.stem not in unit_ids:
+        if f.stem != "_config" and f.stem not in unit_ids:
             f.unlink()
 
     man = _read(out / "manifest", MANIFEST_SCHEMA, ["utterance_id", "uri", "speaker", "label",
