@@ -58,10 +58,12 @@ def _children_map() -> dict[int, list[int]]:
 
 
 def _start_time(pid: int) -> str | None:
+    """Start time of a live process (None once it has exited, zombies included)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _descendants(pid: int) -> dict[int, str]:
@@ -165,6 +167,7 @@ def ray_head():
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_TOKEN"))}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # SIGTERM: stop now, no 30 s drain
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")  # `python` = this venv's, as
     # in an activated venv: the job's entry point is run by a shell with the raylet's PATH
     log = temp_dir / "ray-start.log"
