@@ -15,6 +15,7 @@ import soundfile as sf
 import soxr
 
 from ser_ray.config import AudioConfig
+from ser_ray.schema import AUDIO_EXTENSIONS  # noqa: F401  (re-exported for callers)
 
 
 class AudioError(Exception):
@@ -24,12 +25,6 @@ class AudioError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-# Extensions that mark a file as an audio input (anything else is still read and sniffed when
-# it is not a known metadata file: a non-audio file under a .wav name must be quarantined).
-AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
-                    ".mp3", ".m4a", ".mp4", ".aac", ".au", ".snd", ".caf", ".w64", ".rf64")
 
 
 def sniff_format(head: bytes) -> str | None:

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--output", default="demo-output")
     ap.add_argument("--speakers", type=int, default=4)
+    ap.add_argument("--config", default=str(Path(__file__).parent.parent / "configs" / "demo.yaml"))
     args = ap.parse_args(argv)
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)
@@ -45,10 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = seed_bad_files(corpus)
     print(f"[demo] wrote {len(rows)} synthetic RAVDESS-layout clips + {len(bad)} broken files "
           f"to {corpus}", file=sys.stderr)
-    cfg = config_mod.load(PrepareConfig, Path(__file__).parent.parent / "configs" / "demo.yaml"
-                          if (Path(__file__).parent.parent / "configs" / "demo.yaml").exists()
-                          else None,
-                          inputs=[str(corpus)], output=str(out / "prepared"))
+    cfg = config_mod.load(PrepareConfig, args.config, inputs=[str(corpus)],
+                          output=str(out / "prepared"))
     summary = run_prepare(cfg)
     print(json.dumps({k: summary[k] for k in ("input_files", "ok", "quarantined",
                                               "quarantine_reasons", "speakers", "labels")},

@@ -46,10 +46,6 @@ def log(msg: str) -> None:
 # Planning (driver): resolve each input's corpus and cut it into listing jobs
 # --------------------------------------------------------------------------------------------
 
-def _audio_like(rel: str) -> bool:
-    return rel.lower().endswith(audio.AUDIO_EXTENSIONS)
-
-
 def resolve_corpus(uri: str, requested: str, storage: io.Storage) -> str:
     """The corpus an input is read as: the requested one, or detected from a sample of names."""
     if io.is_table(uri):
@@ -63,7 +59,7 @@ def resolve_corpus(uri: str, requested: str, storage: io.Storage) -> str:
 
     sample = io.sample_paths(storage, uri)
     try:
-        return detect_corpus([p for p in sample if _audio_like(p)] or sample)
+        return detect_corpus(sample)
     except ValueError as exc:
         if io.is_tar(uri) and any(p.endswith(".json") for p in sample):
             return "sidecar"  # WebDataset shard whose labels live in JSON sidecars

@@ -10,6 +10,10 @@ import pyarrow as pa
 
 from ser_ray.labels import CANONICAL_LABELS, LABEL_SETS, LabelSet, get_label_set  # noqa: F401
 
+# File name extensions of audio containers (the bytes are still sniffed: TESS ships AIFF as .wav).
+AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
+                    ".mp3", ".m4a", ".mp4", ".aac", ".au", ".snd", ".caf", ".w64", ".rf64")
+
 # One row per input file that decoded and passed every check.
 MANIFEST_SCHEMA = pa.schema(
     [

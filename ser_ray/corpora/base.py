@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
+from ser_ray import schema
+
 ReadText = Callable[[str], str]
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aif", ".aiff"})
+AUDIO_EXTENSIONS = frozenset(schema.AUDIO_EXTENSIONS)
 
 # Files that ship with corpora (or archive tools) but are never audio inputs.
 _DOC_EXTENSIONS = frozenset({
