@@ -66,6 +66,19 @@ def _wav_truncation(data: bytes) -> str | None:
     return "no data chunk before end of file"
 
 
+def _aiff_truncation(data: bytes) -> str | None:
+    """Describe an AIFF/AIFC file whose sound data is shorter than its header declares."""
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack(">I", data[pos + 4:pos + 8])[0]
+        if cid == b"SSND":
+            have = len(data) - pos - 8
+            return f"header declares {size} bytes of sound data, file holds {have}" \
+                if have < size else None
+        pos += 8 + size + (size & 1)
+    return "no SSND chunk before end of file"
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A decoded file: ``samples`` is (frames, channels) float32 at ``sample_rate``."""
@@ -94,10 +107,10 @@ def decode(data: bytes) -> Decoded:
         raise AudioError("unsupported_format",
                          "m4a/mp4 audio needs an ffmpeg-based decoder, which is not installed; "
                          "convert to wav or flac first")
-    if fmt == "wav":
-        problem = _wav_truncation(data)
+    if fmt in ("wav", "aiff"):
+        problem = (_wav_truncation if fmt == "wav" else _aiff_truncation)(data)
         if problem:
-            raise AudioError("decode_error", f"truncated wav: {problem}")
+            raise AudioError("decode_error", f"truncated {fmt}: {problem}")
     try:
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:

@@ -84,7 +84,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(_coerce(item, v, where) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
+    if tp in (int, float, str, bool) and (not isinstance(value, tp)
+                                          or (tp is not bool and isinstance(value, bool))):
         raise ValueError(f"config {where}: expected {tp.__name__}, got {value!r}")
     return value
 

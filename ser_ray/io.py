@@ -71,6 +71,8 @@ def expand_braces(uri: str) -> list[str]:
     if not m:
         return [uri]
     lo, hi = m.group(1), m.group(2)
+    if int(lo) > int(hi):
+        raise ValueError(f"{uri!r}: shard range {{{lo}..{hi}}} is empty; write it low..high")
     width = len(lo) if lo.startswith("0") else 0
     out = []
     for i in range(int(lo), int(hi) + 1):
@@ -83,7 +85,8 @@ def glob_root(pattern: str) -> tuple[str, str]:
     parts = pattern.split("/")
     for i, p in enumerate(parts):
         if _GLOB.search(p):
-            return "/".join(parts[:i]) or "/", "/".join(parts[i:])
+            root = "/".join(parts[:i]) or ("/" if pattern.startswith("/") else ".")
+            return root, "/".join(parts[i:])
     return pattern, ""
 
 
@@ -234,6 +237,11 @@ def tar_members(stream: IO[bytes], max_bytes: int | None = None,
                     continue
                 f = tf.extractfile(m)
                 yield m.name, (f.read() if f else b""), None
+            # tarfile stops quietly when the stream ends at or inside a member header; a
+            # complete archive ends with a zero block, which the last next() has just read.
+            if tf.fileobj.pos - tf.offset < tarfile.BLOCKSIZE:
+                raise tarfile.ReadError(f"archive cut short at byte {tf.fileobj.pos}: no "
+                                        f"end-of-archive block after the last member")
     except (tarfile.TarError, EOFError, OSError) as exc:
         yield "", None, f"{type(exc).__name__}: {exc}"
 

@@ -74,8 +74,8 @@ def plan_inputs(cfg: PrepareConfig, storage: io.Storage) -> list[dict[str, Any]]
     for index, given in enumerate(cfg.inputs):
         for uri in io.expand_braces(given):
             uri = uri.rstrip("/") if uri not in ("/",) else uri
-            if not io.is_s3(uri) and not io._GLOB.search(uri):
-                uri = os.path.abspath(uri)
+            if not io.is_s3(uri):  # workers may run elsewhere: resolve ~ and cwd here
+                uri = os.path.abspath(os.path.expanduser(uri))
             base = {"input": index}
             if io._GLOB.search(uri):
                 root, pattern = io.glob_root(uri)

@@ -383,8 +383,6 @@ def test_condition_config_is_not_mutated():
 
 # --- known gap (see report): truncation of non-WAV containers ----------------------------------
 
-@pytest.mark.xfail(strict=True, reason="ser_ray.audio only checks WAV for truncation; a cut "
-                                       "AIFF (TESS) decodes as a shorter file")
 def test_truncated_aiff_is_decode_error():
     data = encode(tone(16000, 1.0), 16000, "AIFF", "PCM_16")
     assert reason_of(data[:len(data) // 2]) == "decode_error"

@@ -222,8 +222,6 @@ def test_prepare_preset_lists_exactly_the_defaults(request):
     assert load(PrepareConfig, path) == PrepareConfig()
 
 
-@pytest.mark.xfail(strict=True, reason="ser_ray.config._coerce lets a bool through for int "
-                                       "fields (bool is an int subclass): files_per_task: true")
 def test_bool_is_not_an_int():
     with pytest.raises(ValueError, match="files_per_task: expected int"):
         from_dict(PrepareConfig, {"files_per_task": True})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -188,10 +189,11 @@ def ray_head():
         except Exception as exc:
             pytest.fail(f"Ray head did not start: {exc}\n{_tail(log)}")
         tracker.scan()
-        yield {"url": url, "env": env, "tracker": tracker, "temp_dir": temp_dir,
-               "gcs": f"127.0.0.1:{gcs}"}
+        yield {"url": url, "env": env, "tracker": tracker, "gcs_port": gcs}
     finally:
         left = tracker.stop()
+        if not left:
+            shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"processes of the test's Ray head survived teardown: {sorted(left)}"
 
 
@@ -226,11 +228,13 @@ def test_prepare_job_via_ray_job_submit(ray_head, tmp_path):
     n_audio = len(rows) + 1
     assert len(rows) >= 7  # 2 speakers x 7 emotions
 
+    sid = f"serray-test-{secrets.token_hex(4)}"
     rc, log, seconds = _submit(ray_head, ["--input", str(corpus), "--features", "mfcc",
-                                          "--output", str(out), "--no-progress"],
-                               submission_id=f"serray-test-{secrets.token_hex(4)}")
+                                          "--output", str(out), "--no-progress",
+                                          "--set", "files_per_task=5"],  # 3 units, 2 actors
+                               submission_id=sid)
     assert rc == 0, f"ray job submit exited {rc} after {seconds:.1f} s:\n{log[-6000:]}"
-    assert "succeeded" in log, log[-6000:]
+    assert f"Job '{sid}' succeeded" in log, log[-6000:]
 
     summary = json.loads((out / "summary.json").read_text())
     manifest = pq.read_table(out / "manifest")
@@ -255,5 +259,8 @@ def test_prepare_job_via_ray_job_submit(ray_head, tmp_path):
         manifest.column("utterance_id").to_pylist())
     assert summary["config"]["inputs"] == [str(corpus)]
     assert (out / "config.yaml").exists() and (out / "label_map.json").exists()
-    # the job ran on the cluster it was submitted to, not on a local Ray of its own
-    assert ray_head["gcs"] in log or "Connecting to existing Ray cluster" in log, log[-6000:]
+    assert summary["units"] == 3 and summary["config"]["files_per_task"] == 5
+    assert len(list((out / "manifest").glob("part-*.parquet"))) == 3
+    # the driver joined the cluster it was submitted to (RAY_ADDRESS), not a local Ray of its own
+    assert "Connecting to existing Ray cluster" in log, log[-6000:]
+    assert f":{ray_head['gcs_port']}" in log, log[-6000:]
