@@ -36,6 +36,10 @@ def is_tar(uri: str) -> bool:
     return uri.lower().endswith(TAR_SUFFIXES)
 
 
+def has_glob(uri: str) -> bool:
+    return bool(_GLOB.search(uri))
+
+
 def is_table(uri: str) -> bool:
     return uri.lower().endswith(TABLE_SUFFIXES)
 

@@ -77,7 +77,7 @@ def plan_inputs(cfg: PrepareConfig, storage: io.Storage) -> list[dict[str, Any]]
             if not io.is_s3(uri):  # workers may run elsewhere: resolve ~ and cwd here
                 uri = os.path.abspath(os.path.expanduser(uri))
             base = {"input": index}
-            if io._GLOB.search(uri):
+            if io.has_glob(uri):
                 root, pattern = io.glob_root(uri)
                 corpus = resolve_corpus(root, cfg.corpus, storage)
                 jobs.append({**base, "kind": "glob", "root": root, "uri": root,
