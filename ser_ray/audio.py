@@ -49,34 +49,26 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _wav_truncation(data: bytes) -> str | None:
-    """Describe a RIFF/WAVE file whose data chunk is shorter than its header declares."""
-    if data[:4] != b"RIFF":
+# Per container: byte order of chunk sizes, the audio chunk's id, and sizes that mean "unknown".
+_CHUNKED = {"wav": ("<I", b"data", (0, 0xFFFFFFFF)),  # streaming recorders never patch these
+            "aiff": (">I", b"SSND", ())}
+
+
+def _truncation(data: bytes, fmt: str) -> str | None:
+    """Describe a WAV/AIFF file whose audio chunk is shorter than its header declares."""
+    if fmt == "wav" and data[:4] != b"RIFF":  # RF64/RIFX keep their sizes elsewhere
         return None
+    order, target, unknown = _CHUNKED[fmt]
     pos = 12
     while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        if cid == b"data":
+        cid, size = data[pos:pos + 4], struct.unpack(order, data[pos + 4:pos + 8])[0]
+        if cid == target:
             have = len(data) - pos - 8
-            # 0 and 0xFFFFFFFF are written by streaming recorders that never patch the header.
-            if size not in (0, 0xFFFFFFFF) and have < size:
+            if size not in unknown and have < size:
                 return f"header declares {size} bytes of audio, file holds {have}"
             return None
         pos += 8 + size + (size & 1)
-    return "no data chunk before end of file"
-
-
-def _aiff_truncation(data: bytes) -> str | None:
-    """Describe an AIFF/AIFC file whose sound data is shorter than its header declares."""
-    pos = 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack(">I", data[pos + 4:pos + 8])[0]
-        if cid == b"SSND":
-            have = len(data) - pos - 8
-            return f"header declares {size} bytes of sound data, file holds {have}" \
-                if have < size else None
-        pos += 8 + size + (size & 1)
-    return "no SSND chunk before end of file"
+    return f"no {target.decode()} chunk before end of file"
 
 
 @dataclass(frozen=True)
@@ -107,8 +99,8 @@ def decode(data: bytes) -> Decoded:
         raise AudioError("unsupported_format",
                          "m4a/mp4 audio needs an ffmpeg-based decoder, which is not installed; "
                          "convert to wav or flac first")
-    if fmt in ("wav", "aiff"):
-        problem = (_wav_truncation if fmt == "wav" else _aiff_truncation)(data)
+    if fmt in _CHUNKED:
+        problem = _truncation(data, fmt)
         if problem:
             raise AudioError("decode_error", f"truncated {fmt}: {problem}")
     try:

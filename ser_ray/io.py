@@ -88,7 +88,7 @@ def glob_root(pattern: str) -> tuple[str, str]:
     """Split a glob into the folder above its first wildcard and the pattern below it."""
     parts = pattern.split("/")
     for i, p in enumerate(parts):
-        if _GLOB.search(p):
+        if has_glob(p):
             root = "/".join(parts[:i]) or ("/" if pattern.startswith("/") else ".")
             return root, "/".join(parts[i:])
     return pattern, ""

@@ -35,6 +35,7 @@ from ser_ray.schema import (FEATURE_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, 
 TABLES = ("manifest", "quarantine", "skipped")
 SIDECAR_EXTENSIONS = (".json", ".txt", ".cls", ".cls2", ".id", ".key")
 # Fields that change what a run produces: a rerun with other values cannot resume into the output.
+CONFIG_STAMP = "_config"  # _units/<this>.json: the config the output was made with
 MATERIAL_FIELDS = ("inputs", "corpus", "label_set", "features", "feature_options", "audio")
 
 
@@ -437,7 +438,7 @@ def versions() -> dict[str, str]:
 
 def _check_output(cfg: PrepareConfig, out: Path, overwrite: bool) -> None:
     """Refuse to resume into an output made with a different config (or wipe it)."""
-    stamp = out / "_units" / "_config.json"
+    stamp = out / "_units" / f"{CONFIG_STAMP}.json"
     material = {k: v for k, v in to_dict(cfg).items() if k in MATERIAL_FIELDS}
     if overwrite:
         for sub in (*TABLES, "features", "_units"):
@@ -534,7 +535,7 @@ def finalize(cfg: PrepareConfig, out: Path, unit_ids: set[str], totals: Counter,
             if f.name not in keep:
                 f.unlink()
     for f in (out / "_units").glob("*.json"):
-        if f.stem != "_config" and f.stem not in unit_ids:
+        if f.stem != CONFIG_STAMP and f.stem not in unit_ids:
             f.unlink()
 
     man = _read(out / "manifest", MANIFEST_SCHEMA, ["utterance_id", "uri", "speaker", "label",

@@ -18,13 +18,13 @@ import ray
 from prepare_helpers import REPO, assert_same, config, make_corpus, make_shards, tables
 from ser_ray.cli import main as cli_main
 from ser_ray.features.arrays import column_to_numpy
-from ser_ray.prepare import run_prepare
+from ser_ray.prepare import CONFIG_STAMP, run_prepare
 
 EMODB = REPO.parent / "shared" / "data" / "emodb"
 
 
 def unit_markers(out: Path) -> list[Path]:
-    return sorted(p for p in (out / "_units").glob("*.json") if p.stem != "_config")
+    return sorted(p for p in (out / "_units").glob("*.json") if p.stem != CONFIG_STAMP)
 
 
 @pytest.fixture(scope="module", autouse=True)
