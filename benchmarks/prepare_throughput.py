@@ -21,7 +21,7 @@ a one-shot job pays on top of Ray start-up). Then ``--repeats`` interleaved roun
   (b)  ``prepare`` with num_workers=1, Nx;  (c) ``prepare`` with every core, Nx and 1x.
 The fastest attempt whose "others" stays under 0.3 cores counts. Throughput is audio seconds per
 wall second. Peak memory is the max over 0.2 s samples of RSS(driver) + RSS(every ``ray::``
-worker process this driver started, Ray Data's helper actors included); the node daemons (raylet,
+worker process this driver started, idle pooled workers included); the node daemons (raylet,
 GCS, dashboard/runtime-env agents) are shown apart. "others" is CPU used by processes outside
 this benchmark (system CPU time minus our process tree's), in cores.
 """
@@ -220,16 +220,15 @@ def units_in_process(input_root: Path, out: Path) -> float:
 
     from ser_ray import io
     from ser_ray.config import to_dict
-    from ser_ray.prepare import UnitProcessor, expand_job, plan_inputs
+    from ser_ray.prepare import UnitProcessor, iter_units, plan_inputs
 
     shutil.rmtree(out, ignore_errors=True)  # a marker left by an earlier attempt would resume
     cfg = prepare_config(input_root, out, None)
-    jobs = plan_inputs(cfg, io.Storage(cfg.s3))
-    units = [json.loads(u["unit"]) for j in jobs
-             for u in expand_job({"job": json.dumps(j)}, cfg.files_per_task, to_dict(cfg.s3))]
+    storage = io.Storage(cfg.s3)
     proc = UnitProcessor(to_dict(cfg), str(out))
-    for unit in units:
-        proc.process(unit)
+    for source in plan_inputs(cfg, storage):
+        for unit in iter_units(source, storage, cfg.files_per_task):
+            proc.process(unit)
     return float(sum(pq.read_table(out / "manifest", columns=["duration_s"])
                      .column("duration_s").to_pylist()))
 
@@ -335,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
 
         init_ray()  # once, untimed
         n_cores = int(ray.cluster_resources().get("CPU", 1))
-        ray.data.DataContext.get_current().enable_progress_bars = False
         print(f"[bench] Ray up with {n_cores} CPU(s); warm-up prepare (untimed)",
               file=sys.stderr)
         with Monitor() as cold:  # informative: a one-shot job pays this once per Ray session

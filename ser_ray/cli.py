@@ -78,6 +78,100 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# Learning plane: train, cv, tune, evaluate
+# --------------------------------------------------------------------------------------------
+
+def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    p.add_argument("--features", nargs="+", required=True, metavar="DIR", dest="roots",
+                   help="output folder(s) of `ser-ray prepare`; several are concatenated "
+                        "(e.g. one per corpus for --protocol cross-corpus)")
+    p.add_argument("--feature-set", type=_csv, dest="features", metavar="NAME[,NAME]",
+                   help="feature table(s) to learn from (default mfcc); several 1-D vectors "
+                        "are concatenated, e.g. egemaps,handcrafted173")
+    p.add_argument("--model", required=model_required,
+                   help="registered model (svm, knn, logreg, cnn1d, cnn2d_smote, lstm_v2, ...)")
+    p.add_argument("--config", help="YAML LearnConfig (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set balance=smote "
+                        "--set model_options.epochs=20 --set augment.variant=merged")
+    p.add_argument("--label-set", dest="label_set")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int, dest="num_workers",
+                   help="Ray Train workers per fit (DDP)")
+    p.add_argument("--gpu", action="store_true", default=None, dest="use_gpu")
+
+
+def learn_config(args: argparse.Namespace, **extra):
+    from ser_ray.config import LearnConfig
+
+    return config_mod.load(
+        LearnConfig, args.config, args.set, features=args.features, model=args.model,
+        label_set=args.label_set, seed=args.seed, num_workers=args.num_workers,
+        use_gpu=args.use_gpu, **extra)
+
+
+def _load_data(args: argparse.Namespace, cfg):
+    from ser_ray.data import load_features
+
+    data = load_features(args.roots, cfg.features, label_set=cfg.label_set, frames=cfg.frames)
+    if data.feature_config["dropped_labels"]:
+        print(f"ser-ray: labels outside the set dropped: {data.feature_config['dropped_labels']}",
+              file=sys.stderr)
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ser_ray.experiment import train_model
+    from ser_ray.runtime import init_ray
+
+    cfg = learn_config(args)
+    data = _load_data(args, cfg)
+    init_ray()
+    metrics = train_model(data, cfg, args.output)
+    val = metrics.get("validation")
+    if val:
+        print(json.dumps({"validation_ua": val["ua"], "validation_wa": val["wa"],
+                          "speakers": val["speakers"]}, indent=2))
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from ser_ray.experiment import run_cv
+    from ser_ray.runtime import init_ray
+
+    cfg = learn_config(args, protocol=args.protocol, folds=args.folds,
+                       test_speakers=args.test_speakers, train_corpora=args.train_corpora,
+                       test_corpus=args.test_corpus)
+    data = _load_data(args, cfg)
+    init_ray()
+    metrics = run_cv(data, cfg, args.output)
+    print(json.dumps({k: metrics[k] for k in ("protocol", "ua_mean", "ua_std", "wa_mean",
+                                              "wa_std", "n_folds")}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ser_ray.experiment import evaluate_model
+
+    metrics = evaluate_model(args.model, args.roots, args.output)
+    print(json.dumps({k: metrics[k] for k in ("protocol", "ua_mean", "wa_mean",
+                                              "shares_speakers")}, indent=2))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ser_ray.runtime import init_ray
+    from ser_ray.tuning import load_space, run_sweep
+
+    space = load_space(args.space)
+    init_ray()
+    table = run_sweep(args.roots, space, args.output, resume=not args.restart)
+    best = table.iloc[0].to_dict() if len(table) else {}
+    print(json.dumps({"best": best}, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ser-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +188,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sample-rate", type=int, dest="sample_rate")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="features -> a model artifact (safetensors + configs)")
+    add_learn_args(t)
+    t.add_argument("--output", required=True, help="model folder to write")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("cv", help="cross-validate one configuration under a protocol")
+    add_learn_args(c)
+    c.add_argument("--protocol", help="speaker-kfold (default), loso, random-kfold "
+                                      "(shares speakers: optimistic), explicit, cross-corpus")
+    c.add_argument("--folds", type=int)
+    c.add_argument("--test-speakers", type=_csv, dest="test_speakers")
+    c.add_argument("--train-corpora", type=_csv, dest="train_corpora")
+    c.add_argument("--test-corpus", dest="test_corpus")
+    c.add_argument("--output", required=True, help="report folder (metrics.json, summary.md, ...)")
+    c.set_defaults(func=cmd_cv)
+
+    u = sub.add_parser("tune", help="Ray Tune sweep over models, features and hyperparameters")
+    u.add_argument("--features", nargs="+", required=True, metavar="DIR", dest="roots")
+    u.add_argument("--space", required=True, help="YAML search space (see configs/tune_*.yaml)")
+    u.add_argument("--output", required=True)
+    u.add_argument("--restart", action="store_true",
+                   help="start over instead of resuming an interrupted sweep in --output")
+    u.set_defaults(func=cmd_tune)
+
+    e = sub.add_parser("evaluate", help="score a saved model on prepared features")
+    e.add_argument("--model", required=True, help="model folder written by train or tune")
+    e.add_argument("--features", nargs="+", required=True, metavar="DIR", dest="roots")
+    e.add_argument("--output", required=True)
+    e.set_defaults(func=cmd_evaluate)
     return parser
 
 

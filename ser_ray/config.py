@@ -63,6 +63,49 @@ class PrepareConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-side augmentation (METHODS.md): variant none | augmented | merged."""
+
+    variant: str = "none"
+    steps: tuple[dict[str, Any], ...] = ()  # chain of {name: step, ...params}; () = METHODS chain
+    copies: int = 1
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """One training configuration: data, model, training-side treatment, protocol, resources."""
+
+    features: tuple[str, ...] = ("mfcc",)   # one feature, or several 1-D vectors concatenated
+    label_set: str | None = None            # re-map labels at learning time (e.g. iemocap4)
+    frames: int | None = None               # time frames of ragged 2-D features; None = median
+    model: str = "cnn1d"
+    model_options: dict[str, Any] = field(default_factory=dict)  # architecture + lr, epochs...
+    normalise: str = "global"               # none | global | speaker | corpus
+    balance: str = "none"                   # none | smote | ros | class_weights
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    protocol: str = "speaker-kfold"         # random-kfold | speaker-kfold | loso | explicit | cross-corpus
+    folds: int = 5
+    test_speakers: tuple[str, ...] = ()     # protocol=explicit
+    train_corpora: tuple[str, ...] = ()     # protocol=cross-corpus
+    test_corpus: str | None = None
+    validation_fraction: float = 0.2        # speakers held out of training for early stopping
+    noisy_snr_db: tuple[float, ...] = ()    # also score the test side mixed with noise at these
+    noise_dir: str | None = None            # recordings for noisy test sets / background noise
+    num_workers: int = 1                    # Ray Train workers per fit (DDP)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        from ser_ray.data import check_normalise
+
+        check_normalise(self.normalise)
+        if self.augment.variant not in ("none", "augmented", "merged"):
+            raise ValueError(f"augment.variant={self.augment.variant!r} is not one of "
+                             "['none', 'augmented', 'merged']")
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 

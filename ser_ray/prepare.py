@@ -1,13 +1,21 @@
 """The ``prepare`` job: audio inputs -> manifest, feature tables, quarantine and summary.
 
-Work is cut into *units* of a few files (or one tar shard). A Ray actor pool processes units; each
-unit's rows are written by the worker as deterministic, atomically renamed part files, then a
-``_units/<id>.json`` marker records it as done. A rerun into the same output skips marked units,
-so an interrupted run resumes and ends with the same tables as one clean run.
+Work is cut into *units* of a few files (or one tar shard). Each unit is one Ray task; the worker
+reads the unit's files itself (local, shared filesystem or S3), so files are read in parallel on
+every worker of the cluster, and writes the unit's rows as deterministic, atomically renamed part
+files, then a ``_units/<id>.json`` marker records it as done. A rerun into the same output skips
+marked units, so an interrupted run resumes and ends with the same tables as one clean run.
 
-Stages (Ray Data): plan inputs on the driver (one level of listing) -> list sub-folders and cut
-units on workers (``flat_map``) -> decode, condition and extract features (``map_batches`` on an
-actor pool) -> summarise on the driver from the written tables.
+Stages: resolve inputs and their corpora on the driver (no listing) -> walk each input lazily on
+the driver, cutting units as names stream in, with at most a few units per worker in flight
+(``ray.wait``), so driver memory stays flat however large the prefix -> decode, condition and
+extract features in Ray tasks (each worker process builds its extractors once per config) ->
+summarise on the driver from the written tables.
+
+Why Ray tasks and not Ray Data: a Ray Data pipeline (listing stage, repartition, actor pool)
+cost about 5 s of fixed overhead per run, so on a small machine ``prepare`` was slower than a
+single-process loop. Plain tasks keep the same parallel, distributed reads and per-unit resume
+without that overhead.
 """
 
 from __future__ import annotations
@@ -70,8 +78,12 @@ def resolve_corpus(uri: str, requested: str, storage: io.Storage) -> str:
 
 
 def plan_inputs(cfg: PrepareConfig, storage: io.Storage) -> list[dict[str, Any]]:
-    """Inputs -> listing jobs, listing at most one level of each input on the driver."""
-    jobs: list[dict[str, Any]] = []
+    """Inputs -> sources (a folder, glob, tar shard, table or single file), each with its corpus.
+
+    Nothing is listed here beyond the sample that corpus detection reads: a missing input fails
+    before any work starts, and :func:`iter_units` lists each source lazily later.
+    """
+    sources: list[dict[str, Any]] = []
     for index, given in enumerate(cfg.inputs):
         for uri in io.expand_braces(given):
             uri = uri.rstrip("/") if uri not in ("/",) else uri
@@ -81,83 +93,99 @@ def plan_inputs(cfg: PrepareConfig, storage: io.Storage) -> list[dict[str, Any]]
             if io.has_glob(uri):
                 root, pattern = io.glob_root(uri)
                 corpus = resolve_corpus(root, cfg.corpus, storage)
-                jobs.append({**base, "kind": "glob", "root": root, "uri": root,
-                             "pattern": pattern, "corpus": corpus})
+                sources.append({**base, "kind": "glob", "root": root, "uri": root,
+                                "pattern": pattern, "corpus": corpus})
             elif io.is_table(uri) or io.is_tar(uri):
                 if not storage.exists(uri):
                     raise FileNotFoundError(f"--input {uri}: no such file or object")
                 corpus = resolve_corpus(uri, cfg.corpus, storage)
                 kind = "table" if io.is_table(uri) else "tar"
-                jobs.append({**base, "kind": kind, "root": uri, "uri": uri, "corpus": corpus})
+                sources.append({**base, "kind": kind, "root": uri, "uri": uri, "corpus": corpus})
             elif storage.exists_dir(uri):
                 corpus = resolve_corpus(uri, cfg.corpus, storage)
-                dirs, files = storage.list_level(uri)
-                jobs += [{**base, "kind": "walk", "root": uri, "uri": d, "corpus": corpus}
-                         for d in dirs]
-                if files:
-                    jobs.append({**base, "kind": "files", "root": uri, "corpus": corpus,
-                                 "relpaths": [io.relpath(uri, f) for f in files]})
+                sources.append({**base, "kind": "walk", "root": uri, "uri": uri,
+                                "corpus": corpus})
             elif storage.exists(uri):  # a single file
                 parent = uri.rsplit("/", 1)[0] if io.is_s3(uri) else os.path.dirname(uri)
                 corpus = resolve_corpus(uri, cfg.corpus, storage)
-                jobs.append({**base, "kind": "files", "root": parent, "corpus": corpus,
-                             "relpaths": [io.relpath(parent, uri)]})
+                sources.append({**base, "kind": "files", "root": parent, "corpus": corpus,
+                                "relpaths": [io.relpath(parent, uri)]})
             else:
                 raise FileNotFoundError(f"--input {uri}: no such file, folder or prefix "
                                         f"(check the path, or credentials/endpoint for s3://)")
-    return jobs
+    return sources
 
 
-def _unit(kind: str, root: str, corpus: str, **payload: Any) -> dict[str, str]:
+def _unit(kind: str, root: str, corpus: str, **payload: Any) -> dict[str, Any]:
+    """A work unit; its id is a hash of what it holds, so every run cuts the same ids."""
     body = {"kind": kind, "root": root, "corpus": corpus, **payload}
     uid = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
-    return {"unit_id": uid, "unit": json.dumps({**body, "unit_id": uid})}
+    return {**body, "unit_id": uid}
 
 
-def expand_job(row: dict[str, Any], files_per_task: int, s3: dict) -> list[dict[str, str]]:
-    """A listing job -> work units of at most ``files_per_task`` files (tar shards whole)."""
-    job = json.loads(row["job"])
-    storage = io.Storage(from_dict(io.S3Config, s3))
-    root, corpus = job["root"], job["corpus"]
-    if job["kind"] == "tar":
-        return [_unit("tar", root, corpus, uri=job["uri"])]
-    if job["kind"] == "table":
-        return _expand_table(job, storage, files_per_task)
-    if job["kind"] == "files":
-        rels: Iterator[str] = iter(job["relpaths"])
+def iter_units(source: dict[str, Any], storage: io.Storage,
+               files_per_task: int) -> Iterator[dict[str, Any]]:
+    """A source -> work units of at most ``files_per_task`` files (tar shards whole), lazily.
+
+    A folder is walked once, streaming; at most one open chunk per group is held. Files are
+    grouped as if each top-level sub-folder were listed on its own and the top-level files
+    apart, so chunks (and unit ids) do not depend on what else the input holds: a rerun, or an
+    output written by an earlier version, resumes unit by unit.
+    """
+    root, corpus = source["root"], source["corpus"]
+    kind = source["kind"]
+    if kind == "tar":
+        yield _unit("tar", root, corpus, uri=source["uri"])
+        return
+    if kind == "table":
+        yield from _table_units(source, storage, files_per_task)
+        return
+    if kind == "files":
+        found: Iterator[str] = (io.join(root, r) for r in source["relpaths"])
+    elif kind == "glob":
+        found = storage.glob(io.join(root, source["pattern"]))
     else:
-        found = storage.walk(job["uri"]) if job["kind"] == "walk" else storage.glob(
-            io.join(root, job["pattern"]))
-        rels = (io.relpath(root, u) for u in found)
-    units, chunk = [], []
-    for rel in rels:
+        found = storage.walk(source["uri"])
+    grouped = kind == "walk"
+    chunks: dict[str | None, list[str]] = {}  # group (top-level folder; None = root) -> chunk
+    for uri in found:
+        rel = io.relpath(root, uri)
         if io.is_tar(rel):  # shards found inside a folder are units of their own
-            units.append(_unit("tar", io.join(root, rel), corpus, uri=io.join(root, rel)))
+            yield _unit("tar", io.join(root, rel), corpus, uri=io.join(root, rel))
             continue
+        group = rel.split("/", 1)[0] if grouped and "/" in rel else None
+        if group is not None and group not in chunks:
+            # A walk lists each sub-folder's files together: the previous one is complete.
+            for g in [g for g in chunks if g is not None]:
+                yield _unit("files", root, corpus, relpaths=chunks.pop(g))
+        chunk = chunks.setdefault(group, [])
         chunk.append(rel)
         if len(chunk) == files_per_task:
-            units.append(_unit("files", root, corpus, relpaths=chunk))
-            chunk = []
-    if chunk:
-        units.append(_unit("files", root, corpus, relpaths=chunk))
-    return units
+            yield _unit("files", root, corpus, relpaths=chunks.pop(group))
+    for chunk in chunks.values():
+        if chunk:
+            yield _unit("files", root, corpus, relpaths=chunk)
 
 
-def _expand_table(job: dict, storage: io.Storage, files_per_task: int) -> list[dict[str, str]]:
+def _table_units(source: dict, storage: io.Storage,
+                 files_per_task: int) -> Iterator[dict[str, Any]]:
     from ser_ray.corpora.manifest import load_manifest
 
-    uri = job["uri"]
+    uri = source["uri"]
     base = uri.rsplit("/", 1)[0] if io.is_s3(uri) else os.path.dirname(uri)
     entries = []
     for path, utt in load_manifest(io.read_table(uri, storage), base):
         entries.append([path, {"speaker": utt.speaker, "sex": utt.sex, "raw_label": utt.raw_label,
                                "label": utt.label, "extra": utt.extra}])
-    return [_unit("entries", base, "manifest", entries=entries[i:i + files_per_task])
-            for i in range(0, len(entries), files_per_task)]
+        if len(entries) == files_per_task:
+            yield _unit("entries", base, "manifest", entries=entries)
+            entries = []
+    if entries:
+        yield _unit("entries", base, "manifest", entries=entries)
 
 
 # --------------------------------------------------------------------------------------------
-# Processing (Ray actors): one unit -> part files + marker
+# Processing (Ray tasks): one unit -> part files + marker
 # --------------------------------------------------------------------------------------------
 
 class _Rows:
@@ -175,7 +203,7 @@ def _hidden(rel: str) -> bool:
 
 
 class UnitProcessor:
-    """Ray Data callable class: loads extractors once per actor, processes units of files."""
+    """Processes units of files; built once per worker process and config (extractors loaded)."""
 
     def __init__(self, cfg: dict[str, Any], output: str):
         from ser_ray.features import get_extractor
@@ -188,14 +216,6 @@ class UnitProcessor:
                            for name in self.cfg.features}
         self.max_bytes = int(self.cfg.audio.max_file_mb * 2**20)
         self._corpora: dict[tuple[str, str], Any] = {}
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        ids, stats = [], []
-        for text in batch["unit"]:
-            unit = json.loads(str(text))
-            ids.append(unit["unit_id"])
-            stats.append(json.dumps(self.process(unit)))
-        return {"unit_id": ids, "stats": stats}
 
     def _corpus(self, name: str, root: str):
         if name in ("manifest", "sidecar"):
@@ -418,6 +438,25 @@ def _merge_sidecar(utt, sidecar: dict):
     return replace(utt, extra={**{f"sidecar_{k}": v for k, v in sidecar.items()}, **utt.extra})
 
 
+# Worker side: each Ray worker process keeps the UnitProcessor of the config it last ran (the
+# extractors, label set and corpora are built once per process, not once per unit).
+_PROCESSORS: dict[str, UnitProcessor] = {}
+
+
+def _processor(cfg: dict[str, Any], output: str) -> UnitProcessor:
+    key = hashlib.sha1(json.dumps([cfg, output], sort_keys=True, default=str).encode()).hexdigest()
+    proc = _PROCESSORS.get(key)
+    if proc is None:
+        _PROCESSORS.clear()  # another run's config: let its extractors go
+        proc = _PROCESSORS[key] = UnitProcessor(cfg, output)
+    return proc
+
+
+def process_unit(cfg: dict[str, Any], output: str, unit: dict[str, Any]) -> dict[str, Any]:
+    """The Ray task: one unit -> its part files and marker; returns the unit's stats."""
+    return _processor(cfg, output).process(unit)
+
+
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
@@ -453,7 +492,6 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
                 progress: bool = True) -> dict[str, Any]:
     """Run the prepare job end to end; returns the summary (also written to summary.json)."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     from ser_ray.runtime import init_ray
 
@@ -472,48 +510,97 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
     _check_output(cfg, out, overwrite)
     t0 = time.time()
     storage = io.Storage(cfg.s3)
-    jobs = plan_inputs(cfg, storage)
-    corpora = sorted({j["corpus"] for j in jobs})
-    log(f"{len(cfg.inputs)} input(s), corpus {', '.join(corpora)}, {len(jobs)} listing job(s)")
+    sources = plan_inputs(cfg, storage)
+    corpora = sorted({s["corpus"] for s in sources})
+    log(f"{len(cfg.inputs)} input(s), corpus {', '.join(corpora)}, {len(sources)} source(s)")
 
     init_ray()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.verbose_progress = False
-    s3 = to_dict(cfg.s3)
-    listing = ray.data.from_items([{"job": json.dumps(j)} for j in jobs],
-                                  override_num_blocks=max(1, len(jobs)))
-    units = listing.flat_map(expand_job, fn_kwargs={"files_per_task": cfg.files_per_task,
-                                                    "s3": s3}).materialize()
-    n_units = units.count()
-    # One unit per block so units spread over actors; materialised before the actor pool
-    # exists, because the pool may hold every CPU and the repartition needs one.
-    units = units.repartition(max(1, n_units)).materialize()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = max(1, min(cfg.num_workers or int(cpus / cfg.cpus_per_worker), n_units or 1))
-    log(f"{n_units} work unit(s) of <= {cfg.files_per_task} files on {workers} worker(s)")
-    totals: Counter = Counter()
-    unit_ids: set[str] = set()
-    if n_units:
-        results = units.map_batches(
-            UnitProcessor, fn_constructor_kwargs={"cfg": to_dict(cfg), "output": str(out)},
-            batch_size=1, compute=ActorPoolStrategy(size=workers),
-            num_cpus=cfg.cpus_per_worker)
-        last = time.time()
-        for row in results.iter_rows():
-            st = json.loads(row["stats"])
-            unit_ids.add(st["unit_id"])
-            totals.update({k: st[k] for k in ("files", "ok", "quarantined", "skipped", "audio_s")})
-            totals["resumed"] += int(bool(st.get("resumed")))
-            if progress and time.time() - last > 5:
-                last = time.time()
-                log(f"{len(unit_ids)}/{n_units} units, {totals['files']} files: "
-                    f"{totals['ok']} ok, {totals['quarantined']} quarantined")
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) / cfg.cpus_per_worker))
+    workers = min(cfg.num_workers, slots) if cfg.num_workers else slots
+    # Tasks beyond the free slots wait in Ray's queue and start the moment a slot frees, so a
+    # few extra in flight keep every worker busy. With num_workers below the cluster's slots,
+    # in-flight tasks are what caps the parallelism.
+    max_in_flight = 2 * workers if workers == slots else workers
+    log(f"units of <= {cfg.files_per_task} files on {workers} worker(s)")
+    units = (u for s in sources for u in iter_units(s, storage, cfg.files_per_task))
+    unit_ids, totals = _run_units(cfg, out, units, max_in_flight, progress)
     summary = finalize(cfg, out, unit_ids, totals, time.time() - t0, corpora)
     log(f"done: {summary['input_files']} input files, {summary['ok']} ok, "
         f"{summary['quarantined']} quarantined, {summary['skipped']} skipped "
         f"({summary['resumed_units']} units resumed) -> {out}")
     return summary
+
+
+PROGRESS_EVERY_S = 2.0
+_COUNTED = ("files", "ok", "quarantined", "skipped", "audio_s")
+
+
+def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
+               max_in_flight: int, progress: bool) -> tuple[set[str], Counter]:
+    """Submit units as Ray tasks while they are cut, at most ``max_in_flight`` at a time.
+
+    Units already marked done by an earlier run into ``out`` are counted without a task.
+    """
+    import ray
+
+    task = ray.remote(process_unit).options(num_cpus=cfg.cpus_per_worker)
+    cfg_ref = ray.put(to_dict(cfg))
+    unit_ids: set[str] = set()
+    totals: Counter = Counter()  # every unit, resumed ones included
+    fresh: Counter = Counter()  # units processed by this run: the rate
+    pending: list = []
+    t0 = last = time.time()
+    listing = True
+
+    def record(st: dict[str, Any]) -> None:
+        nonlocal last
+        totals.update({k: st[k] for k in _COUNTED})
+        if st.get("resumed"):
+            totals["resumed"] += 1
+        else:
+            fresh.update({k: st[k] for k in _COUNTED})
+        totals["done"] += 1
+        if progress and time.time() - last >= PROGRESS_EVERY_S:
+            last = time.time()
+            _progress(totals, fresh, len(unit_ids), listing, last - t0)
+
+    def collect(block: bool) -> None:
+        done, rest = ray.wait(pending, num_returns=1 if block else len(pending),
+                              timeout=None if block else 0)
+        pending[:] = rest
+        for st in ray.get(done):
+            record(st)
+
+    for unit in units:
+        uid = unit["unit_id"]
+        if uid in unit_ids:  # the same file reached twice (overlapping inputs): once is enough
+            continue
+        unit_ids.add(uid)
+        marker = out / "_units" / f"{uid}.json"
+        if marker.exists():  # done by an earlier run into this output: resume
+            record({**json.loads(marker.read_text()), "resumed": True})
+            continue
+        while len(pending) >= max_in_flight:
+            collect(block=True)
+        pending.append(task.remote(cfg_ref, str(out), unit))
+        if len(pending) > 1:
+            collect(block=False)
+    listing = False
+    while pending:
+        collect(block=True)
+    if progress and totals["done"]:
+        _progress(totals, fresh, len(unit_ids), listing, time.time() - t0)
+    return unit_ids, totals
+
+
+def _progress(totals: Counter, fresh: Counter, n_units: int, listing: bool,
+              seconds: float) -> None:
+    seconds = max(seconds, 1e-3)
+    rate = fresh["audio_s"] / seconds
+    log(f"{totals['done']}/{n_units}{'+' if listing else ''} units, {totals['files']} files "
+        f"({totals['ok']} ok, {totals['quarantined']} quarantined, {totals['skipped']} "
+        f"skipped), {totals['audio_s'] / 3600:.2f} h audio, {fresh['files'] / seconds:.1f} "
+        f"files/s, {rate:.0f} audio s/s")
 
 
 def _read(dirpath: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:

@@ -43,3 +43,28 @@ def s3_server():
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+# --------------------------------------------------------------------------- learning plane
+LEARN_EMOTIONS = ("neutral", "happy", "sad", "angry")
+
+
+@pytest.fixture(scope="session")
+def learn_corpus(tmp_path_factory):
+    """A small synthetic RAVDESS-layout corpus (6 speakers x 4 emotions x 4 takes), prepared
+    once per session with ``ser-ray prepare`` in its own process (its own Ray): MFCC arrays,
+    pooled MFCC statistics and handcrafted94 vectors. Returns {"corpus", "prepared"} paths."""
+    import subprocess
+    import sys
+
+    from ser_ray.synth import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("learn")
+    corpus, prepared = root / "corpus", root / "prepared"
+    synthesize_corpus("ravdess", corpus, n_speakers=6, per_emotion=4, emotions=LEARN_EMOTIONS,
+                      sr=16000, seed=3)
+    cmd = [sys.executable, "-m", "ser_ray.cli", "prepare", "--input", str(corpus),
+           "--corpus", "ravdess", "--features", "mfcc,handcrafted94", "--output", str(prepared),
+           "--set", "audio.trim=true", "--set", "audio.normalise=rms", "--no-progress"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    return {"corpus": corpus, "prepared": prepared}

@@ -114,6 +114,47 @@ def test_mfcc_delta_blocks_in_order():
     np.testing.assert_allclose(pooled, np.concatenate([x.mean(0), x.std(0)]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seconds", [2.0, 0.1, 0.0805])  # 0.08 s = 9 frames, delta's minimum
+def test_spectral_features_equal_librosa_functions(seconds):
+    """MFCC/log-mel/STFT from cached mel basis + window equal librosa's own functions."""
+    from ser_ray.features import spectral
+
+    y = tone(seconds)
+    x = get_extractor("mfcc")(y, SR)
+    ref = librosa.feature.mfcc(y=y, sr=SR, n_mfcc=40, n_fft=512, hop_length=160,
+                               win_length=400, n_mels=64)
+    np.testing.assert_array_equal(x[:, :40].T, ref)
+    for order in (1, 2):  # same filter; the edge fit differs only by float32 rounding
+        np.testing.assert_allclose(x[:, 40 * order:40 * (order + 1)].T,
+                                   librosa.feature.delta(ref, order=order), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(spectral.delta(ref[:, :9], order=order),
+                                   librosa.feature.delta(ref[:, :9], order=order),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="width=9 cannot exceed the 8 frames"):
+        spectral.delta(ref[:, :8])
+    if seconds >= 1024 / SR:
+        opts = {"n_mels": 40, "fmin": 50.0, "fmax": 7000.0}
+        mel = librosa.feature.melspectrogram(y=y, sr=SR, n_fft=1024, hop_length=160,
+                                             win_length=400, **opts)
+        np.testing.assert_array_equal(get_extractor("logmel", **opts)(y, SR),
+                                      librosa.power_to_db(mel, ref=np.max, top_db=80.0))
+    stft = np.abs(librosa.stft(y, n_fft=512, hop_length=64, win_length=256, window="hamming"))
+    np.testing.assert_array_equal(get_extractor("stft")(y, SR), stft)
+
+
+def test_mel_basis_and_window_are_built_once_and_read_only():
+    from ser_ray.features import spectral
+
+    a = spectral.mel_basis(SR, 512, 64, 0.0, None)
+    assert spectral.mel_basis(SR, 512, 64, 0.0, None) is a
+    np.testing.assert_array_equal(a, librosa.filters.mel(sr=SR, n_fft=512, n_mels=64))
+    w = spectral.analysis_window("hann", 400)
+    assert spectral.analysis_window("hann", 400) is w
+    for arr in (a, w):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 1.0
+
+
 def test_handcrafted173_separates_different_sounds():
     e = get_extractor("handcrafted173", tonnetz_chroma="stft")
     a, b = e(tone(), SR), e(noise_burst(), SR)

@@ -1,16 +1,94 @@
-"""Frame-level spectral features: MFCC (+ deltas), log-mel and STFT magnitude blocks."""
+"""Frame-level spectral features: MFCC (+ deltas), log-mel and STFT magnitude blocks.
+
+The computations are librosa's own (``librosa.feature.mfcc`` / ``melspectrogram`` /
+``delta``), step by step, with what they rebuild on every call cached per process: the mel
+filter bank, the analysis window and the delta filter. MFCC and log-mel are bit-identical to
+librosa's functions; deltas match ``librosa.feature.delta`` to float32 rounding (its edge fit
+solves a least-squares problem in float32 on every call; here it is solved once, in float64).
+"""
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import librosa
 import numpy as np
+import scipy.fft
+import scipy.ndimage
+import scipy.signal
 
 from ser_ray.features.base import Extractor, _check_choice, register
 
 # librosa.feature.delta's default window; with mode="interp" it needs at least this many frames.
 _DELTA_WIDTH = 9
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)  # cached and shared by every call: nobody may write into it
+    return a
+
+
+@functools.lru_cache(maxsize=32)
+def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+              fmax: float | None = None) -> np.ndarray:
+    """``librosa.filters.mel`` (Slaney, float32), built once per parameter set."""
+    return _frozen(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax))
+
+
+@functools.lru_cache(maxsize=32)
+def analysis_window(name: str, win_length: int) -> np.ndarray:
+    """The analysis window ``librosa.stft`` would build from ``name`` (periodic, float64)."""
+    return _frozen(librosa.filters.get_window(name, win_length, fftbins=True))
+
+
+def power_mel(y: np.ndarray, sr: int, n_fft: int, hop_length: int, win_length: int,
+              n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """``librosa.feature.melspectrogram`` (power 2, Hann, centred, zero padding)."""
+    spec = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
+                               window=analysis_window("hann", win_length), center=True,
+                               pad_mode="constant")) ** 2
+    return np.einsum("...ft,mf->...mt", spec, mel_basis(sr, n_fft, n_mels, fmin, fmax),
+                     optimize=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _delta_filters(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Savitzky-Golay filter of ``librosa.feature.delta`` and its two edge operators.
+
+    The interior is ``savgol_coeffs`` convolved as scipy does. mode="interp" fits a polynomial of
+    degree ``order`` to the first/last ``width`` frames and evaluates its ``order``-th
+    derivative at the edge frames; that is linear in the frames, so it is a fixed matrix.
+    """
+    coeffs = scipy.signal.savgol_coeffs(width, order, deriv=order)
+    half = width // 2
+    fit = np.linalg.pinv(np.vander(np.arange(width, dtype=np.float64), order + 1))
+
+    def derivative_at(points: np.ndarray) -> np.ndarray:  # rows: d^order/dx^order of x^e
+        out = np.zeros((len(points), order + 1))
+        for k in range(order + 1):
+            e = order - k  # np.vander: highest power first
+            if e >= order:
+                out[:, k] = math.perm(e, order) * points ** (e - order)
+        return out
+
+    left = derivative_at(np.arange(0, half, dtype=np.float64)) @ fit
+    right = derivative_at(np.arange(width - half, width, dtype=np.float64)) @ fit
+    return _frozen(coeffs), _frozen(left), _frozen(right)
+
+
+def delta(data: np.ndarray, order: int = 1, width: int = _DELTA_WIDTH) -> np.ndarray:
+    """``librosa.feature.delta(data, width=width, order=order)`` along the last axis."""
+    n = data.shape[-1]
+    if width > n:
+        raise ValueError(f"delta: width={width} cannot exceed the {n} frames of the input")
+    coeffs, left, right = _delta_filters(width, order)
+    out = scipy.ndimage.convolve1d(data, coeffs, axis=-1, mode="constant")
+    half = width // 2
+    out[..., :half] = data[..., :width].astype(np.float64) @ left.T
+    out[..., n - half:] = data[..., n - width:].astype(np.float64) @ right.T
+    return out
 
 
 @register("mfcc")
@@ -41,11 +119,11 @@ class MFCC(Extractor):
         return max(self.n_fft, (_DELTA_WIDTH - 1) * self.hop_length if self.deltas else 0)
 
     def compute(self, y, sr):
-        m = librosa.feature.mfcc(
-            y=y, sr=sr, n_mfcc=self.n_mfcc, n_fft=self.n_fft, hop_length=self.hop_length,
-            win_length=self.win_length, n_mels=self.n_mels,
-        )
-        blocks = [m] + [librosa.feature.delta(m, order=k) for k in range(1, self.deltas + 1)]
+        # librosa.feature.mfcc: DCT-II (orthonormal) of the dB mel power spectrogram
+        mel = power_mel(y, sr, self.n_fft, self.hop_length, self.win_length, self.n_mels)
+        m = scipy.fft.dct(librosa.power_to_db(mel), axis=-2, type=2, norm="ortho")
+        m = m[..., :self.n_mfcc, :]
+        blocks = [m] + [delta(m, order=k) for k in range(1, self.deltas + 1)]
         x = np.concatenate(blocks, axis=0).T  # (time, coefficient), as the 2D-CNN paper feeds it
         if self.pooling == "mean":
             return x.mean(axis=0)
@@ -75,10 +153,8 @@ class LogMel(Extractor):
         return self.n_fft
 
     def compute(self, y, sr):
-        s = librosa.feature.melspectrogram(
-            y=y, sr=sr, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-            n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax,
-        )
+        s = power_mel(y, sr, self.n_fft, self.hop_length, self.win_length, self.n_mels,
+                      self.fmin, self.fmax)
         return librosa.power_to_db(s, ref=np.max, top_db=self.top_db)
 
 
@@ -108,7 +184,7 @@ class STFT(Extractor):
     def compute(self, y, sr):
         mag = np.abs(librosa.stft(
             y, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-            window=self.window, center=True,
+            window=analysis_window(self.window, self.win_length), center=True,
         ))
         if self.scale == "db":
             return librosa.amplitude_to_db(mag, ref=np.max, top_db=self.top_db)

@@ -1,0 +1,277 @@
+"""Trained-model directories: everything needed to predict, and nothing from the training code.
+
+A model dir holds::
+
+    model.json                 format_version, name, kind, config, input_shape, n_classes, weights, extra
+    weights.safetensors        torch state_dict (no pickle)   | model.joblib (classical sklearn pipeline)
+    features.json              extractor configs, audio config, how features were combined
+    normalisation.safetensors  optional "mean" / "std" float32 arrays broadcastable to input_shape
+    labels.json                class names; model output i is labels[i]
+    metrics.json               evaluation metrics ({} when none)
+    versions.json              python, numpy, torch, sklearn, safetensors, ser_ray
+
+Classical models are stored with joblib (``skops`` is not installed), which unpickles on load:
+only load classical model dirs you trust. Torch weights never go through pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import safetensors
+import sklearn
+import torch
+from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+import ser_ray
+from ser_ray.models import ModelConfig, build_model, get_model_spec, model_config as make_config
+
+FORMAT_VERSION = 1
+WEIGHTS = {"torch": "weights.safetensors", "classical": "model.joblib"}
+REQUIRED = ("model.json", "features.json", "normalisation.safetensors", "labels.json", "metrics.json",
+            "versions.json")
+NORMALISATION_KEYS = ("mean", "std")
+
+
+@dataclass
+class Predictor:
+    """A loaded model: ``predict_proba(X)`` on X (n, *input_shape) after the stored normalisation."""
+
+    model_name: str
+    kind: str  # "torch" | "classical"
+    model: Any  # nn.Module or fitted sklearn estimator
+    labels: list[str]
+    input_shape: tuple[int, ...]
+    feature_config: dict = field(default_factory=dict)
+    normalisation: dict[str, np.ndarray] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # what the trainer stored (fold, speakers, history)
+    batch_size: int = 256
+
+    def __post_init__(self):
+        # float32 statistics, as stored, so an in-memory Predictor matches a loaded one bit for bit.
+        self.normalisation = {k: np.asarray(v, dtype=np.float32) for k, v in self.normalisation.items()}
+        self.input_shape = tuple(self.input_shape)
+
+    def prepare(self, X) -> np.ndarray:
+        """Check X is (n, *input_shape) and apply the stored mean/std; float32."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"{self.model_name}: X has shape {X.shape}, expected (n, *{self.input_shape}); "
+                f"for a single example pass X[None]"
+            )
+        if "mean" in self.normalisation:
+            X = X - self.normalisation["mean"]
+        if "std" in self.normalisation:
+            X = X / self.normalisation["std"]
+        return X.astype(np.float32, copy=False)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, float32 (n, len(labels)); columns follow :attr:`labels`."""
+        X = self.prepare(X)
+        if self.kind == "classical":
+            # Classes absent from the training split get no column from sklearn: put them back at 0.
+            out = np.zeros((len(X), len(self.labels)), dtype=np.float32)
+            if len(X):
+                out[:, np.asarray(self.model.classes_, dtype=int)] = self.model.predict_proba(X)
+            return out
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        parts = [np.zeros((0, len(self.labels)), dtype=np.float32)]
+        with torch.no_grad():
+            for i in range(0, len(X), self.batch_size):
+                logits = self.model(torch.from_numpy(X[i : i + self.batch_size]).to(device))
+                parts.append(torch.softmax(logits, dim=1).cpu().numpy())
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def predict(self, X) -> list[str]:
+        """Most probable label of each example."""
+        return [self.labels[i] for i in self.predict_proba(X).argmax(axis=1)]
+
+
+def save_model_dir(
+    path: str | os.PathLike,
+    *,
+    model_name: str,
+    model_config: dict | ModelConfig,
+    input_shape: tuple[int, ...],
+    labels: list[str],
+    model,
+    feature_config: dict,
+    normalisation: dict[str, np.ndarray] | None = None,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a model dir at ``path`` atomically (temp dir, then rename); returns ``path``.
+
+    An existing model dir (or empty dir) at ``path`` is replaced; any other existing path is an error.
+    ``normalisation`` may hold "mean" and/or "std" arrays that broadcast against ``input_shape``;
+    a zero std (constant feature) is stored as 1.
+    """
+    path = Path(path)
+    kind = get_model_spec(model_name).kind
+    if isinstance(model_config, ModelConfig):
+        model_config = dataclasses.asdict(model_config)
+    config = dict(model_config)
+    make_config(model_name, **config)  # rejects unknown fields now rather than at load time
+    input_shape = tuple(int(s) for s in input_shape)
+    labels = [str(lab) for lab in labels]
+    _check_model(model_name, kind, model, input_shape, len(labels))
+    norm = _check_normalisation(normalisation or {}, input_shape)
+    replaceable = path.is_dir() and ((path / "model.json").exists() or not any(path.iterdir()))
+    if path.exists() and not replaceable:
+        raise FileExistsError(f"{path} exists and is not a model dir; choose another path or remove it")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        meta = {"format_version": FORMAT_VERSION, "name": model_name, "kind": kind, "config": config,
+                "input_shape": list(input_shape), "n_classes": len(labels), "weights": WEIGHTS[kind],
+                "extra": extra or {}}
+        _write_json(tmp / "model.json", meta)
+        _write_json(tmp / "features.json", feature_config)
+        _write_json(tmp / "labels.json", labels)
+        _write_json(tmp / "metrics.json", metrics or {})
+        _write_json(tmp / "versions.json", versions())
+        save_numpy(norm, str(tmp / "normalisation.safetensors"))
+        if kind == "torch":
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_torch(state, str(tmp / WEIGHTS[kind]), metadata={"format": "pt"})
+        else:
+            joblib.dump(model, tmp / WEIGHTS[kind])
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor:
+    """Load a model dir written by :func:`save_model_dir` (torch weights onto ``device``)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model dir {path} does not exist; pass a dir written by save_model_dir")
+    missing = [f for f in REQUIRED if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"model dir {path} lacks {missing}; it is incomplete, write it again")
+    meta = json.loads((path / "model.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"model dir {path} has format_version {meta.get('format_version')!r} but this ser_ray "
+            f"reads {FORMAT_VERSION}; load it with the ser_ray version that wrote it "
+            f"(see versions.json) or retrain"
+        )
+    weights = path / meta["weights"]
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"model dir {path} lacks {meta['weights']}; it is incomplete, write it again"
+        )
+    name, kind, shape = meta["name"], meta["kind"], tuple(meta["input_shape"])
+    if kind == "torch":
+        model = build_model(name, shape, meta["n_classes"], **meta["config"])
+        try:
+            model.load_state_dict(load_torch(str(weights)))
+        except RuntimeError as e:
+            raise ValueError(
+                f"{weights} does not fit model {name!r} with the stored config: {e}"
+            ) from None
+        model.to(device).eval()
+    else:
+        model = joblib.load(weights)
+    return Predictor(
+        model_name=name, kind=kind, model=model,
+        labels=json.loads((path / "labels.json").read_text()), input_shape=shape,
+        feature_config=json.loads((path / "features.json").read_text()),
+        normalisation=load_numpy(str(path / "normalisation.safetensors")),
+        config=meta["config"], metrics=json.loads((path / "metrics.json").read_text()),
+        extra=meta.get("extra") or {},
+    )
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a model dir depends on."""
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "sklearn": sklearn.__version__, "safetensors": safetensors.__version__,
+            "ser_ray": ser_ray.__version__, "format_version": str(FORMAT_VERSION)}
+
+
+def _check_model(name: str, kind: str, model, input_shape: tuple[int, ...], n_classes: int) -> None:
+    """Refuse a model whose type or output size does not match ``kind`` and the labels."""
+    if kind == "torch":
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model {name!r} is a torch model; got {type(model).__name__}")
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape, device=device))
+        model.train(was)
+        if tuple(out.shape) != (1, n_classes):
+            raise ValueError(
+                f"model {name!r} outputs {tuple(out.shape[1:])} per example for input_shape "
+                f"{input_shape} but there are {n_classes} labels"
+            )
+        return
+    if isinstance(model, torch.nn.Module) or not hasattr(model, "predict_proba"):
+        raise TypeError(f"model {name!r} is classical: pass its sklearn estimator with predict_proba, "
+                        f"got {type(model).__name__}")
+    classes = getattr(model, "classes_", None)
+    if classes is None:
+        raise ValueError(f"model {name!r} is not fitted (no classes_); fit it before saving")
+    classes = np.asarray(classes)
+    if not np.issubdtype(classes.dtype, np.integer) or classes.min() < 0 or classes.max() >= n_classes:
+        raise ValueError(f"model {name!r} predicts classes {list(classes)}; expected indices into "
+                         f"{n_classes} labels")
+
+
+def _check_normalisation(norm: dict, input_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    unknown = sorted(set(norm) - set(NORMALISATION_KEYS))
+    if unknown:
+        raise ValueError(
+            f"normalisation keys {unknown} are not understood; use {list(NORMALISATION_KEYS)}"
+        )
+    out = {}
+    for k, v in norm.items():
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        try:
+            fits = np.broadcast_shapes(v.shape, input_shape) == input_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"normalisation {k!r} of shape {v.shape} does not broadcast to {input_shape}"
+            )
+        out[k] = np.where(v == 0, 1, v).astype(np.float32) if k == "std" else v
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    def default(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"{path.name}: cannot write {type(o).__name__} as JSON; pass plain values")
+
+    path.write_text(json.dumps(obj, indent=2, default=default) + "\n")

@@ -1,0 +1,242 @@
+"""Learning-plane datasets: feature tables of one or more ``prepare`` outputs -> X, y, meta.
+
+A :class:`FeatureData` holds X ``(n, *shape)`` float32, y ``(n,)`` class indices into ``labels``
+and ``meta``, a DataFrame aligned with X (utterance_id, source_id, block_index, speaker, corpus,
+sex, label). Ragged 2-D features (MFCC arrays grow with the clip) are padded or cropped along
+their time axis to ``frames``, so every row has one shape and one model input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import yaml
+
+from ser_ray.features.arrays import column_to_numpy
+from ser_ray.labels import CANONICAL_LABELS, get_label_set
+
+META_COLUMNS = ("utterance_id", "source_id", "block_index", "corpus", "speaker", "sex", "label")
+# Axis of each 2-D feature that grows with the clip; fixed-size features are absent.
+TIME_AXIS = {"mfcc": 0, "logmel": 1, "stft": 1}
+
+
+@dataclass
+class FeatureData:
+    X: np.ndarray
+    y: np.ndarray
+    labels: list[str]
+    meta: pd.DataFrame
+    feature_config: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> "FeatureData":
+        """Rows ``idx`` (int indices), same labels and config."""
+        return dataclasses.replace(self, X=self.X[idx], y=self.y[idx],
+                                   meta=self.meta.iloc[idx].reset_index(drop=True))
+
+
+def read_prepare_config(root: str | Path) -> dict[str, Any]:
+    """The resolved config a ``prepare`` run wrote next to its tables."""
+    path = Path(root) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{root}: no config.yaml; --features must be the --output folder of `ser-ray prepare`"
+        )
+    return yaml.safe_load(path.read_text())
+
+
+def _read_feature(root: Path, name: str) -> tuple[list[np.ndarray], pd.DataFrame]:
+    path = root / "features" / name
+    if not path.exists():
+        have = sorted(p.name for p in (root / "features").glob("*")) if (root / "features").exists() else []
+        raise FileNotFoundError(
+            f"{root}: no feature table {name!r} (have {have}); rerun `ser-ray prepare` with "
+            f"--features {name}"
+        )
+    table = pads.dataset(str(path), format="parquet").to_table()
+    arrays = column_to_numpy(table)
+    meta = table.select(list(META_COLUMNS)).to_pandas()
+    return arrays, meta
+
+
+def fix_frames(a: np.ndarray, axis: int, frames: int) -> np.ndarray:
+    """Crop or zero-pad ``a`` along ``axis`` to exactly ``frames``."""
+    n = a.shape[axis]
+    if n >= frames:
+        return np.take(a, np.arange(frames), axis=axis)
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, frames - n)
+    return np.pad(a, pad)
+
+
+def _combine(names: Sequence[str], parts: list[tuple[list[np.ndarray], pd.DataFrame]],
+             frames: int | None) -> tuple[np.ndarray, pd.DataFrame, int | None]:
+    if len(names) == 1:
+        (arrays, meta), name = parts[0], names[0]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            axis = TIME_AXIS.get(name)
+            if axis is None:
+                raise ValueError(f"feature {name!r} has rows of different shapes {sorted(shapes)[:3]}")
+            if frames is None:  # the median clip: half the rows are padded, half cropped
+                frames = int(np.median([a.shape[axis] for a in arrays]))
+            arrays = [fix_frames(a, axis, frames) for a in arrays]
+        elif frames is not None and name in TIME_AXIS:
+            arrays = [fix_frames(a, TIME_AXIS[name], frames) for a in arrays]
+        return np.stack(arrays).astype(np.float32), meta, frames
+    # Several features: vectors of one row each, joined on (utterance_id, block_index).
+    key = ["utterance_id", "block_index"]
+    base = parts[0][1][list(META_COLUMNS)].copy()
+    cols = []
+    for name, (arrays, meta) in zip(names, parts):
+        if any(a.ndim != 1 for a in arrays[:1]):
+            raise ValueError(
+                f"feature {name!r} is {arrays[0].ndim}-D: only 1-D vectors can be combined "
+                "(use pooling='mean_std' or train on it alone)"
+            )
+        pos = pd.Series(np.arange(len(meta)), index=pd.MultiIndex.from_frame(meta[key]))
+        idx = pos.reindex(pd.MultiIndex.from_frame(base[key]))
+        if idx.isna().any():
+            missing = base.loc[idx.isna().values, "utterance_id"].head(3).tolist()
+            raise ValueError(f"feature {name!r} lacks rows present in {names[0]!r}: {missing} ...")
+        cols.append(np.stack(arrays)[idx.to_numpy(dtype=np.int64)])
+    return np.concatenate(cols, axis=1).astype(np.float32), base, frames
+
+
+def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[str], *,
+                  label_set: str | None = None, labels: Sequence[str] | None = None,
+                  frames: int | None = None) -> FeatureData:
+    """Feature tables ``features`` of one or more prepare outputs as one :class:`FeatureData`.
+
+    ``label_set`` re-maps labels at learning time (rows outside it are dropped and counted in
+    ``feature_config["dropped_labels"]``); ``labels`` fixes the class order (a saved model's),
+    otherwise canonical order of the labels present. Several features must be 1-D vectors and
+    are concatenated in the order given.
+    """
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if not roots:
+        raise ValueError("no --features folder given")
+    if not features:
+        raise ValueError("no feature names given (e.g. --feature-set egemaps)")
+    Xs, metas, prepare_cfgs = [], [], []
+    for root in map(Path, roots):
+        pcfg = read_prepare_config(root)
+        prepare_cfgs.append(pcfg)
+        X, meta, frames = _combine(features, [_read_feature(root, n) for n in features], frames)
+        Xs.append(X)
+        metas.append(meta)
+    shapes = {x.shape[1:] for x in Xs}
+    if len(shapes) > 1:
+        raise ValueError(f"feature shapes differ between folders: {sorted(shapes)}")
+    X = np.concatenate(Xs)
+    meta = pd.concat(metas, ignore_index=True)
+    meta["block_index"] = meta["block_index"].astype(np.int64)
+
+    dropped: dict[str, int] = {}
+    if label_set:
+        ls = get_label_set(label_set)
+        mapped = [ls.apply(lab, sex) for lab, sex in zip(meta["label"], meta["sex"])]
+        keep = np.array([m is not None for m in mapped])
+        for lab in meta.loc[~keep, "label"]:
+            dropped[lab] = dropped.get(lab, 0) + 1
+        meta = meta.assign(label=mapped)[keep].reset_index(drop=True)
+        X = X[keep]
+        order = list(ls.labels)
+    else:
+        order = list(CANONICAL_LABELS)
+    present = set(meta["label"])
+    if labels is None:
+        labels = [lab for lab in order if lab in present] + sorted(present - set(order))
+    labels = list(labels)
+    unknown = present - set(labels)
+    if unknown:
+        keep = meta["label"].isin(labels).to_numpy()
+        for lab in meta.loc[~keep, "label"]:
+            dropped[lab] = dropped.get(lab, 0) + 1
+        meta, X = meta[keep].reset_index(drop=True), X[keep]
+    if len(meta) == 0:
+        raise ValueError(f"no rows left in {roots} after label selection (dropped {dropped})")
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = meta["label"].map(index).to_numpy(dtype=np.int64)
+
+    extractors = {}
+    for pcfg in prepare_cfgs:
+        for name in features:
+            extractors[name] = extractor_settings(pcfg, name)
+    feature_config = {
+        "features": list(features), "frames": frames, "time_axis": TIME_AXIS.get(features[0])
+        if len(features) == 1 else None,
+        "extractors": extractors, "audio": prepare_cfgs[0].get("audio", {}),
+        "label_set": label_set, "roots": [str(r) for r in roots], "dropped_labels": dropped,
+    }
+    return FeatureData(X=X, y=y, labels=labels, meta=meta, feature_config=feature_config)
+
+
+def extractor_settings(prepare_cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """Resolved extractor config ``name`` of a prepare run (its defaults + feature_options)."""
+    from ser_ray.features import extractor_config, get_extractor
+
+    options = (prepare_cfg.get("feature_options") or {}).get(name, {})
+    return extractor_config(get_extractor(name, **options))
+
+
+def extractor_from_settings(settings: dict[str, Any]):
+    """Inverse of :func:`extractor_settings`."""
+    from ser_ray.features import get_extractor
+
+    opts = dict(settings)
+    return get_extractor(opts.pop("name"), **opts)
+
+
+def manifest(roots: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """The manifest rows (uri, utterance_id, ...) of one or more prepare outputs."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    return pd.concat([pads.dataset(str(Path(r) / "manifest"), format="parquet").to_table()
+                      .to_pandas() for r in roots], ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation: statistics are fitted on the training rows only and stored with the model.
+# --------------------------------------------------------------------------------------------
+
+def _reduce_axes(X: np.ndarray, time_axis: int | None) -> tuple[int, ...]:
+    """Axes to average over: rows, plus the time axis of 2-D features (stats per channel)."""
+    return (0,) if time_axis is None or X.ndim < 3 else (0, 1 + time_axis)
+
+
+def moments(X: np.ndarray, time_axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``X`` (rows first), shaped to broadcast against one row."""
+    axes = _reduce_axes(X, time_axis)
+    mean = X.mean(axis=axes, keepdims=True)[0]
+    std = X.std(axis=axes, keepdims=True)[0]
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def group_standardise(X: np.ndarray, groups: np.ndarray, time_axis: int | None) -> np.ndarray:
+    """Standardise each group's rows (a speaker, a corpus, a call) by that group's own moments.
+
+    Uses no labels, only the group's own features, so it is legal on test speakers too: the
+    literature's "speaker normalisation". A group of one row is only centred.
+    """
+    out = np.empty_like(X)
+    for g in pd.unique(groups):
+        rows = groups == g
+        mean, std = moments(X[rows], time_axis)
+        out[rows] = (X[rows] - mean) / (std if rows.sum() > 1 else 1.0)
+    return out
+
+
+NORMALISE_GROUPS = {"none": None, "global": None, "speaker": "speaker", "corpus": "corpus"}
+
+
+def check_normalise(mode: str) -> None:
+    if mode not in NORMALISE_GROUPS:
+        raise ValueError(f"normalise={mode!r} is not one of {list(NORMALISE_GROUPS)}")

@@ -1,0 +1,437 @@
+"""Train, cross-validate and evaluate: the learning plane's one code path.
+
+Per fold, in this order and on the training side only: augmentation copies of training
+recordings, normalisation statistics, oversampling; then the model is fitted and scored on the
+untouched test side. Splits come first and are checked for leakage (``splits.check_fold``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ser_ray import balance, splits
+from ser_ray.config import AugmentConfig, LearnConfig  # noqa: F401  (re-exported)
+from ser_ray.data import (FeatureData, NORMALISE_GROUPS, check_normalise, fix_frames,
+                          group_standardise, moments)
+from ser_ray.metrics import aggregate, compute_metrics
+
+
+def log(msg: str) -> None:
+    print(f"[ser-ray] {msg}", flush=True)
+
+
+def is_torch(model: str) -> bool:
+    from ser_ray.models import get_model_spec
+
+    return get_model_spec(model).kind == "torch"
+
+
+# --------------------------------------------------------------------------------------------
+# Training-side treatment
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """A fold's model inputs after augmentation, normalisation and balancing."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    meta_train: pd.DataFrame                 # one row per training row (synthetic SMOTE: source_id "")
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    norm: dict[str, np.ndarray]              # global statistics fitted on X_train
+    class_weights: np.ndarray | None
+
+
+class Augmenter:
+    """Augmented copies of recordings, computed once per run and reused by every fold."""
+
+    def __init__(self, data: FeatureData, cfg: LearnConfig, roots: Sequence[str]):
+        self.data, self.cfg, self.roots = data, cfg, roots
+        self._X: np.ndarray | None = None
+        self._meta: pd.DataFrame | None = None
+
+    def compute(self, utterance_ids: set[str]) -> None:
+        from ser_ray import augment
+        from ser_ray.data import extractor_from_settings, manifest
+        from ser_ray.config import AudioConfig, from_dict
+
+        fc = self.data.feature_config
+        if len(fc["features"]) != 1:
+            raise ValueError("augmentation needs a single feature (it re-extracts from audio)")
+        name = fc["features"][0]
+        rows = manifest(self.roots)
+        rows = rows[rows["utterance_id"].isin(utterance_ids)].reset_index(drop=True)
+        chain = augment.Chain.from_config(list(self.cfg.augment.steps) or augment.DEFAULT_CHAIN)
+        log(f"augmenting {len(rows)} training recordings x {self.cfg.augment.copies} "
+            f"({chain.name})")
+        arrays, meta = augment.augmented_features(
+            rows, audio_cfg=from_dict(AudioConfig, fc["audio"]),
+            extractor=extractor_from_settings(fc["extractors"][name]), chain=chain,
+            copies=self.cfg.augment.copies, seed=self.cfg.seed)
+        axis = fc.get("time_axis")
+        if fc.get("frames") is not None and axis is not None:
+            arrays = [fix_frames(a, axis, fc["frames"]) for a in arrays]
+        self._X = np.stack(arrays).astype(np.float32) if arrays else \
+            np.zeros((0, *self.data.X.shape[1:]), np.float32)
+        label_of = dict(zip(self.data.meta["utterance_id"], self.data.meta["label"]))
+        meta = meta.assign(label=meta["utterance_id"].map(label_of))
+        self._meta = meta.reset_index(drop=True)
+
+    def rows_for(self, source_ids: set[str]) -> tuple[np.ndarray, pd.DataFrame]:
+        keep = self._meta["source_id"].isin(source_ids).to_numpy()
+        return self._X[keep], self._meta[keep].reset_index(drop=True)
+
+
+def _group_norm(X: np.ndarray, meta: pd.DataFrame, cfg: LearnConfig, time_axis) -> np.ndarray:
+    col = NORMALISE_GROUPS[cfg.normalise]
+    return X if col is None or len(X) == 0 else group_standardise(X, meta[col].to_numpy(), time_axis)
+
+
+def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
+                 test_idx: np.ndarray, cfg: LearnConfig, augmenter: Augmenter | None,
+                 classical: bool) -> Prepared:
+    """Apply augmentation, normalisation and balancing, fitted on ``train_idx`` rows only."""
+    time_axis = data.feature_config.get("time_axis")
+    X_tr, meta_tr = data.X[train_idx], data.meta.iloc[train_idx].reset_index(drop=True)
+    if augmenter is not None and cfg.augment.variant != "none":
+        X_aug, meta_aug = augmenter.rows_for(set(meta_tr["source_id"]))
+        if cfg.augment.variant == "augmented":
+            X_tr, meta_tr = X_aug, meta_aug
+        else:
+            X_tr = np.concatenate([X_tr, X_aug])
+            meta_tr = pd.concat([meta_tr, meta_aug], ignore_index=True)
+    index = {lab: i for i, lab in enumerate(data.labels)}
+    y_tr = meta_tr["label"].map(index).to_numpy(np.int64)
+    X_tr = _group_norm(X_tr, meta_tr, cfg, time_axis)
+    X_val = _group_norm(data.X[val_idx], data.meta.iloc[val_idx], cfg, time_axis)
+    X_te = _group_norm(data.X[test_idx], data.meta.iloc[test_idx], cfg, time_axis)
+    norm: dict[str, np.ndarray] = {}
+    if cfg.normalise != "none" and not classical:  # classical pipelines scale inside fit
+        mean, std = moments(X_tr, time_axis)
+        norm = {"mean": mean, "std": std}
+        X_tr, X_val, X_te = ((x - mean) / std for x in (X_tr, X_val, X_te))
+    weights = None
+    if balance.get_sampler(cfg.balance).weighted_loss:
+        weights = balance.class_weights(y_tr, len(data.labels))
+    elif cfg.balance != "none":
+        X_tr, y_tr, origin = balance.fit_resample(cfg.balance, X_tr, y_tr, seed=cfg.seed)
+        meta_tr = meta_tr.iloc[np.maximum(origin, 0)].reset_index(drop=True)
+        meta_tr.loc[origin < 0, "source_id"] = ""
+    return Prepared(X_tr.astype(np.float32), y_tr, meta_tr, X_val.astype(np.float32),
+                    data.y[val_idx], X_te.astype(np.float32), norm, weights)
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Fitted:
+    """A trained model and what is needed to use it on new rows."""
+
+    model: Any                   # torch module (eval mode) or sklearn estimator
+    torch: bool
+    norm: dict[str, np.ndarray]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if self.torch:
+            from ser_ray.training import predict_torch
+
+            return predict_torch(self.model, X)
+        return self.model.predict_proba(X)
+
+
+def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
+        run_name: str, callbacks: Sequence[Any] = ()) -> Fitted:
+    """Fit ``cfg.model`` on prepared training rows (validation rows stop torch training)."""
+    from ser_ray.models import build_model
+
+    shape = data.X.shape[1:]
+    if not is_torch(cfg.model):
+        est = build_model(cfg.model, shape, len(data.labels), **cfg.model_options)
+        kwargs = {}
+        if p.class_weights is not None:
+            kwargs = {est.steps[-1][0] + "__sample_weight": p.class_weights[p.y_train]}
+        est.fit(p.X_train, p.y_train, **kwargs)
+        return Fitted(est, False, p.norm)
+    from ser_ray.training import fit_torch, load_torch_model
+
+    tf = fit_torch(cfg.model, cfg.model_options, shape, len(data.labels),
+                   (p.X_train, p.y_train), (p.X_val, p.y_val), storage_path=storage_path,
+                   run_name=run_name, seed=cfg.seed, class_weights=p.class_weights,
+                   num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                   cpus_per_worker=cfg.cpus_per_worker, callbacks=callbacks)
+    module = load_torch_model(cfg.model, cfg.model_options, shape, len(data.labels),
+                              tf.state_dict)
+    return Fitted(module, True, p.norm, tf.history)
+
+
+def best_epoch(history: list[dict[str, float]]) -> int | None:
+    return min(history, key=lambda h: h["val_loss"])["epoch"] if history else None
+
+
+def utterance_level(meta: pd.DataFrame, proba: np.ndarray, y: np.ndarray):
+    """Mean class probabilities over each utterance's blocks -> (ids, proba, y)."""
+    ids = meta["utterance_id"].to_numpy()
+    if len(pd.unique(ids)) == len(ids):
+        return ids, proba, y
+    frame = pd.DataFrame(proba).assign(_id=ids, _y=y)
+    grouped = frame.groupby("_id", sort=True)
+    p = grouped[list(range(proba.shape[1]))].mean().to_numpy()
+    return np.asarray(grouped.size().index), p, grouped["_y"].first().to_numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-validation
+# --------------------------------------------------------------------------------------------
+
+def _val_split(data: FeatureData, train_idx: np.ndarray, cfg: LearnConfig):
+    if not is_torch(cfg.model):
+        return train_idx, np.zeros(0, np.int64)
+    return splits.validation_split(data.meta, train_idx, fraction=cfg.validation_fraction,
+                                   seed=cfg.seed)
+
+
+def make_augmenter(data: FeatureData, cfg: LearnConfig, train_sides: Sequence[np.ndarray]):
+    if cfg.augment.variant == "none":
+        return None
+    aug = Augmenter(data, cfg, data.feature_config["roots"])
+    ids = set()
+    for idx in train_sides:
+        ids |= set(data.meta["utterance_id"].iloc[idx])
+    aug.compute(ids)
+    return aug
+
+
+def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
+                   on_fold: Callable[[dict[str, Any]], None] | None = None,
+                   keep_folds: bool = False) -> dict[str, Any]:
+    """Run ``cfg.protocol`` over ``data``; return the metrics dict (folds + mean/std)."""
+    work_dir = Path(work_dir)
+    folds = splits.make_folds(data.meta, cfg.protocol, folds=cfg.folds, seed=cfg.seed,
+                              test_speakers=list(cfg.test_speakers) or None,
+                              train_corpora=list(cfg.train_corpora) or None,
+                              test_corpus=cfg.test_corpus)
+    spec = splits.PROTOCOLS[cfg.protocol]
+    plans = []
+    for fold in folds:  # make_folds has run splits.check_fold on every fold
+        tr, va = _val_split(data, fold.train, cfg)
+        plans.append((fold, tr, va))
+    augmenter = make_augmenter(data, cfg, [tr for _, tr, _ in plans])
+    noisy = NoisySets(data, cfg) if cfg.noisy_snr_db else None
+    results, fold_rows, preds = [], [], {"y": [], "p": []}
+    t0 = time.time()
+    for k, (fold, tr, va) in enumerate(plans):
+        p = prepare_fold(data, tr, va, fold.test, cfg, augmenter, not is_torch(cfg.model))
+        fitted = fit(data, p, cfg, storage_path=work_dir / "train", run_name=f"fold{fold.index}")
+        test_meta = data.meta.iloc[fold.test].reset_index(drop=True)
+        _, proba, y_true = utterance_level(test_meta, fitted.predict_proba(p.X_test),
+                                           data.y[fold.test])
+        m = compute_metrics(y_true, proba.argmax(1), data.labels)
+        row = {"name": fold.name, "index": fold.index, "ua": m["ua"], "wa": m["wa"],
+               "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
+               "train_speakers": list(fold.train_speakers),
+               "test_speakers": list(fold.test_speakers), "n_train": int(len(p.y_train)),
+               "n_test": int(len(y_true)), "best_epoch": best_epoch(fitted.history),
+               "confusion": m["confusion"]}
+        if noisy is not None:
+            row["noisy"] = noisy.score(fitted, fold, cfg)
+        if getattr(fold, "dropped", None):
+            row["dropped_labels"] = dict(fold.dropped)
+        results.append(m)
+        fold_rows.append(row)
+        preds["y"].append(y_true)
+        preds["p"].append(proba)
+        if keep_folds:
+            row["_prepared"], row["_fitted"] = p, fitted
+        log(f"fold {k + 1}/{len(plans)} {fold.name}: UA {m['ua']:.3f} WA {m['wa']:.3f} "
+            f"({time.time() - t0:.0f} s)")
+        if on_fold is not None:
+            on_fold({"fold": k + 1, "folds": len(plans), "ua": m["ua"], "wa": m["wa"],
+                     "ua_mean": float(np.mean([r["ua"] for r in results]))})
+    agg = aggregate(results)
+    metrics = {"protocol": cfg.protocol, "shares_speakers": spec.shares_speakers,
+               "n_folds": len(plans), "seed": cfg.seed, "model": cfg.model,
+               "features": list(cfg.features), "labels": data.labels, **agg, "folds": fold_rows}
+    if noisy is not None:
+        metrics["noisy"] = {str(s): {
+            "ua_mean": float(np.mean([r["noisy"][str(s)]["ua"] for r in fold_rows])),
+            "wa_mean": float(np.mean([r["noisy"][str(s)]["wa"] for r in fold_rows]))}
+            for s in cfg.noisy_snr_db}
+    return metrics
+
+
+class NoisySets:
+    """Test rows re-extracted from their audio mixed with noise at each SNR (test side only)."""
+
+    def __init__(self, data: FeatureData, cfg: LearnConfig):
+        from ser_ray import augment
+        from ser_ray.config import AudioConfig, from_dict
+        from ser_ray.data import extractor_from_settings, manifest
+
+        if not cfg.noise_dir:
+            raise ValueError("noisy_snr_db needs noise_dir: a folder of noise recordings")
+        fc = data.feature_config
+        name = fc["features"][0]
+        rows = manifest(fc["roots"])
+        rows = rows[rows["utterance_id"].isin(set(data.meta["utterance_id"]))]
+        self.sets = {}
+        for snr in cfg.noisy_snr_db:
+            arrays, meta = augment.noisy_features(
+                rows.reset_index(drop=True), audio_cfg=from_dict(AudioConfig, fc["audio"]),
+                extractor=extractor_from_settings(fc["extractors"][name]),
+                noise=cfg.noise_dir, snr_db=snr, seed=cfg.seed)
+            if fc.get("frames") is not None and fc.get("time_axis") is not None:
+                arrays = [fix_frames(a, fc["time_axis"], fc["frames"]) for a in arrays]
+            label_of = dict(zip(data.meta["utterance_id"], data.meta["label"]))
+            meta = meta.assign(label=meta["utterance_id"].map(label_of)).reset_index(drop=True)
+            self.sets[snr] = (np.stack(arrays).astype(np.float32), meta)
+        self.data = data
+
+    def score(self, fitted: Fitted, fold, cfg: LearnConfig) -> dict[str, dict[str, float]]:
+        out = {}
+        index = {lab: i for i, lab in enumerate(self.data.labels)}
+        test_sources = set(self.data.meta["source_id"].iloc[fold.test])
+        for snr, (X, meta) in self.sets.items():
+            keep = meta["source_id"].isin(test_sources).to_numpy()
+            Xs, ms = X[keep], meta[keep].reset_index(drop=True)
+            Xs = _group_norm(Xs, ms, cfg, self.data.feature_config.get("time_axis"))
+            if fitted.norm:
+                Xs = (Xs - fitted.norm["mean"]) / fitted.norm["std"]
+            y = ms["label"].map(index).to_numpy(np.int64)
+            _, proba, y_true = utterance_level(ms, fitted.predict_proba(Xs.astype(np.float32)), y)
+            m = compute_metrics(y_true, proba.argmax(1), self.data.labels)
+            out[str(snr)] = {"ua": m["ua"], "wa": m["wa"]}
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Train one model for use; evaluate a saved model
+# --------------------------------------------------------------------------------------------
+
+def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
+                work_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit on every row (torch models hold out ``validation_fraction`` of the speakers for early
+    stopping and report on them) and save a model artifact in ``out_dir``."""
+    from ser_ray.artifact import save_model_dir
+    from ser_ray.config import to_dict
+    from ser_ray.models import model_config
+
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
+    tr, va = _val_split(data, np.arange(len(data)), cfg)
+    augmenter = make_augmenter(data, cfg, [tr])
+    p = prepare_fold(data, tr, va, va, cfg, augmenter, not is_torch(cfg.model))
+    fitted = fit(data, p, cfg, storage_path=work_dir, run_name="train", callbacks=callbacks)
+    metrics: dict[str, Any] = {"n_train": int(len(p.y_train)), "validation": None}
+    if len(va):
+        _, proba, y_true = utterance_level(data.meta.iloc[va].reset_index(drop=True),
+                                           fitted.predict_proba(p.X_test), data.y[va])
+        metrics["validation"] = {**compute_metrics(y_true, proba.argmax(1), data.labels),
+                                 "speakers": sorted(set(data.meta["speaker"].iloc[va]))}
+        metrics["best_epoch"] = best_epoch(fitted.history)
+    feature_config = {**data.feature_config, "normalise": cfg.normalise}
+    save_model_dir(
+        out_dir, model_name=cfg.model,
+        model_config=dataclasses.asdict(model_config(cfg.model, **cfg.model_options)),
+        input_shape=tuple(data.X.shape[1:]), labels=data.labels, model=fitted.model,
+        feature_config=feature_config, normalisation=fitted.norm or None, metrics=metrics,
+        extra={"config": to_dict(cfg), "seed": cfg.seed, "history": fitted.history,
+               "train_speakers": sorted(set(data.meta["speaker"].iloc[tr])),
+               "validation_speakers": sorted(set(data.meta["speaker"].iloc[va])),
+               **(extra or {})})
+    log(f"model saved to {out_dir}")
+    return metrics
+
+
+def predict_rows(predictor, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
+    """Class probabilities of a loaded model for rows prepared like its training rows."""
+    fc = predictor.feature_config
+    col = NORMALISE_GROUPS[fc.get("normalise", "global")]
+    if col is not None:
+        X = group_standardise(X, meta[col].to_numpy(), fc.get("time_axis"))
+    return predictor.predict_proba(X.astype(np.float32))
+
+
+def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | Path
+                   ) -> dict[str, Any]:
+    """Score a saved model on the feature tables under ``roots``; write a report folder."""
+    from ser_ray.artifact import load_predictor
+    from ser_ray.data import load_features
+    from ser_ray.report import write_report
+
+    pred = load_predictor(model_dir)
+    fc = pred.feature_config
+    data = load_features(roots, fc["features"], label_set=fc.get("label_set"),
+                         labels=pred.labels, frames=fc.get("frames"))
+    if tuple(data.X.shape[1:]) != tuple(pred.input_shape):
+        raise ValueError(f"features under {list(roots)} have shape {data.X.shape[1:]} but the "
+                         f"model expects {tuple(pred.input_shape)}")
+    proba = predict_rows(pred, data.X, data.meta)
+    _, proba, y_true = utterance_level(data.meta, proba, data.y)
+    m = compute_metrics(y_true, proba.argmax(1), data.labels)
+    trained_on = set((pred.extra or {}).get("train_speakers", []))
+    test_speakers = sorted(set(data.meta["speaker"]))
+    shared = sorted(trained_on & set(test_speakers))
+    metrics = {"protocol": "held-out", "shares_speakers": bool(shared),
+               "shared_speakers": shared, "model_dir": str(model_dir), "n_folds": 1,
+               "labels": data.labels, "dropped_labels": data.feature_config["dropped_labels"],
+               **aggregate([m]),
+               "folds": [{"name": "held-out", "index": 0, "ua": m["ua"], "wa": m["wa"],
+                          "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
+                          "train_speakers": sorted(trained_on), "test_speakers": test_speakers,
+                          "n_test": int(len(y_true)), "confusion": m["confusion"]}]}
+    if shared:
+        log(f"warning: {len(shared)} test speaker(s) were in the training data: {shared[:5]}")
+    write_report(out_dir, metrics, labels=data.labels, seed=(pred.extra or {}).get("seed", 0),
+                 config={"model": pred.model_name, "features": fc["features"]})
+    log(f"UA {m['ua']:.3f} WA {m['wa']:.3f} on {len(y_true)} utterances -> {out_dir}")
+    return metrics
+
+
+def write_run_files(out_dir: str | Path, cfg: LearnConfig, data: FeatureData,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Resolved config, label map, seed, feature config and package versions of a run."""
+    from ser_ray import io
+    from ser_ray.config import to_dict
+    from ser_ray.prepare import versions
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    io.write_text_atomic(yaml.safe_dump(to_dict(cfg), sort_keys=False), out_dir / "config.yaml")
+    io.write_text_atomic(json.dumps({lab: i for i, lab in enumerate(data.labels)}, indent=2),
+                         out_dir / "label_map.json")
+    io.write_text_atomic(json.dumps({"seed": cfg.seed, "versions": versions(),
+                                     "feature_config": data.feature_config, **(extra or {})},
+                                    indent=2, default=str), out_dir / "run.json")
+
+
+def run_cv(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, **kwargs) -> dict[str, Any]:
+    """``ser-ray cv``: cross-validate, then write the report folder and the run files."""
+    from ser_ray.config import to_dict
+    from ser_ray.report import write_report
+
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    write_run_files(out_dir, cfg, data)
+    metrics = cross_validate(data, cfg, out_dir / "work", **kwargs)
+    metrics["seconds"] = round(time.time() - t0, 1)
+    write_report(out_dir, metrics, labels=data.labels, seed=cfg.seed, config=to_dict(cfg))
+    log(f"{cfg.protocol}: UA {metrics['ua_mean']:.3f} +- {metrics['ua_std']:.3f}, "
+        f"WA {metrics['wa_mean']:.3f} +- {metrics['wa_std']:.3f} over {metrics['n_folds']} "
+        f"folds -> {out_dir}")
+    return metrics

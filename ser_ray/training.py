@@ -1,0 +1,285 @@
+"""Ray Train loop shared by every torch model, and the classical (scikit-learn) fit.
+
+``fit_torch`` runs one :class:`ray.train.torch.TorchTrainer`: the training rows are a Ray Data
+dataset split across ``num_workers`` DDP workers (CPU or GPU), the validation rows are read whole
+by every worker so all ranks take the same early-stopping decision. Every epoch reports metrics
+and a checkpoint (model + optimiser + early-stopping state); rerunning with the same ``run_name``
+and ``storage_path`` resumes from the latest checkpoint. On CPU, one seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+# Fault injection for the resume test: the worker raises once this epoch has been checkpointed.
+FAIL_AT_EPOCH_ENV = "SER_RAY_FAIL_AT_EPOCH"
+
+
+@dataclass
+class TorchFit:
+    state_dict: dict[str, Any]      # best weights (lowest validation loss), on CPU
+    history: list[dict[str, float]]  # one dict per epoch: epoch, train_loss, val_loss, val_acc
+    best_epoch: int
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+def to_ray_dataset(X: np.ndarray, y: np.ndarray):
+    """Ray Data dataset with columns ``x`` (tensor, X.shape[1:]) and ``y`` (int64)."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    quiet_data_progress()
+
+    table = pa.table({"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(X, np.float32)),
+                      "y": pa.array(np.asarray(y, np.int64))})
+    return ray.data.from_arrow(table)
+
+
+def quiet_data_progress() -> None:
+    """Ray Data's per-epoch progress bars drown our own per-fold lines in training logs."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def _optimizer(name: str, params, lr: float, weight_decay: float):
+    import torch
+
+    makers = {
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay),
+    }
+    if name not in makers:
+        raise ValueError(f"optimizer {name!r} is not one of {sorted(makers)}")
+    return makers[name]()
+
+
+class _Rows:
+    """A worker's shard of a Ray Data dataset, batched as (x, y) tensors.
+
+    A shard that fits in ``in_memory_mb`` is read once and kept as tensors (each epoch then
+    shuffles it with its own seed); a bigger one is streamed from Ray Data every epoch.
+    """
+
+    def __init__(self, shard, in_memory_mb: float, device):
+        self.shard, self.device = shard, device
+        self.tensors = None
+        self.budget = in_memory_mb * 2**20
+
+    def _load(self):
+        import torch
+
+        xs, ys, size = [], [], 0
+        for b in self.shard.iter_torch_batches(batch_size=1024):
+            xs.append(b["x"])
+            ys.append(b["y"])
+            size += b["x"].numel() * 4
+            if size > self.budget:
+                return None
+        if not xs:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        return torch.cat(xs).to(self.device), torch.cat(ys).to(self.device)
+
+    def batches(self, batch_size: int, shuffle_seed: int | None = None):
+        import torch
+
+        if self.tensors is None and self.budget > 0:
+            self.tensors = self._load() or False
+        if not self.tensors:
+            for b in self.shard.iter_torch_batches(
+                    batch_size=batch_size, device=self.device,
+                    local_shuffle_buffer_size=None if shuffle_seed is None else 4 * batch_size,
+                    local_shuffle_seed=shuffle_seed):
+                yield b["x"], b["y"]
+            return
+        x, y = self.tensors
+        order = torch.arange(len(y)) if shuffle_seed is None else \
+            torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))
+        for i in range(0, len(y), batch_size):
+            idx = order[i:i + batch_size].to(x.device)
+            yield x[idx], y[idx]
+
+
+def _train_loop(cfg: dict[str, Any]) -> None:
+    """Per-worker loop (runs inside Ray Train workers)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ser_ray.models import build_model
+
+    quiet_data_progress()
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg["seed"] * 1009 + rank)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(max(1, int(cfg["threads"])))
+    hp = cfg["hp"]
+    module = build_model(cfg["model"], tuple(cfg["input_shape"]), cfg["n_classes"], **cfg["options"])
+    model = ray.train.torch.prepare_model(module)
+    device = ray.train.torch.get_device()
+    opt = _optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["weight_decay"])
+    weight = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=device) \
+        if cfg.get("class_weights") is not None else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    val_loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    reg = getattr(module, "regularization_loss", None)
+
+    start, best, bad, best_epoch, history = 0, float("inf"), 0, -1, []
+    best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = json.loads(Path(d, "state.json").read_text())
+            module.load_state_dict(load_file(str(Path(d, "model.safetensors"))))
+            best_state = load_file(str(Path(d, "best.safetensors")))
+            opt.load_state_dict(torch.load(Path(d, "optimizer.pt"), weights_only=True))
+        start, best, bad = state["epoch"] + 1, state["best"], state["bad"]
+        best_epoch, history = state["best_epoch"], state["history"]
+
+    train = _Rows(ray.train.get_dataset_shard("train"), cfg["in_memory_mb"], device)
+    val = _Rows(ray.train.get_dataset_shard("val"), cfg["in_memory_mb"], device)
+    fail_at = cfg.get("fail_at_epoch")
+    if fail_at is None:
+        fail_at = int(os.environ.get(FAIL_AT_EPOCH_ENV, "-1"))
+    for epoch in range(start, hp["epochs"]):
+        torch.manual_seed(cfg["seed"] * 1009 + rank * 101 + epoch)  # same dropout on resume
+        model.train()
+        total, n = 0.0, 0
+        for x, y in train.batches(hp["batch_size"], shuffle_seed=cfg["seed"] * 7919 + epoch):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            if reg is not None:
+                loss = loss + reg()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(y)
+            n += len(y)
+        model.eval()
+        vloss, vcorrect, vn = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in val.batches(256):
+                out = model(x)
+                vloss += float(val_loss_fn(out, y))
+                vcorrect += int((out.argmax(1) == y).sum())
+                vn += len(y)
+        val_loss = vloss / max(vn, 1)
+        if val_loss < best - 1e-6:
+            best, bad, best_epoch = val_loss, 0, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        else:
+            bad += 1
+        metrics = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": val_loss,
+                   "val_acc": vcorrect / max(vn, 1), "best_val_loss": best}
+        history.append(metrics)
+        stop = bad >= hp["patience"]
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                          str(Path(d, "model.safetensors")))
+                save_file({k: v.contiguous() for k, v in best_state.items()},
+                          str(Path(d, "best.safetensors")))
+                torch.save(opt.state_dict(), Path(d, "optimizer.pt"))
+                Path(d, "state.json").write_text(json.dumps({
+                    "epoch": epoch, "best": best, "bad": bad, "best_epoch": best_epoch,
+                    "history": history, "stopped": stop}))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if epoch == fail_at:
+            raise RuntimeError(f"{FAIL_AT_EPOCH_ENV}={fail_at}: injected failure after epoch {epoch}")
+        if stop:
+            break
+
+
+def resolve_hyperparameters(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Training hyperparameters of a model config (its defaults, overridden by ``options``)."""
+    import dataclasses
+
+    from ser_ray.models import model_config
+
+    mc = dataclasses.asdict(model_config(model, **options))
+    return {k: mc[k] for k in ("lr", "batch_size", "epochs", "patience", "optimizer",
+                               "weight_decay")}
+
+
+def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n_classes: int,
+              train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
+              storage_path: str | Path, run_name: str, seed: int = 0,
+              class_weights: np.ndarray | None = None, num_workers: int = 1,
+              use_gpu: bool = False, cpus_per_worker: float = 1.0,
+              callbacks: Sequence[Any] = (), in_memory_mb: float = 1024,
+              fail_at_epoch: int | None = None) -> TorchFit:
+    """Train ``model`` with Ray Train; return the weights of the epoch with the lowest val loss.
+
+    ``train``/``val`` are (X (n, *input_shape) float32, y (n,) int64). Checkpoints go to
+    ``storage_path/run_name``; calling again with the same pair resumes the interrupted run.
+    Shards under ``in_memory_mb`` per worker are read from Ray Data once and kept as tensors.
+    ``fail_at_epoch`` injects a worker failure after that epoch's checkpoint (for tests).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from safetensors.torch import load_file
+
+    hp = resolve_hyperparameters(model, options)
+    if len(val[1]) == 0:
+        raise ValueError("fit_torch: the validation split is empty; early stopping needs one")
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={
+            "model": model, "options": options, "input_shape": list(input_shape),
+            "n_classes": n_classes, "seed": seed, "hp": hp,
+            "threads": max(1, int(cpus_per_worker)), "in_memory_mb": in_memory_mb,
+            "fail_at_epoch": fail_at_epoch,
+            "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks)),
+        datasets={"train": to_ray_dataset(*train), "val": to_ray_dataset(*val)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {model} produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state = json.loads(Path(d, "state.json").read_text())
+        weights = load_file(str(Path(d, "best.safetensors")))
+    return TorchFit(state_dict=weights, history=state["history"], best_epoch=state["best_epoch"],
+                    hyperparameters=hp)
+
+
+def load_torch_model(model: str, options: dict[str, Any], input_shape: Sequence[int],
+                     n_classes: int, state_dict: dict[str, Any]):
+    from ser_ray.models import build_model
+
+    module = build_model(model, tuple(input_shape), n_classes, **options)
+    module.load_state_dict(state_dict)
+    return module.eval()
+
+
+def predict_torch(module, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities ``(n, n_classes)`` of a torch module in eval mode."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(X), batch_size):
+            out.append(torch.softmax(module(torch.from_numpy(X[i:i + batch_size])), 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -1,0 +1,252 @@
+"""Ray Tune sweeps: every trial cross-validates one :class:`LearnConfig` and reports per fold.
+
+A search space file (YAML) names the protocol, the search algorithm, the resources and the
+space; see ``configs/tune_demo.yaml``. Keys of ``space`` are LearnConfig fields in dotted form
+(``model_options.lr``); a value is a domain::
+
+    model: {choice: [svm, logreg]}                     # or a list of dicts merged into the config
+    model_options.C: {loguniform: [0.1, 100]}
+    normalise: {grid: [global, speaker]}
+
+Each trial reports its running mean UA after every fold, so ASHA stops weak trials after a few
+folds. The sweep writes ``results.csv`` (best first), ``best.json`` and ``best_model/`` (the best
+configuration retrained on every row). Rerunning into the same ``--output`` resumes the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+from ser_ray import config as config_mod
+from ser_ray.config import LearnConfig
+
+METRIC = "ua_mean"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus_per_trial: float = 0.5       # the trial's own process (classical models fit here)
+    workers_per_trial: int = 1        # Ray Train workers of torch trials
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 0.0
+    max_concurrent: int | None = None  # None = what the cluster's CPUs allow (at least 1)
+
+
+@dataclass(frozen=True)
+class SweepSpace:
+    base: dict[str, Any] = field(default_factory=dict)      # LearnConfig fields for every trial
+    space: dict[str, Any] = field(default_factory=dict)     # dotted field -> domain
+    search: str = "random"            # random | grid | optuna
+    num_samples: int = 4              # random/optuna: trials; grid: repeats of the grid
+    scheduler: str = "asha"           # asha | fifo
+    grace_period: int = 2             # ASHA: folds a trial always runs
+    reduction_factor: int = 2
+    resources: Resources = field(default_factory=Resources)
+    export_best: bool = True
+    seed: int = 0
+
+
+def load_space(path: str | Path) -> SweepSpace:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    space = config_mod.from_dict(SweepSpace, data, "space file")
+    if space.search not in SEARCHERS:
+        raise ValueError(f"search={space.search!r} is not one of {sorted(SEARCHERS)}")
+    if space.scheduler not in ("asha", "fifo"):
+        raise ValueError(f"scheduler={space.scheduler!r} is not one of ['asha', 'fifo']")
+    for key, dom in space.space.items():
+        _domain(key, dom, space.search)  # validate early, with the key in the message
+    trial_config(space, {})  # the base config must be valid on its own
+    return space
+
+
+def _domain(key: str, dom: Any, search: str):
+    from ray import tune
+
+    if not isinstance(dom, dict) or len(dom) != 1:
+        raise ValueError(f"space.{key}: expected one of {{choice|grid|uniform|loguniform|"
+                         f"randint: ...}}, got {dom!r}")
+    (kind, arg), = dom.items()
+    makers = {
+        "choice": lambda: tune.grid_search(list(arg)) if search == "grid" else tune.choice(list(arg)),
+        "grid": lambda: tune.grid_search(list(arg)),
+        "uniform": lambda: tune.uniform(*arg),
+        "loguniform": lambda: tune.loguniform(*arg),
+        "randint": lambda: tune.randint(*arg),
+    }
+    if kind not in makers:
+        raise ValueError(f"space.{key}: unknown domain {kind!r}; use one of {sorted(makers)}")
+    if search == "grid" and kind not in ("choice", "grid"):
+        raise ValueError(f"space.{key}: search=grid needs choice/grid domains, not {kind}")
+    return makers[kind]()
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        node[parts[-1]] = {**node[parts[-1]], **value}
+    else:
+        node[parts[-1]] = value
+
+
+def trial_config(space: SweepSpace, sampled: dict[str, Any]) -> LearnConfig:
+    """LearnConfig of one trial: the base, then each sampled value (dicts merge at top level)."""
+    data = json.loads(json.dumps(space.base))
+    data.setdefault("seed", space.seed)
+    for key, value in sampled.items():
+        value = json.loads(json.dumps(value, default=lambda o: o.item()))  # numpy -> plain
+        if isinstance(value, dict) and key == "model":
+            for k, v in value.items():
+                _set(data, k, v)
+        else:
+            _set(data, key, value)
+    data.setdefault("cpus_per_worker", space.resources.cpus_per_worker)
+    data.setdefault("num_workers", space.resources.workers_per_trial)
+    data.setdefault("use_gpu", space.resources.gpus_per_worker > 0)
+    return config_mod.from_dict(LearnConfig, data, "trial")
+
+
+def concurrent_trials(res: Resources, cluster_cpus: float) -> int:
+    """Trials that fit at once: each takes its own CPUs plus its Train workers' CPUs."""
+    if res.max_concurrent:
+        return res.max_concurrent
+    per_trial = res.cpus_per_trial + res.workers_per_trial * res.cpus_per_worker
+    return max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
+
+
+def _trainable(config: dict[str, Any], space: SweepSpace, roots: list[str]) -> None:
+    from ray import tune
+
+    from ser_ray.data import load_features
+    from ser_ray.experiment import cross_validate
+
+    cfg = trial_config(space, dict(config))
+    data = load_features(roots, cfg.features, label_set=cfg.label_set,
+                         frames=cfg.frames)
+    work = Path(tune.get_context().get_trial_dir()) / "cv"
+
+    def on_fold(d: dict[str, Any]) -> None:
+        tune.report({METRIC: d["ua_mean"], "fold": d["fold"], "folds": d["folds"]})
+
+    metrics = cross_validate(data, cfg, work, on_fold=on_fold)
+    Path(tune.get_context().get_trial_dir(), "metrics.json").write_text(
+        json.dumps({k: v for k, v in metrics.items() if k != "folds"}, default=str))
+    tune.report({METRIC: metrics["ua_mean"], "ua_std": metrics["ua_std"],
+                 "wa_mean": metrics["wa_mean"], "wa_std": metrics["wa_std"],
+                 "fold": metrics["n_folds"], "folds": metrics["n_folds"], "done_cv": True})
+
+
+def _optuna(space: SweepSpace):
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ValueError("search=optuna needs optuna: pip install optuna") from exc
+    return OptunaSearch(metric=METRIC, mode="max", seed=space.seed)
+
+
+SEARCHERS = {"random": lambda space: None, "grid": lambda space: None, "optuna": _optuna}
+
+
+def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
+              resume: bool = True) -> pd.DataFrame:
+    """Run (or resume) the sweep; return the results table, best trial first."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from ser_ray.data import load_features
+    from ser_ray.experiment import log, train_model, write_run_files
+
+    output = Path(output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    roots = [str(Path(r).resolve()) for r in roots]
+    res = space.resources
+    n_conc = concurrent_trials(res, ray.cluster_resources().get("CPU", 1))
+    param_space = {k: _domain(k, v, space.search) for k, v in space.space.items()}
+    # Torch trials start Ray Train workers of their own: the trial reserves only its driver.
+    trainable = tune.with_resources(tune.with_parameters(_trainable, space=space, roots=roots),
+                                    {"CPU": res.cpus_per_trial})
+    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=space.grace_period,
+                              reduction_factor=space.reduction_factor) \
+        if space.scheduler == "asha" else FIFOScheduler()
+    path = output / "sweep"
+    if resume and tune.Tuner.can_restore(str(path)):
+        log(f"resuming the sweep in {path}")
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True,
+                                   param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", num_samples=space.num_samples, scheduler=scheduler,
+                search_alg=SEARCHERS[space.search](space), max_concurrent_trials=n_conc),
+            run_config=tune.RunConfig(name="sweep", storage_path=str(output)),
+        )
+        log(f"sweep: {space.search} search, {space.scheduler} scheduler, up to {n_conc} "
+            f"trial(s) at once -> {output}")
+    grid = tuner.fit()
+    table = results_table(grid)
+    from ser_ray import io
+
+    io.write_text_atomic(table.to_csv(index=False), output / "results.csv")
+    if not len(table) or table[METRIC].isna().all():
+        raise RuntimeError(f"no trial finished; see the trial logs under {path}")
+    best = table.iloc[0]
+    best_cfg = trial_config(space, {k[len("config/"):]: v for k, v in best.items()
+                                    if k.startswith("config/") and _present(v)})
+    io.write_text_atomic(json.dumps({"metric": METRIC, "value": float(best[METRIC]),
+                                     "trial_id": best["trial_id"],
+                                     "config": config_mod.to_dict(best_cfg)}, indent=2,
+                                    default=str), output / "best.json")
+    if space.export_best:
+        data = load_features(roots, best_cfg.features, label_set=best_cfg.label_set,
+                             frames=best_cfg.frames)
+        write_run_files(output, best_cfg, data, {"sweep": True})
+        train_model(data, best_cfg, output / "best_model", work_dir=output / "best_model.work",
+                    extra={"sweep_metric": {METRIC: float(best[METRIC])}})
+    return table
+
+
+def _present(v: Any) -> bool:
+    return not (isinstance(v, float) and math.isnan(v))
+
+
+def results_table(grid) -> pd.DataFrame:
+    """One row per trial: its final metrics and sampled config; best (complete, highest) first."""
+    rows = []
+    for r in grid:
+        m = dict(r.metrics or {})
+        cfg = {f"config/{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+               for k, v in (r.config or {}).items()}
+        rows.append({"trial_id": m.get("trial_id", os.path.basename(str(r.path))),
+                     METRIC: m.get(METRIC), "ua_std": m.get("ua_std"),
+                     "wa_mean": m.get("wa_mean"), "folds_done": m.get("fold"),
+                     "folds": m.get("folds"), "complete": bool(m.get("done_cv")),
+                     "error": str(r.error)[:200] if r.error else "", **cfg})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values(["complete", METRIC, "trial_id"],
+                                  ascending=[False, False, True], na_position="last")
+        # configs were JSON-encoded for the table; decode them back for trial_config
+        for c in [c for c in table.columns if c.startswith("config/")]:
+            table[c] = table[c].map(_decode)
+    return table.reset_index(drop=True)
+
+
+def _decode(v: Any) -> Any:
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
