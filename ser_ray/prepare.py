@@ -491,8 +491,6 @@ def _check_output(cfg: PrepareConfig, out: Path, overwrite: bool) -> None:
 def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
                 progress: bool = True) -> dict[str, Any]:
     """Run the prepare job end to end; returns the summary (also written to summary.json)."""
-    import ray
-
     from ser_ray.runtime import init_ray
 
     if not cfg.inputs:
@@ -515,15 +513,10 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
     log(f"{len(cfg.inputs)} input(s), corpus {', '.join(corpora)}, {len(sources)} source(s)")
 
     init_ray()
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) / cfg.cpus_per_worker))
-    workers = min(cfg.num_workers, slots) if cfg.num_workers else slots
-    # Tasks beyond the free slots wait in Ray's queue and start the moment a slot frees, so a
-    # few extra in flight keep every worker busy. With num_workers below the cluster's slots,
-    # in-flight tasks are what caps the parallelism.
-    max_in_flight = 2 * workers if workers == slots else workers
+    workers, _ = _parallelism(cfg)
     log(f"units of <= {cfg.files_per_task} files on {workers} worker(s)")
     units = (u for s in sources for u in iter_units(s, storage, cfg.files_per_task))
-    unit_ids, totals = _run_units(cfg, out, units, max_in_flight, progress)
+    unit_ids, totals = _run_units(cfg, out, units, progress)
     summary = finalize(cfg, out, unit_ids, totals, time.time() - t0, corpora)
     log(f"done: {summary['input_files']} input files, {summary['ok']} ok, "
         f"{summary['quarantined']} quarantined, {summary['skipped']} skipped "
@@ -535,9 +528,23 @@ PROGRESS_EVERY_S = 2.0
 _COUNTED = ("files", "ok", "quarantined", "skipped", "audio_s")
 
 
+def _parallelism(cfg: PrepareConfig) -> tuple[int, int]:
+    """-> (workers, most tasks in flight), from the cluster's CPUs now (it may autoscale).
+
+    Tasks beyond the free CPUs wait in Ray's queue and start the moment one frees, so twice the
+    workers in flight keep every worker busy, and show an autoscaler the demand. With
+    ``num_workers`` below what the cluster holds, the tasks in flight are what caps it.
+    """
+    import ray
+
+    slots = int(ray.cluster_resources().get("CPU", 0) / cfg.cpus_per_worker)
+    workers = cfg.num_workers or max(1, slots)
+    return workers, (workers if workers < slots else 2 * workers)
+
+
 def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
-               max_in_flight: int, progress: bool) -> tuple[set[str], Counter]:
-    """Submit units as Ray tasks while they are cut, at most ``max_in_flight`` at a time.
+               progress: bool) -> tuple[set[str], Counter]:
+    """Submit units as Ray tasks while they are cut, with a bounded number in flight.
 
     Units already marked done by an earlier run into ``out`` are counted without a task.
     """
@@ -549,7 +556,8 @@ def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
     totals: Counter = Counter()  # every unit, resumed ones included
     fresh: Counter = Counter()  # units processed by this run: the rate
     pending: list = []
-    t0 = last = time.time()
+    t0 = last = sized = time.time()
+    max_in_flight = _parallelism(cfg)[1]
     listing = True
 
     def record(st: dict[str, Any]) -> None:
@@ -580,6 +588,8 @@ def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
         if marker.exists():  # done by an earlier run into this output: resume
             record({**json.loads(marker.read_text()), "resumed": True})
             continue
+        if cfg.num_workers is None and time.time() - sized > 10:
+            max_in_flight, sized = _parallelism(cfg)[1], time.time()  # nodes come and go
         while len(pending) >= max_in_flight:
             collect(block=True)
         pending.append(task.remote(cfg_ref, str(out), unit))
@@ -597,10 +607,11 @@ def _progress(totals: Counter, fresh: Counter, n_units: int, listing: bool,
               seconds: float) -> None:
     seconds = max(seconds, 1e-3)
     rate = fresh["audio_s"] / seconds
-    log(f"{totals['done']}/{n_units}{'+' if listing else ''} units, {totals['files']} files "
-        f"({totals['ok']} ok, {totals['quarantined']} quarantined, {totals['skipped']} "
-        f"skipped), {totals['audio_s'] / 3600:.2f} h audio, {fresh['files'] / seconds:.1f} "
-        f"files/s, {rate:.0f} audio s/s")
+    resumed = f" ({totals['resumed']} resumed)" if totals["resumed"] else ""
+    log(f"{totals['done']}/{n_units}{'+' if listing else ''} units{resumed}, "
+        f"{totals['files']} files ({totals['ok']} ok, {totals['quarantined']} quarantined, "
+        f"{totals['skipped']} skipped), {totals['audio_s'] / 3600:.2f} h audio, "
+        f"{fresh['files'] / seconds:.1f} files/s, {rate:.0f} audio s/s")
 
 
 def _read(dirpath: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:

@@ -31,6 +31,8 @@ PROTOCOL_MEANINGS: dict[str, str] = {
     "loso": "leave-one-speaker-out: each fold tests one speaker unseen in training",
     "explicit": "explicit speaker split: the named test speakers are held out, all other speakers "
                 "train; no speaker in both train and test",
+    "held-out": "held-out evaluation of a saved model on the given feature tables; the report "
+                "says whether any test speaker was in the model's training data",
     "cross-corpus": "cross-corpus: train on some corpora, test on a corpus never seen in training "
                     "(new speakers, recording conditions and label habits)",
 }

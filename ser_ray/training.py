@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -151,6 +152,7 @@ def _train_loop(cfg: dict[str, Any]) -> None:
 
     train = _Rows(ray.train.get_dataset_shard("train"), cfg["in_memory_mb"], device)
     val = _Rows(ray.train.get_dataset_shard("val"), cfg["in_memory_mb"], device)
+    last_report = time.time()
     fail_at = cfg.get("fail_at_epoch")
     if fail_at is None:
         fail_at = int(os.environ.get(FAIL_AT_EPOCH_ENV, "-1"))
@@ -185,19 +187,24 @@ def _train_loop(cfg: dict[str, Any]) -> None:
                    "val_acc": vcorrect / max(vn, 1), "best_val_loss": best}
         history.append(metrics)
         stop = bad >= hp["patience"]
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-                          str(Path(d, "model.safetensors")))
-                save_file({k: v.contiguous() for k, v in best_state.items()},
-                          str(Path(d, "best.safetensors")))
-                torch.save(opt.state_dict(), Path(d, "optimizer.pt"))
-                Path(d, "state.json").write_text(json.dumps({
-                    "epoch": epoch, "best": best, "bad": bad, "best_epoch": best_epoch,
-                    "history": history, "stopped": stop}))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        # Each report waits for the controller's poll (~2 s), so short epochs report (and
+        # checkpoint) at most every checkpoint_every_s; the last epoch always does.
+        if stop or epoch == hp["epochs"] - 1 or time.time() - last_report >= cfg["checkpoint_every_s"]:
+            last_report = time.time()
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0:
+                    save_file({k: v.detach().cpu().contiguous()
+                               for k, v in module.state_dict().items()},
+                              str(Path(d, "model.safetensors")))
+                    save_file({k: v.contiguous() for k, v in best_state.items()},
+                              str(Path(d, "best.safetensors")))
+                    torch.save(opt.state_dict(), Path(d, "optimizer.pt"))
+                    Path(d, "state.json").write_text(json.dumps({
+                        "epoch": epoch, "best": best, "bad": bad, "best_epoch": best_epoch,
+                        "history": history, "stopped": stop}))
+                    checkpoint = ray.train.Checkpoint.from_directory(d)
+                ray.train.report(metrics, checkpoint=checkpoint)
         if epoch == fail_at:
             raise RuntimeError(f"{FAIL_AT_EPOCH_ENV}={fail_at}: injected failure after epoch {epoch}")
         if stop:
@@ -221,12 +228,15 @@ def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n
               class_weights: np.ndarray | None = None, num_workers: int = 1,
               use_gpu: bool = False, cpus_per_worker: float = 1.0,
               callbacks: Sequence[Any] = (), in_memory_mb: float = 1024,
+              checkpoint_every_s: float = 10.0,
               fail_at_epoch: int | None = None) -> TorchFit:
     """Train ``model`` with Ray Train; return the weights of the epoch with the lowest val loss.
 
     ``train``/``val`` are (X (n, *input_shape) float32, y (n,) int64). Checkpoints go to
     ``storage_path/run_name``; calling again with the same pair resumes the interrupted run.
     Shards under ``in_memory_mb`` per worker are read from Ray Data once and kept as tensors.
+    A checkpoint (and a metrics report) is written at most every ``checkpoint_every_s`` and
+    after the last epoch; a resumed run repeats at most that much work.
     ``fail_at_epoch`` injects a worker failure after that epoch's checkpoint (for tests).
     """
     import ray.train
@@ -242,6 +252,7 @@ def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n
             "model": model, "options": options, "input_shape": list(input_shape),
             "n_classes": n_classes, "seed": seed, "hp": hp,
             "threads": max(1, int(cpus_per_worker)), "in_memory_mb": in_memory_mb,
+            "checkpoint_every_s": checkpoint_every_s,
             "fail_at_epoch": fail_at_epoch,
             "class_weights": None if class_weights is None else [float(w) for w in class_weights],
         },

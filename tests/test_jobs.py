@@ -197,9 +197,10 @@ def ray_head():
         assert not left, f"processes of the test's Ray head survived teardown: {sorted(left)}"
 
 
-def _submit(ray_head, args: list[str], submission_id: str, timeout: float = 120):
+def _submit(ray_head, args: list[str], submission_id: str, timeout: float = 120,
+            job: str = "jobs/prepare.py"):
     cmd = [str(RAY), "job", "submit", "--address", ray_head["url"], "--working-dir", str(REPO),
-           "--submission-id", submission_id, "--", "python", "jobs/prepare.py", *args]
+           "--submission-id", submission_id, "--", "python", job, *args]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=ray_head["env"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
@@ -264,3 +265,25 @@ def test_prepare_job_via_ray_job_submit(ray_head, tmp_path):
     # the driver joined the cluster it was submitted to (RAY_ADDRESS), not a local Ray of its own
     assert "Connecting to existing Ray cluster" in log, log[-6000:]
     assert f":{ray_head['gcs_port']}" in log, log[-6000:]
+
+
+def test_train_and_evaluate_jobs_via_ray_job_submit(ray_head, tmp_path):
+    corpus, prepared = tmp_path / "emodb", tmp_path / "prepared"
+    synthesize_corpus("emodb", corpus, n_speakers=3, per_emotion=1, seed=2)
+    rc, log, _ = _submit(ray_head, ["--input", str(corpus), "--features", "handcrafted94",
+                                    "--output", str(prepared), "--no-progress"],
+                         submission_id=f"serray-prep-{secrets.token_hex(4)}")
+    assert rc == 0, log[-4000:]
+    model, report = tmp_path / "model", tmp_path / "report"
+    rc, log, _ = _submit(ray_head, ["--features", str(prepared), "--feature-set",
+                                    "handcrafted94", "--model", "logreg", "--output", str(model)],
+                         submission_id=f"serray-train-{secrets.token_hex(4)}", job="jobs/train.py")
+    assert rc == 0, log[-4000:]
+    assert json.loads((model / "labels.json").read_text())  # the model's label map
+    rc, log, _ = _submit(ray_head, ["--model", str(model), "--features", str(prepared),
+                                    "--output", str(report)],
+                         submission_id=f"serray-eval-{secrets.token_hex(4)}", job="jobs/evaluate.py")
+    assert rc == 0, log[-4000:]
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["protocol"] == "held-out" and metrics["folds"][0]["n_test"] == 21
+    assert metrics["shares_speakers"] is True  # evaluated on its own training speakers: flagged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ import ray
 from prepare_helpers import REPO, assert_same, config, make_corpus, make_shards, tables
 from ser_ray.cli import main as cli_main
 from ser_ray.features.arrays import column_to_numpy
-from ser_ray.prepare import CONFIG_STAMP, run_prepare
+from ser_ray import io
+from ser_ray.prepare import CONFIG_STAMP, iter_units, plan_inputs, run_prepare
 
 EMODB = REPO.parent / "shared" / "data" / "emodb"
 
@@ -211,6 +213,46 @@ def test_killed_run_resumes_to_the_same_result(corpus, clean_run, tmp_path):
                     progress=False)
     assert s["resumed_units"] >= done_before and s["resumed_units"] < s["units"]
     assert_same(tables(clean_run[0]), tables(out))
+
+
+class _EndlessPrefix(io.Storage):
+    """A prefix too large to list: a few top-level files, then sub-folders without end."""
+
+    def walk(self, uri):
+        yield from (f"{uri}/top-{i}.wav" for i in range(3))
+        for d in itertools.count():
+            yield from (f"{uri}/d{d:09d}/f{i}.wav" for i in range(5))
+
+
+def test_units_are_cut_lazily_per_top_level_folder():
+    source = {"kind": "walk", "root": "s3://b/p", "uri": "s3://b/p", "corpus": "ravdess"}
+    units = list(itertools.islice(iter_units(source, _EndlessPrefix(), 2), 12))
+    assert units[0]["relpaths"] == ["top-0.wav", "top-1.wav"]  # top-2 waits for a partner
+    assert [u["relpaths"] for u in units[1:4]] == [  # a chunk never spans two folders
+        ["d000000000/f0.wav", "d000000000/f1.wav"], ["d000000000/f2.wav", "d000000000/f3.wav"],
+        ["d000000000/f4.wav"]]
+    assert len({u["unit_id"] for u in units}) == 12
+    again = list(itertools.islice(iter_units(source, _EndlessPrefix(), 2), 12))
+    assert [u["unit_id"] for u in again] == [u["unit_id"] for u in units]  # resumable ids
+
+
+def test_a_folder_unit_holds_one_top_level_folder_or_top_level_files(corpus):
+    root, _ = corpus
+    cfg = config(inputs=[str(root)], output="unused")
+    st = io.Storage()
+    units = [u for s in plan_inputs(cfg, st) for u in iter_units(s, st, cfg.files_per_task)]
+    groups = [{r.split("/")[0] if "/" in r else "" for r in u["relpaths"]} for u in units]
+    assert all(len(g) == 1 for g in groups)
+    assert {g.pop() for g in groups} == {"", "Actor_01", "Actor_02"}
+
+
+def test_progress_lines_on_stderr(corpus, tmp_path, capfd):
+    root, _ = corpus
+    s = run_prepare(config(inputs=[str(root / "Actor_02")], output=str(tmp_path),
+                           features=["mfcc"], files_per_task=2), progress=True)
+    err = capfd.readouterr().err
+    line = f"{s['units']}/{s['units']} units, {s['input_files'] + s['skipped']} files"
+    assert line in err and "audio s/s" in err
 
 
 def test_cli_exit_codes(corpus, tmp_path):

@@ -1,0 +1,92 @@
+"""Ray Tune sweeps: space files, trial resources on 2 cores, a real 4-trial sweep, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from ser_ray.tuning import Resources, concurrent_trials, load_space, trial_config
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_space_file_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="space.model_options.lr: unknown domain 'between'"):
+        load_space(_write(tmp_path, {"space": {"model_options.lr": {"between": [0, 1]}}}))
+    with pytest.raises(ValueError, match="search=grid needs choice/grid"):
+        load_space(_write(tmp_path, {"search": "grid",
+                                     "space": {"model_options.lr": {"uniform": [0, 1]}}}))
+    with pytest.raises(ValueError, match="unknown key"):
+        load_space(_write(tmp_path, {"base": {"modle": "svm"}}))
+    with pytest.raises(ValueError, match="search='bayes'"):
+        load_space(_write(tmp_path, {"search": "bayes"}))
+
+
+def test_trial_config_merges_model_dicts_and_dotted_keys(tmp_path):
+    space = load_space(_write(tmp_path, {"base": {"protocol": "loso", "model": "svm"}}))
+    cfg = trial_config(space, {"model": {"model": "cnn1d", "features": ["mfcc"], "frames": 50},
+                               "model_options.lr": 0.01, "normalise": "speaker"})
+    assert (cfg.model, cfg.features, cfg.frames, cfg.protocol) == ("cnn1d", ("mfcc",), 50, "loso")
+    assert cfg.model_options == {"lr": 0.01} and cfg.normalise == "speaker"
+
+
+def test_concurrent_trials_never_exceed_the_cpus_and_never_reach_zero():
+    assert concurrent_trials(Resources(cpus_per_trial=0.5, workers_per_trial=1,
+                                       cpus_per_worker=0.5), 2) == 2
+    assert concurrent_trials(Resources(cpus_per_trial=1, workers_per_trial=2,
+                                       cpus_per_worker=1), 2) == 1  # 3 CPUs > 2: still one
+    assert concurrent_trials(Resources(max_concurrent=3), 2) == 3
+
+
+@pytest.mark.slow
+def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
+        learn_corpus, tmp_path):
+    """Tune with Train on 2 cores: torch trials start TorchTrainers inside their trial."""
+    import ray
+
+    from ser_ray.cli import main
+
+    space = {
+        "base": {"protocol": "speaker-kfold", "folds": 2},
+        "space": {
+            "model": {"grid": [
+                {"model": "logreg", "features": ["handcrafted94"]},
+                {"model": "cnn1d", "features": ["mfcc"], "frames": 60,
+                 "model_options": {"channels": [8], "dense": [16], "epochs": 6, "lr": 0.003}},
+            ]},
+            "normalise": {"grid": ["global", "speaker"]},
+        },
+        "search": "grid", "num_samples": 1, "scheduler": "fifo",
+        "resources": {"cpus_per_trial": 0.5, "workers_per_trial": 1, "cpus_per_worker": 0.5},
+    }
+    path = _write(tmp_path, space)
+    out = tmp_path / "sweep"
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
+             include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["tune", "--features", str(learn_corpus["prepared"]), "--space", path,
+                     "--output", str(out)]) == 0
+        table = (out / "results.csv").read_text().splitlines()
+        assert len(table) == 1 + 4
+        best = json.loads((out / "best.json").read_text())
+        assert best["config"]["model"] in ("logreg", "cnn1d")
+        assert best["value"] > 0.4
+        assert len({line.split(",")[0] for line in table[1:]}) == 4  # distinct trial ids
+        report = tmp_path / "eval"
+        assert main(["evaluate", "--model", str(out / "best_model"), "--features",
+                     str(learn_corpus["prepared"]), "--output", str(report)]) == 0
+        assert json.loads((report / "metrics.json").read_text())["ua_mean"] > 0.4
+        # Rerunning into the same folder resumes the finished sweep instead of starting over.
+        before = (out / "results.csv").read_text()
+        assert main(["tune", "--features", str(learn_corpus["prepared"]), "--space", path,
+                     "--output", str(out)]) == 0
+        assert (out / "results.csv").read_text().splitlines()[0] == before.splitlines()[0]
+        assert sorted((out / "results.csv").read_text().splitlines()) == sorted(before.splitlines())
+    finally:
+        ray.shutdown()
