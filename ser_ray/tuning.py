@@ -45,7 +45,7 @@ class SweepSpace:
     base: dict[str, Any] = field(default_factory=dict)      # LearnConfig fields for every trial
     space: dict[str, Any] = field(default_factory=dict)     # dotted field -> domain
     search: str = "random"            # random | grid | optuna
-    num_samples: int = 4              # random/optuna: trials; grid: repeats of the grid
+    num_samples: int | None = None    # random/optuna: trials (default 4); grid: repeats (default 1)
     scheduler: str = "asha"           # asha | fifo
     grace_period: int = 2             # ASHA: folds a trial always runs
     reduction_factor: int = 2
@@ -188,7 +188,8 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", num_samples=space.num_samples, scheduler=scheduler,
+                metric=METRIC, mode="max", scheduler=scheduler,
+                num_samples=space.num_samples or (1 if space.search == "grid" else 4),
                 search_alg=SEARCHERS[space.search](space), max_concurrent_trials=n_conc),
             run_config=tune.RunConfig(name="sweep", storage_path=str(output)),
         )

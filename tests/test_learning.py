@@ -223,3 +223,25 @@ def test_every_torch_model_trains_through_cv_above_chance(model, learn_corpus, t
     assert m["folds"][0]["test_speakers"] == ["ravdess:05", "ravdess:06"]
     # 32 test clips: chance (0.25) reaches 0.40 with p < 1%
     assert m["ua_mean"] >= CHANCE + 0.15, f"{model}: UA {m['ua_mean']:.3f}"
+
+
+def test_cv_scores_noisy_test_sets_at_each_snr(vectors, tmp_path):
+    import soundfile as sf
+
+    from ser_ray.experiment import run_cv
+
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(noise_dir / "hum.wav", (0.3 * rng.standard_normal(16000 * 2)).astype(np.float32),
+             16000)
+    cfg = LearnConfig(features=("handcrafted94",), model="logreg", protocol="speaker-kfold",
+                      folds=2, noisy_snr_db=(-5.0, 40.0), noise_dir=str(noise_dir))
+    m = run_cv(vectors, cfg, tmp_path / "cv")
+    assert set(m["noisy"]) == {"-5.0", "40.0"}
+    for fold in m["folds"]:
+        assert set(fold["noisy"]) == {"-5.0", "40.0"}
+    # 40 dB noise barely changes the features; -5 dB buries the prosody
+    assert abs(m["noisy"]["40.0"]["ua_mean"] - m["ua_mean"]) < 0.1
+    assert m["noisy"]["-5.0"]["ua_mean"] < m["noisy"]["40.0"]["ua_mean"]
+    assert "Noisy" in (tmp_path / "cv" / "summary.md").read_text()

@@ -90,3 +90,46 @@ def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
         assert sorted((out / "results.csv").read_text().splitlines()) == sorted(before.splitlines())
     finally:
         ray.shutdown()
+
+
+def test_optuna_search_is_available(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from ser_ray.tuning import SEARCHERS
+
+    space = load_space(_write(tmp_path, {"search": "optuna",
+                                         "space": {"model_options.C": {"loguniform": [0.1, 10]}}}))
+    assert isinstance(SEARCHERS[space.search](space), OptunaSearch)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_redoing_finished_trials(learn_corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _write(tmp_path, {
+        "base": {"protocol": "loso", "features": ["handcrafted94"], "model": "logreg"},
+        "space": {"model_options.C": {"grid": [0.1, 0.3, 1.0, 3.0]}},
+        "search": "grid", "scheduler": "fifo", "export_best": False,
+        "resources": {"cpus_per_trial": 1.0, "max_concurrent": 1}})
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "ser_ray.cli", "tune", "--features",
+           str(learn_corpus["prepared"]), "--space", path, "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("sweep/*/metrics.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, mid-sweep
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in out.glob("sweep/*/metrics.json")}
+    assert 1 <= len(done) < 4
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and all(",True," in r for r in rows)
+    for p, mtime in done.items():  # finished trials were not run again
+        assert p.stat().st_mtime_ns == mtime
+    assert len(list(out.glob("sweep/*/metrics.json"))) == 4
