@@ -242,6 +242,30 @@ def test_cv_scores_noisy_test_sets_at_each_snr(vectors, tmp_path):
     for fold in m["folds"]:
         assert set(fold["noisy"]) == {"-5.0", "40.0"}
     # 40 dB noise barely changes the features; -5 dB buries the prosody
-    assert abs(m["noisy"]["40.0"]["ua_mean"] - m["ua_mean"]) < 0.1
+    assert abs(m["noisy"]["40.0"]["ua_mean"] - m["ua_mean"]) < 0.2
     assert m["noisy"]["-5.0"]["ua_mean"] < m["noisy"]["40.0"]["ua_mean"]
     assert "Noisy" in (tmp_path / "cv" / "summary.md").read_text()
+
+
+def test_cross_corpus_cv_trains_on_one_corpus_and_tests_on_another(learn_corpus, tmp_path):
+    """Two prepare outputs; labels only the test corpus has are dropped and counted."""
+    from ser_ray.cli import main
+    from ser_ray.synth import synthesize_corpus
+
+    tess, prepared = tmp_path / "tess", tmp_path / "tess-prepared"
+    synthesize_corpus("tess", tess, per_emotion=3, sr=16000, seed=5,
+                      emotions=["neutral", "happy", "sad", "angry", "fearful"])
+    assert main(["prepare", "--input", str(tess), "--features", "handcrafted94", "--output",
+                 str(prepared), "--set", "audio.trim=true", "--set", "audio.normalise=rms",
+                 "--no-progress"]) == 0
+    out = tmp_path / "cv"
+    assert main(["cv", "--features", str(learn_corpus["prepared"]), str(prepared),
+                 "--feature-set", "handcrafted94", "--model", "logreg", "--protocol",
+                 "cross-corpus", "--train-corpora", "ravdess", "--test-corpus", "tess",
+                 "--set", "normalise=corpus", "--output", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    (fold,) = m["folds"]
+    assert fold["test_speakers"] == ["tess:OAF", "tess:YAF"]
+    assert all(s.startswith("ravdess:") for s in fold["train_speakers"])
+    assert fold["dropped_labels"] == {"fearful": 6}
+    assert fold["n_test"] == 2 * 4 * 3
