@@ -34,6 +34,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import pandas as pd
 
+from ser_ray.registry import registrar
 from ser_ray import audio, io
 from ser_ray.config import AudioConfig, S3Config, from_dict, to_dict
 
@@ -54,17 +55,7 @@ class AugmentError(RuntimeError):
 _STEPS: dict[str, type["Step"]] = {}
 
 
-def register_step(name: str) -> Callable[[type], type]:
-    """Class decorator: register a :class:`Step` subclass under ``name``."""
-
-    def deco(cls: type) -> type:
-        if name in _STEPS:
-            raise ValueError(f"augment step {name!r} is already registered by {_STEPS[name]}")
-        cls.name = name
-        _STEPS[name] = cls
-        return cls
-
-    return deco
+register_step = registrar(_STEPS, "augment step")  # class decorator: register_step(name)
 
 
 def available_steps() -> list[str]:

@@ -21,10 +21,12 @@ import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence, TypeVar
+from typing import ClassVar, Sequence, TypeVar
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
+
+from ser_ray.registry import registrar
 
 Segment = tuple[float, float]
 
@@ -95,17 +97,7 @@ def _tidy(regions: Sequence[Segment], min_speech_s: float, min_silence_s: float,
     return [(s, e) for s, e in merged if e - s >= min_speech_s]
 
 
-def register(name: str) -> Callable[[D], D]:
-    """Class decorator: register a :class:`Detector` subclass under ``name``."""
-
-    def deco(cls: D) -> D:
-        if name in _REGISTRY:
-            raise ValueError(f"vad {name!r} is already registered by {_REGISTRY[name].__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+register = registrar(_REGISTRY, "vad")  # class decorator: register(name)
 
 
 def available() -> list[str]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
+
+from ser_ray.registry import registrar
 
 _REGISTRY: dict[str, type["Extractor"]] = {}
 
@@ -75,17 +77,7 @@ def _check_choice(owner: str, field: str, value, choices) -> None:
         raise ValueError(f"{owner}: {field}={value!r} is not one of {list(choices)}")
 
 
-def register(name: str) -> Callable[[E], E]:
-    """Class decorator: register an :class:`Extractor` subclass under ``name``."""
-
-    def deco(cls: E) -> E:
-        if name in _REGISTRY:
-            raise ValueError(f"extractor {name!r} is already registered by {_REGISTRY[name]}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+register = registrar(_REGISTRY, "extractor")  # class decorator: register(name)
 
 
 def available() -> list[str]:

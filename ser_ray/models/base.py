@@ -16,7 +16,10 @@ from typing import Callable, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from ser_ray.registry import registrar
+
 _REGISTRY: dict[str, type["ModelConfig"]] = {}
+_register = registrar(_REGISTRY, "model")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 C = TypeVar("C", bound=type["ModelConfig"])
@@ -70,13 +73,9 @@ def register_model(name: str) -> Callable[[C], C]:
     """Class decorator: register a :class:`ModelConfig` subclass under ``name``."""
 
     def deco(cls: C) -> C:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered by {_REGISTRY[name]}")
         if cls.kind not in ("torch", "classical"):
             raise ValueError(f"model {name!r}: kind must be 'torch' or 'classical', got {cls.kind!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return _register(name)(cls)
 
     return deco
 
