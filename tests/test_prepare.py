@@ -199,17 +199,17 @@ def test_killed_run_resumes_to_the_same_result(corpus, clean_run, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "ser_ray.cli", "prepare", "--input", str(root), "--corpus",
            "ravdess", "--features", "mfcc,stft", "--output", str(out), "--no-progress",
-           "--set", "files_per_task=2", "--num-workers", "1"]
+           "--set", "files_per_task=1", "--num-workers", "1"]  # one file per unit: many units
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
     deadline = time.time() + 120
     while time.time() < deadline and len(unit_markers(out)) < 3:
-        time.sleep(0.2)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(unit_markers(out))
     assert 3 <= done_before, "the run should have finished a few units before the kill"
-    s = run_prepare(config(inputs=[str(root)], output=str(out), files_per_task=2),
+    s = run_prepare(config(inputs=[str(root)], output=str(out), files_per_task=1),
                     progress=False)
     assert s["resumed_units"] >= done_before and s["resumed_units"] < s["units"]
     assert_same(tables(clean_run[0]), tables(out))
