@@ -286,17 +286,20 @@ class NoisySets:
         name = fc["features"][0]
         rows = manifest(fc["roots"])
         rows = rows[rows["utterance_id"].isin(set(data.meta["utterance_id"]))]
+        # One Ray Data pass decodes every file once and mixes it at every SNR.
+        arrays, meta = augment.noisy_features(
+            rows.reset_index(drop=True), audio_cfg=from_dict(AudioConfig, fc["audio"]),
+            extractor=extractor_from_settings(fc["extractors"][name]),
+            noise=cfg.noise_dir, snr_db=list(cfg.noisy_snr_db), seed=cfg.seed)
+        if fc.get("frames") is not None and fc.get("time_axis") is not None:
+            arrays = [fix_frames(a, fc["time_axis"], fc["frames"]) for a in arrays]
+        X = np.stack(arrays).astype(np.float32)
+        label_of = dict(zip(data.meta["utterance_id"], data.meta["label"]))
+        meta = meta.assign(label=meta["utterance_id"].map(label_of)).reset_index(drop=True)
         self.sets = {}
         for snr in cfg.noisy_snr_db:
-            arrays, meta = augment.noisy_features(
-                rows.reset_index(drop=True), audio_cfg=from_dict(AudioConfig, fc["audio"]),
-                extractor=extractor_from_settings(fc["extractors"][name]),
-                noise=cfg.noise_dir, snr_db=snr, seed=cfg.seed)
-            if fc.get("frames") is not None and fc.get("time_axis") is not None:
-                arrays = [fix_frames(a, fc["time_axis"], fc["frames"]) for a in arrays]
-            label_of = dict(zip(data.meta["utterance_id"], data.meta["label"]))
-            meta = meta.assign(label=meta["utterance_id"].map(label_of)).reset_index(drop=True)
-            self.sets[snr] = (np.stack(arrays).astype(np.float32), meta)
+            keep = np.isclose(meta["snr_db"].to_numpy(dtype=float), float(snr))
+            self.sets[snr] = (X[keep], meta[keep].reset_index(drop=True))
         self.data = data
 
     def score(self, fitted: Fitted, fold, cfg: LearnConfig) -> dict[str, dict[str, float]]:
