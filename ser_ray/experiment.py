@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ser_ray import balance, splits
-from ser_ray.config import AugmentConfig, LearnConfig  # noqa: F401  (re-exported)
+from ser_ray.config import LearnConfig
 from ser_ray.data import (FeatureData, NORMALISE_GROUPS, fix_frames,
                           group_standardise, moments)
 from ser_ray.metrics import aggregate, compute_metrics
