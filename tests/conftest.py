@@ -45,6 +45,18 @@ def s3_server():
                     os.environ[k] = v
 
 
+# --------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray (2 CPUs on 127.0.0.1) per test module: start-up costs seconds."""
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 # --------------------------------------------------------------------------- learning plane
 LEARN_EMOTIONS = ("neutral", "happy", "sad", "angry")
 

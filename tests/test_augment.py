@@ -246,16 +246,6 @@ def test_read_sources_reads_tar_members_and_names_missing_files(tmp_path):
 
 # ------------------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("wavs")
     rows = []
@@ -279,7 +269,7 @@ def clean_blocks(manifest, cfg, ext):
     return out
 
 
-def test_augmented_features_on_ray(ray_local, tiny_manifest):
+def test_augmented_features_on_ray(ray_session, tiny_manifest):
     cfg = AudioConfig(block_s=0.5, normalise="peak")
     ext = get_extractor("mfcc")
     chain = Chain.from_config([{"name": "uniform_noise"},
@@ -317,7 +307,7 @@ def test_augmented_features_on_ray(ray_local, tiny_manifest):
     assert not np.allclose(xs3[0], xs[0])  # another seed, another copy
 
 
-def test_noisy_features_on_ray(ray_local, tiny_manifest, tmp_path):
+def test_noisy_features_on_ray(ray_session, tiny_manifest, tmp_path):
     sf.write(tmp_path / "babble.wav", np.random.default_rng(0).uniform(-0.5, 0.5, 6000), SR)
     cfg = AudioConfig(block_s=0.5, normalise="peak")
     ext = get_extractor("mfcc", pooling="mean")
@@ -334,7 +324,7 @@ def test_noisy_features_on_ray(ray_local, tiny_manifest, tmp_path):
         assert d[40.0] < d[15.0]  # more noise, further from the clean features
 
 
-def test_augmented_features_names_a_file_that_no_longer_decodes(ray_local, tiny_manifest,
+def test_augmented_features_names_a_file_that_no_longer_decodes(ray_session, tiny_manifest,
                                                                tmp_path):
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF....WAVEfmt " + b"\0" * 8)

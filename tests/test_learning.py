@@ -15,19 +15,9 @@ from ser_ray import splits
 from ser_ray.config import AugmentConfig, LearnConfig
 from ser_ray.data import load_features
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 CHANCE = 0.25
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
-             include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

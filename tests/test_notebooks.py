@@ -16,7 +16,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import ray
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
@@ -33,14 +32,6 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "ser-ray-test-venv"
 EMOTIONS = ["neutral", "happy", "sad", "angry"]
 LEARN = {"features": ["handcrafted94"], "model": "logreg", "protocol": "speaker-kfold", "folds": 2}
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from prepare_helpers import REPO, assert_same, config, make_corpus, make_shards, tables
 from ser_ray.cli import main as cli_main
@@ -29,12 +28,7 @@ def unit_markers(out: Path) -> list[Path]:
     return sorted(p for p in (out / "_units").glob("*.json") if p.stem != CONFIG_STAMP)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 @pytest.fixture(scope="module")
