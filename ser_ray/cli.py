@@ -172,6 +172,34 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# Scoring plane
+# --------------------------------------------------------------------------------------------
+
+def score_config(args: argparse.Namespace):
+    from ser_ray.config import ScoreConfig
+
+    return config_mod.load(
+        ScoreConfig, args.config, args.set, model=args.model, inputs=args.inputs,
+        output=args.output, run_date=args.run_date, metadata=args.metadata,
+        customer_channel=args.customer_channel, num_workers=args.num_workers,
+        rescore=args.rescore)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from ser_ray.score import run_score
+
+    run = run_score(score_config(args), progress=not args.no_progress)
+    print(json.dumps({k: run[k] for k in ("run_id", "calls", "counts", "skipped_previously_scored",
+                                          "audio_s", "wall_s", "outputs")}, indent=2, default=str))
+    top = run.get("top_calls") or []
+    if top:
+        print("most urgent calls:")
+        for row in top:
+            print(f"  {row['urgency_rank']:>3}. {row['call_id']}  urgency {row['urgency_score']:.2f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ser-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--features", nargs="+", required=True, metavar="DIR", dest="roots")
     e.add_argument("--output", required=True)
     e.set_defaults(func=cmd_evaluate)
+
+    sc = sub.add_parser("score", help="score a backlog of call recordings into ranked Parquet reports")
+    sc.add_argument("--model", help="model folder written by train or tune")
+    sc.add_argument("--input", nargs="+", action="extend", dest="inputs", metavar="URI",
+                    help="folder(s) or s3://bucket/prefix of recordings, searched recursively")
+    sc.add_argument("--output", help="report folder or s3://bucket/prefix (segments/, calls/, "
+                                     "runs/, reports/)")
+    sc.add_argument("--run-date", dest="run_date", metavar="YYYY-MM-DD",
+                    help="night being scored (default today); rerunning a night replaces its rows")
+    sc.add_argument("--metadata", help="CSV/Parquet of call metadata with a call_id column")
+    sc.add_argument("--customer-channel", dest="customer_channel", choices=["left", "right", "mono"],
+                    help="channel of stereo recordings holding the customer (default mono: downmix)")
+    sc.add_argument("--config", help="YAML ScoreConfig (see configs/score.yaml)")
+    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config field, e.g. --set vad.name=energy "
+                         "--set urgency.weights.sad=1.0 --set window_s=2")
+    sc.add_argument("--num-workers", type=int, dest="num_workers")
+    sc.add_argument("--rescore", action="store_true", default=None,
+                    help="also score calls an earlier night scored with this model")
+    sc.add_argument("--no-progress", action="store_true")
+    sc.set_defaults(func=cmd_score)
     return parser
 
 

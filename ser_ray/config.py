@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ser_ray.urgency import UrgencyConfig
+
 
 @dataclass(frozen=True)
 class AudioConfig:
@@ -104,6 +106,36 @@ class LearnConfig:
         if self.augment.variant not in ("none", "augmented", "merged"):
             raise ValueError(f"augment.variant={self.augment.variant!r} is not one of "
                              "['none', 'augmented', 'merged']")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """The nightly ``score`` job: a backlog of call recordings -> segments/, calls/, runs/, reports/."""
+
+    model: str = ""                  # model folder written by `ser-ray train` or `ser-ray tune`
+    inputs: tuple[str, ...] = ()     # folders or s3:// prefixes, searched recursively (or files)
+    output: str = ""                 # local folder or s3://bucket/prefix
+    run_date: str | None = None      # YYYY-MM-DD partition of this run; None = today (local time)
+    metadata: str | None = None      # CSV/Parquet with a call_id column, joined into calls/
+    customer_channel: str = "mono"   # left | right: that channel of stereo calls; mono: downmix
+    call_id: str = "stem"            # stem: file name without extension | path: path below the input
+    vad: dict[str, Any] = field(default_factory=lambda: {"name": "auto"})  # detector + options
+    window_s: float | None = None    # analysis window; None = the model's training window
+    hop_s: float | None = None       # window hop; None = window_s (no overlap)
+    min_window_s: float = 0.5        # speech stretches shorter than this are not scored
+    max_call_s: float = 14400.0      # longer calls get status too_long (4 h)
+    max_file_mb: float = 4096.0      # bigger files get status too_large without being read
+    calls_per_task: int = 4          # calls per work unit: the unit of parallelism and of resume
+    mb_per_task: float = 64.0        # ... and at most this many MB of files per unit
+    num_workers: int | None = None   # scoring actors; None = one per CPU (or GPU) of the cluster
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 256            # analysis windows per forward pass
+    units_per_wave: int = 1024       # units per Ray Data pipeline (the listing streams in waves)
+    urgency: UrgencyConfig = field(default_factory=UrgencyConfig)
+    rescore: bool = False            # also score calls an earlier night scored with this model
+    report_top: int = 20             # calls listed in the human report
+    s3: S3Config = field(default_factory=S3Config)
 
 
 def _is_dataclass_type(tp: Any) -> bool:

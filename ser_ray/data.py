@@ -176,8 +176,25 @@ def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[s
         if len(features) == 1 else None,
         "extractors": extractors, "audio": prepare_cfgs[0].get("audio", {}),
         "label_set": label_set, "roots": [str(r) for r in roots], "dropped_labels": dropped,
+        "clip_s": _median_clip_s(roots, prepare_cfgs[0].get("audio", {})),
     }
     return FeatureData(X=X, y=y, labels=labels, meta=meta, feature_config=feature_config)
+
+
+def _median_clip_s(roots: Sequence[str | Path], audio: dict[str, Any]) -> float | None:
+    """Median length of the training clips after windowing: how long a window a model saw
+    (the scoring job cuts calls into windows this long when nothing more precise is known)."""
+    try:
+        d = pd.concat([pads.dataset(str(Path(r) / "manifest"), format="parquet")
+                       .to_table(columns=["duration_s"]).to_pandas() for r in roots])["duration_s"]
+    except Exception:  # an old prepare output without a manifest: the scorer falls back
+        return None
+    if d.empty:
+        return None
+    d = (d - (audio.get("offset_s") or 0.0)).clip(lower=0)
+    if audio.get("duration_s"):
+        d = d.clip(upper=audio["duration_s"])
+    return round(float(d.median()), 3)
 
 
 def extractor_settings(prepare_cfg: dict[str, Any], name: str) -> dict[str, Any]:

@@ -178,6 +178,42 @@ class Storage:
                 return False
         return os.path.exists(uri)
 
+    # -- writing -------------------------------------------------------------------------
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Whole object at once: a reader sees the old object or the new one, never a part.
+
+        Local files are written to a temporary name and renamed; an S3 PUT is atomic already.
+        """
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self._s3.put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def delete(self, uri: str) -> None:
+        """Remove one file or object; absent is fine."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self._s3.delete_object(Bucket=bucket, Key=key)
+            return
+        try:
+            os.remove(uri)
+        except FileNotFoundError:
+            pass
+
+    def delete_tree(self, uri: str) -> None:
+        """Remove everything below a folder/prefix; absent is fine."""
+        if is_s3(uri):
+            for key_uri in list(self.walk(uri)):
+                self.delete(key_uri)
+            return
+        import shutil
+        shutil.rmtree(uri, ignore_errors=True)
+
     # -- listing -------------------------------------------------------------------------
     def list_level(self, uri: str) -> tuple[list[str], list[str]]:
         """One level of a folder/prefix -> (sub-folder URIs, file URIs), both sorted."""
@@ -215,6 +251,24 @@ class Storage:
             dirnames.sort()
             for name in sorted(filenames):
                 yield os.path.join(dirpath, name)
+
+    def walk_sized(self, uri: str) -> Iterator[tuple[str, int]]:
+        """Like :meth:`walk`, with each file's size in bytes (free in an S3 listing)."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            prefix = key.rstrip("/") + "/" if key else ""
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                       Prefix=prefix)
+            for page in pages:
+                for o in page.get("Contents", []):
+                    if not o["Key"].endswith("/"):
+                        yield f"s3://{bucket}/{o['Key']}", int(o["Size"])
+            return
+        for path in self.walk(uri):
+            try:
+                yield path, os.stat(path).st_size
+            except OSError:  # a dangling link or a file gone since listing: the reader says why
+                yield path, -1
 
     def glob(self, pattern: str) -> Iterator[str]:
         root, pat = glob_root(pattern)

@@ -53,7 +53,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 class UrgencyConfig:
     """Weights of the urgency formula (see the module docstring).
 
-    ``weights`` replaces the defaults as a whole: a label it does not list weighs 0.
+    ``weights`` is merged over :data:`DEFAULT_WEIGHTS` (so ``--set urgency.weights.sad=1.0``
+    changes one weight and keeps the rest); set a label to 0 to take it out of the formula.
+    Labels in neither weigh 0.
     """
 
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS), hash=False)
@@ -65,6 +67,7 @@ class UrgencyConfig:
     max_gap_s: float = 1.0       # windows further apart than this (a pause, the agent talking) end a run
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **self.weights})
         bad = {k: v for k, v in self.weights.items() if not math.isfinite(float(v))}
         if bad:
             raise ValueError(f"urgency weights must be finite numbers, got {bad}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from pathlib import Path
 
 import librosa
@@ -59,20 +58,13 @@ def speakers():
     return make_speakers(2, np.random.default_rng(7))
 
 
-def test_utterance_is_bounded_float32_of_requested_length_and_fast(speakers):
+def test_utterance_is_bounded_float32_of_requested_length(speakers):
     rng = np.random.default_rng(0)
     x = synth_utterance("angry", speakers[1], rng, 16000, duration_s=3.0)
     assert x.dtype == np.float32 and x.ndim == 1 and len(x) == 48000
     assert np.abs(x).max() <= 1.0 and _rms_db(x) > -40
     free = synth_utterance("sad", speakers[0], rng)
     assert 1.5 < len(free) / 16000 < 8
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        synth_utterance("happy", speakers[0], rng, 16000, 3.0)
-        times.append(time.perf_counter() - t)
-    # ~11 ms measured; the bound leaves room for a loaded CI machine.
-    assert np.median(times) < 0.1
 
 
 @pytest.mark.parametrize("emotion", ["angry", "sad", "calm", "boredom"])
@@ -237,3 +229,161 @@ def test_every_file_parses_back_to_what_was_meant(tmp_path, layout):
     for r in rows:
         u = corpus.parse(r["path"], lambda rel: (tmp_path / rel).read_text())
         assert (u.speaker, u.sex, u.label) == (r["speaker"], r["sex"], r["emotion"]), r["path"]
+
+
+# --- backlog of recorded calls ------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from ser_ray.synth import synthesize_backlog  # noqa: E402
+
+BACKLOG_MOODS = ("angry", "sad", "calm", "neutral")
+BAD_KINDS = ("empty", "truncated", "not_audio", "silent")
+
+
+@pytest.fixture(scope="module")
+def backlog(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backlog") / "calls"
+    table = synthesize_backlog(root)  # defaults: 8 calls of 1-3 min at 8 kHz, half stereo, bad files
+    return root, table, None
+
+
+def _good(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["kind"].isin(BACKLOG_MOODS)]
+
+
+def test_backlog_kinds_counts_and_files(backlog):
+    root, table, elapsed = backlog
+    assert list(table["kind"]) == [*BACKLOG_MOODS, *BACKLOG_MOODS, *BAD_KINDS]
+    assert table["call_id"].is_unique and all(re.fullmatch(r"call-\d{4}", c) for c in table["call_id"])
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == sorted(table["path"])
+    assert list(table["path"]) == [f"{c}.wav" for c in table["call_id"]]  # flat layout
+    # Truth and metadata lie beside the backlog, never in it: a scoring run must see recordings only.
+    truth = pd.read_csv(root.parent / "calls-truth.csv")
+    assert list(truth.columns) == ["call_id", "path", "kind", "channels", "duration_s", "sr", "speaker",
+                                   "negative", "spans"]
+    assert list(truth["call_id"]) == list(table["call_id"])
+    good = _good(table)
+    assert list(good["negative"]) == [k in ("angry", "sad") for k in good["kind"]]
+    assert table.loc[table["kind"].isin(BAD_KINDS), "negative"].isna().all()
+
+
+def test_backlog_audio_rates_channels_and_durations(backlog):
+    root, table, _ = backlog
+    good = _good(table)
+    assert (good["channels"] == 2).sum() == 4 and (good["channels"] == 1).sum() == 4  # stereo_share 0.5
+    for r in good.itertuples():
+        info = sf.info(root / r.path)
+        assert (info.format, info.subtype, info.samplerate, info.channels) == ("WAV", "PCM_16", 8000, r.channels)
+        assert info.frames / 8000 == pytest.approx(r.duration_s) and 60 <= r.duration_s <= 180
+        x, _ = sf.read(root / r.path)
+        assert np.abs(x).max() > 0.01
+        spans = json.loads(r.spans)
+        assert spans[0]["start_s"] == 0 and spans[-1]["end_s"] == pytest.approx(r.duration_s)
+        assert all(a["end_s"] == pytest.approx(b["start_s"]) for a, b in zip(spans, spans[1:]))
+
+
+def test_backlog_customer_speaks_mostly_in_the_mood(backlog):
+    _, table, _ = backlog
+    for r in _good(table).itertuples():
+        customer = [s for s in json.loads(r.spans) if s["role"] == "customer"]
+        lengths = np.array([s["end_s"] - s["start_s"] for s in customer])
+        assert lengths.min() >= 5 - 1e-3 and lengths.max() <= 25 + 1e-3
+        assert {s["emotion"] for s in customer} <= {r.kind, "neutral"}
+        in_mood = sum(n for n, s in zip(lengths, customer) if s["emotion"] == r.kind) / lengths.sum()
+        assert in_mood == 1.0 if r.kind == "neutral" else 0.65 <= in_mood <= 0.85, (r.call_id, in_mood)
+
+
+def test_backlog_stereo_keeps_the_customer_on_the_right(backlog):
+    root, table, _ = backlog
+    sr = 8000
+    for r in _good(table)[lambda t: t["channels"] == 2].itertuples():
+        x, _ = sf.read(root / r.path)
+        for s in json.loads(r.spans):
+            a, b = int(round(s["start_s"] * sr)), int(round(s["end_s"] * sr))
+            if s["role"] == "agent":
+                assert np.abs(x[a:b, 1]).max() == 0  # nothing of the agent leaks into the customer channel
+                assert _rms_db(x[a:b, 0]) > -60
+            else:
+                assert _rms_db(x[a:b, 1]) > _rms_db(x[a:b, 0]) + 30
+
+
+def test_backlog_bad_files_are_what_they_claim(backlog):
+    from ser_ray.audio import AudioError, decode
+
+    root, table, _ = backlog
+    by_kind = {r.kind: r for r in table.itertuples()}
+    raw = {k: (root / by_kind[k].path).read_bytes() for k in BAD_KINDS}
+    assert raw["empty"] == b""
+    for kind, reason in (("empty", "empty"), ("truncated", "decode_error"), ("not_audio", "not_audio")):
+        with pytest.raises(AudioError) as err:
+            decode(raw[kind])
+        assert err.value.reason == reason, (kind, err.value)
+    assert pd.isna(by_kind["empty"].channels) and pd.isna(by_kind["not_audio"].channels)
+    assert by_kind["truncated"].channels == 1
+    silent = decode(raw["silent"])
+    assert (silent.channels, silent.sample_rate, silent.duration_s) == (2, 8000, 60.0)
+    assert np.all(silent.samples[: 10 * 8000] == 0)  # dead air, then hiss at -80 dBFS
+    assert -83 < _rms_db(silent.samples[10 * 8000:]) < -77
+    assert all(pd.isna(by_kind[k].spans) for k in BAD_KINDS)
+
+
+def test_backlog_metadata_covers_every_call_and_one_without_recording(backlog):
+    root, table, _ = backlog
+    meta = pd.read_csv(root.parent / "calls-metadata.csv")
+    assert list(meta.columns) == ["call_id", "started_at", "agent", "queue"]
+    assert meta["call_id"].is_unique and set(table["call_id"]) < set(meta["call_id"])
+    (orphan,) = set(meta["call_id"]) - set(table["call_id"])
+    assert not list(root.rglob(f"{orphan}*"))
+    started = pd.to_datetime(meta["started_at"], format="ISO8601")
+    assert (started.dt.date.astype(str) == "2026-11-22").all()
+    assert set(meta["queue"]) <= {"billing", "support", "sales"} and 1 < meta["agent"].nunique() <= 4
+
+
+def test_backlog_callers_are_not_training_speakers(backlog):
+    _, table, _ = backlog
+    speakers = _good(table)["speaker"]
+    assert speakers.is_unique and all(re.fullmatch(r"caller\d{3}", s) for s in speakers)
+    assert not any(str(s).startswith("spk") for s in table["speaker"].dropna())
+    with pytest.raises(ValueError, match="spk"):
+        synthesize_backlog("unused", speaker_prefix="spk")
+
+
+def test_backlog_same_seed_same_bytes(tmp_path):
+    small = {"n_calls": 3, "minutes": (0.5, 0.75), "layout": "dated"}
+    for name, seed in (("a", 4), ("b", 4), ("c", 5)):
+        synthesize_backlog(tmp_path / name, seed=seed, **small)
+    a, b, c = (_tree_hashes(tmp_path / name) for name in "abc")
+    assert a == b and len(a) == 3 + 4
+    for suffix in ("truth", "metadata"):
+        assert (tmp_path / f"a-{suffix}.csv").read_bytes() == (tmp_path / f"b-{suffix}.csv").read_bytes()
+    # Another seed: other audio for every call (the dated folders may differ too, so match by call).
+    by_call_a, by_call_c = ({Path(k).stem: v for k, v in h.items()} for h in (a, c))
+    assert by_call_a.keys() == by_call_c.keys()
+    assert all(by_call_a[k] != by_call_c[k] for k in ("call-0001", "call-0002", "call-0003", "call-0005",
+                                                      "call-0007"))  # empty and not_audio are fixed bytes
+
+
+def test_backlog_dated_layout_nests_folders(tmp_path):
+    table = synthesize_backlog(tmp_path / "day", n_calls=4, minutes=(0.25, 0.25), stereo_share=1.0, bad=False,
+                               layout="dated", metadata=False)
+    assert list(table["kind"]) == list(BACKLOG_MOODS) and (table["channels"] == 2).all()
+    assert all(p.startswith("2026-11-22/") and p.count("/") == 2 for p in table["path"])
+    assert sorted(p.relative_to(tmp_path / "day").as_posix() for p in (tmp_path / "day").rglob("*.wav")) == \
+        sorted(table["path"])
+    assert not (tmp_path / "day-metadata.csv").exists() and (tmp_path / "day-truth.csv").exists()
+    assert (table["duration_s"] == 15.0).all()  # exact length even when turns barely fit
+    assert all(json.loads(s)[-1]["end_s"] == pytest.approx(15.0) for s in table["spans"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"moods": ("furious",)}, "moods"),
+    ({"layout": "by_month"}, "layout"),
+    ({"minutes": (3.0, 1.0)}, "minutes"),
+    ({"stereo_share": 1.5}, "stereo_share"),
+])
+def test_backlog_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synthesize_backlog(tmp_path / "x", **kwargs)

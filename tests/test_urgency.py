@@ -96,7 +96,8 @@ def test_unlisted_labels_weigh_zero_and_sexed_labels_fall_back():
     cfg = UrgencyConfig()
     assert cfg.weight("surprised") == 0.0 and cfg.weight("laughing") == 0.0
     assert cfg.weight("female_angry") == cfg.weight("male_angry") == 1.0
-    assert UrgencyConfig(weights={"angry": 1.0}).weight("calm") == 0.0
+    assert UrgencyConfig(weights={"angry": 2.0}).weight("calm") == DEFAULT_WEIGHTS["calm"]  # merged
+    assert UrgencyConfig(weights={"calm": 0}).weight("calm") == 0.0
     labels = ["female_angry", "female_neutral", "male_angry", "male_neutral"]
     angry = call_summary(_call([("male_angry", 5)], labels=labels), labels)
     neutral = call_summary(_call([("male_neutral", 5)], labels=labels), labels)

@@ -1,0 +1,818 @@
+"""The scoring plane: a nightly backlog of call recordings -> Parquet reports ranked by urgency.
+
+``run_score(cfg)`` lists the backlog lazily (folders or ``s3://`` prefixes, recursive), cuts it
+into units of a few calls, and runs the units on Ray Data: ``map_batches`` with an actor pool,
+where each actor loads the model once and, per unit, decodes every call, picks the customer's
+channel, resamples to the model's rate, finds speech (VAD, batched over the unit's calls), cuts
+analysis windows over speech only, extracts the model's features per window and predicts in
+batches. A unit's rows go to a staging area (``_staging/<run_id>/``) as two Parquet files, the
+calls file last: it marks the unit done, so a rerun resumes and a retried task (a worker killed
+mid-run) rewrites the same files rather than adding rows. When every unit is done the run is
+published under ``--output``::
+
+    segments/run_date=D/<run_id>-part-00000.parquet   one row per analysis window
+    calls/run_date=D/<run_id>.parquet                   one row per call, ranked by urgency
+    runs/<run_id>.json                                  model, config, versions, counts, timings
+    reports/run_date=D/<run_id>.md (+ .png)             the most urgent calls, for people
+
+``run_id`` is ``<run date>_<model hash>``: scoring the same night again with the same model
+replaces that run's files with the same rows. Calls an earlier night scored with the same model
+(same call_id and size) are skipped unless ``rescore``. Every file is written whole (temp name
+then rename; an S3 PUT), so no reader sees half a file. Every call listed gets exactly one row in
+``calls/`` with a ``status``: ``scored``, ``no_speech`` or the reason it could not be used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io as _io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ser_ray import io, vad
+from ser_ray.config import AudioConfig, S3Config, ScoreConfig, from_dict, to_dict
+from ser_ray.schema import AUDIO_EXTENSIONS
+from ser_ray.urgency import PROB_PREFIX, UrgencyConfig, call_summary, rank
+
+CHANNELS = ("left", "right", "mono")
+# Statuses of a call row. Everything but these two says why the call was not scored.
+SCORED, NO_SPEECH = "scored", "no_speech"
+# Statuses worth another try on a later night (the file may still have been uploading).
+RETRY_STATUSES = ("unreadable", "internal_error")
+PROGRESS_EVERY_S = 2.0
+SEGMENT_ROWS_PER_PART = 1_000_000
+DEFAULT_WINDOW_S = 3.0
+
+
+def log(msg: str) -> None:
+    print(f"[score] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The model: files, identity, and how it wants its windows
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """A model dir as the driver sees it: its bytes travel to the actors through Ray."""
+
+    path: str
+    files: dict[str, bytes]
+    model_id: str
+    model_hash: str
+    labels: list[str]
+    feature_config: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ModelInfo":
+        from ser_ray.artifact import REQUIRED
+
+        root = Path(path)
+        if io.is_s3(str(path)):
+            raise ValueError(f"--model {path}: give a local or shared-filesystem model folder "
+                             "(copy it from S3 first); its files are shipped to every worker")
+        if not root.is_dir():
+            raise FileNotFoundError(f"--model {path}: no such folder; pass a folder written by "
+                                    "`ser-ray train` or `ser-ray tune` (best_model/)")
+        missing = [f for f in ("model.json", *REQUIRED) if not (root / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"--model {path}: lacks {missing}; it is not a complete "
+                                    "model folder")
+        files = {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+        h = hashlib.sha256()
+        for name, data in files.items():
+            h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        meta = json.loads(files["model.json"])
+        return cls(path=str(root.resolve()), files=files, model_id=f"{meta['name']}:{root.name}",
+                   model_hash=h.hexdigest(), labels=json.loads(files["labels.json"]),
+                   feature_config=json.loads(files["features.json"]))
+
+
+def model_window(fc: dict[str, Any]) -> tuple[float, str]:
+    """The analysis window (seconds) a model was trained on, and where that figure comes from.
+
+    Blocks (``audio.block_s`` or an extractor's ``block_s``) and fixed windows
+    (``audio.duration_s``) are what the model saw; a 2-D feature cropped to ``frames`` saw
+    ``frames`` hops; otherwise the median training clip (``clip_s``), else 3 s.
+    """
+    audio = fc.get("audio") or {}
+    sr = int(audio.get("sample_rate", 16000))
+    extractors = [fc["extractors"][n] for n in fc["features"]]
+    block = audio.get("block_s") or next((e["block_s"] for e in extractors if e.get("block_s")), None)
+    if block:
+        return float(block), "training block length"
+    if audio.get("duration_s"):
+        return float(audio["duration_s"]), "training window (audio.duration_s)"
+    if fc.get("frames") and fc.get("time_axis") is not None and extractors[0].get("hop_length"):
+        return fc["frames"] * extractors[0]["hop_length"] / sr, "training frames x hop"
+    if fc.get("clip_s"):
+        return float(fc["clip_s"]), "median training clip"
+    return DEFAULT_WINDOW_S, "default"
+
+
+class WindowFeatures:
+    """One analysis window of conditioned audio -> one model input row, as training made them.
+
+    Per window, like per training clip: pre-emphasis, level normalisation, padding or cropping
+    to the training window/block, each extractor, crop/pad of the time axis to ``frames``, and
+    concatenation of several vector features.
+    """
+
+    def __init__(self, fc: dict[str, Any]):
+        from ser_ray.data import extractor_from_settings
+
+        self.audio = from_dict(AudioConfig, dict(fc.get("audio") or {}))
+        self.sr = self.audio.sample_rate
+        self.extractors = [extractor_from_settings(fc["extractors"][n]) for n in fc["features"]]
+        self.frames, self.time_axis = fc.get("frames"), fc.get("time_axis")
+        block = self.audio.block_s or next((e.block_s for e in self.extractors if e.block_s), None)
+        fixed = block or (self.audio.duration_s if self.audio.pad else None)
+        self.fixed = int(round(fixed * self.sr)) if fixed else None
+        self.min_samples = max(e.min_samples(self.sr) for e in self.extractors)
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        from ser_ray import audio
+        from ser_ray.data import fix_frames
+
+        a = self.audio
+        if a.pre_emphasis and y.size > 1:
+            y = np.append(y[:1], y[1:] - a.pre_emphasis * y[:-1]).astype(np.float32)
+        y = audio.normalise(y, a.normalise, a.rms_dbfs)
+        if self.fixed:
+            y = audio.window(y, self.sr, 0.0, self.fixed / self.sr, pad=True)
+        if y.size < self.min_samples:
+            y = np.pad(y, (0, self.min_samples - y.size))
+        parts = [np.asarray(e(y.astype(np.float32, copy=False), self.sr)) for e in self.extractors]
+        if len(parts) > 1:
+            return np.concatenate(parts).astype(np.float32)
+        x = parts[0]
+        if self.frames and self.time_axis is not None:
+            x = fix_frames(x, self.time_axis, self.frames)
+        return x.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+def segments_schema(labels: Sequence[str]) -> pa.Schema:
+    return pa.schema([("call_id", pa.string()), ("channel", pa.string()),
+                      ("segment_index", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+                      *[(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels],
+                      ("label", pa.string()), ("confidence", pa.float32()), ("run_id", pa.string())])
+
+
+SUMMARY_FLOATS = ("speech_s", "negative_peak", "negative_mean", "negative_share", "longest_negative_s",
+                  "calm_mean", "peak_start_s", "urgency_score")
+
+
+def calls_schema(labels: Sequence[str]) -> pa.Schema:
+    """Columns of a staged call row; publishing adds ``urgency_rank`` and metadata columns."""
+    return pa.schema([
+        ("call_id", pa.string()), ("uri", pa.string()), ("size_bytes", pa.int64()),
+        ("status", pa.string()), ("reason", pa.string()),
+        ("duration_s", pa.float64()), ("sample_rate", pa.int32()), ("channels", pa.int32()),
+        ("format", pa.string()), ("channel", pa.string()), ("n_segments", pa.int32()),
+        *[(f"share_{lab}", pa.float64()) for lab in labels],
+        *[(name, pa.float64()) for name in SUMMARY_FLOATS],
+        ("model_id", pa.string()), ("model_hash", pa.string()), ("run_id", pa.string()),
+    ])
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _read_parquet(storage: io.Storage, uri: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(pa.BufferReader(storage.read_bytes(uri)), columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side: one unit of calls -> staged segments + calls
+# --------------------------------------------------------------------------------------------
+
+class UnitScorer:
+    """Scores units of calls with one loaded model; used inside each Ray actor.
+
+    ``settings`` is plain data (see :func:`worker_settings`); ``model_dir`` a local model folder.
+    """
+
+    def __init__(self, settings: dict[str, Any], model_dir: str | os.PathLike):
+        from ser_ray.artifact import load_predictor
+
+        import torch
+        device = "cuda" if settings["gpus_per_worker"] > 0 and torch.cuda.is_available() else "cpu"
+        self.s = settings
+        self.predictor = load_predictor(model_dir, device=device)
+        self.predictor.batch_size = settings["batch_size"]
+        self.labels = list(self.predictor.labels)
+        self.features = WindowFeatures(self.predictor.feature_config)
+        self.sr = self.features.sr
+        self.detector = vad.get_detector(**settings["vad"])
+        self.vad_sr = self.sr if self.detector.name != "silero" or self.sr in (8000, 16000) else 16000
+        self.storage = io.Storage(from_dict(S3Config, settings["s3"]))
+        self.urgency = from_dict(UrgencyConfig, settings["urgency"])
+        self.group_col = {"speaker": True, "corpus": True}.get(
+            self.predictor.feature_config.get("normalise", "global"), False)
+        self.seg_schema, self.call_schema = segments_schema(self.labels), calls_schema(self.labels)
+
+    # -- one call -------------------------------------------------------------------------
+    def _row(self, call: dict[str, Any]) -> dict[str, Any]:
+        return {"call_id": call["call_id"], "uri": call["uri"], "size_bytes": call["size"],
+                "status": None, "reason": None, "duration_s": None, "sample_rate": None,
+                "channels": None, "format": None, "channel": None, "n_segments": 0,
+                **{f"share_{lab}": None for lab in self.labels}, **{k: None for k in SUMMARY_FLOATS},
+                "model_id": self.s["model_id"], "model_hash": self.s["model_hash"],
+                "run_id": self.s["run_id"]}
+
+    def load(self, call: dict[str, Any], row: dict[str, Any]) -> np.ndarray | None:
+        """Read, decode and condition one call -> mono float32 at the model's rate, or None with
+        ``row["status"]`` / ``row["reason"]`` saying why not."""
+        from ser_ray import audio
+
+        def fail(status: str, reason: str) -> None:
+            row["status"], row["reason"] = status, reason
+
+        try:
+            data = self.storage.read_bytes(call["uri"], max_bytes=self.s["max_bytes"])
+        except io.TooLarge as exc:
+            return fail("too_large", str(exc))
+        except Exception as exc:  # missing, permission denied, network: the reason says which
+            return fail("unreadable", f"{type(exc).__name__}: {exc}")
+        row["size_bytes"] = len(data)
+        declared = _declared_duration(data)
+        if declared is not None and declared > self.s["max_call_s"]:
+            row["duration_s"] = declared
+            return fail("too_long", f"{declared:.0f} s > max_call_s={self.s['max_call_s']:.0f}")
+        try:
+            decoded = audio.decode(data)
+        except audio.AudioError as exc:
+            return fail(exc.reason, exc.detail)
+        del data
+        row.update(duration_s=decoded.duration_s, sample_rate=decoded.sample_rate,
+                   channels=decoded.channels, format=decoded.format)
+        if decoded.duration_s > self.s["max_call_s"]:
+            return fail("too_long", f"{decoded.duration_s:.0f} s > max_call_s={self.s['max_call_s']:.0f}")
+        y, row["channel"] = pick_channel(decoded.samples, self.s["customer_channel"])
+        return audio.resample(y, decoded.sample_rate, self.sr)
+
+    # -- one unit -------------------------------------------------------------------------
+    def score_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """Score every call of ``unit``, stage its rows, return counts (status -> n, audio_s)."""
+        from ser_ray import audio
+
+        rows = [self._row(c) for c in unit["calls"]]
+        signals: list[np.ndarray | None] = []
+        for call, row in zip(unit["calls"], rows):
+            try:
+                signals.append(self.load(call, row))
+            except Exception as exc:  # a bug: keep the call, say what broke, go on
+                row["status"], row["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
+                signals.append(None)
+        live = [i for i, y in enumerate(signals) if y is not None]
+        vad_input = [signals[i] if self.vad_sr == self.sr else audio.resample(signals[i], self.sr, self.vad_sr)
+                     for i in live]
+        found = dict(zip(live, detect_speech(vad_input, self.vad_sr, self.detector))) if live else {}
+        seg_tables = []
+        for i in live:
+            row = rows[i]
+            try:
+                seg_tables.append(self._score_call(signals[i], found[i], row))
+            except Exception as exc:
+                row["status"], row["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
+            signals[i] = None  # free each call's audio as soon as it is scored
+        segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
+        calls = pa.Table.from_pylist(rows, self.call_schema)
+        base = io.join(self.s["staging"], f"units/{unit['unit_id']}")
+        # Segments first: the calls file marks the unit done.
+        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segs))
+        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls))
+        status = Counter(r["status"] for r in rows)
+        return {"unit_id": unit["unit_id"], "calls": len(rows), "status": dict(status),
+                "audio_s": float(sum(r["duration_s"] or 0.0 for r in rows if r["status"] in (SCORED, NO_SPEECH)))}
+
+    def _score_call(self, y: np.ndarray, speech: list[tuple[float, float]], row: dict[str, Any]) -> pa.Table:
+        spans = vad.windows(speech, self.s["window_s"], self.s["hop_s"], self.s["min_window_s"])
+        if not spans:
+            talk = sum(e - s for s, e in speech)
+            row["status"] = NO_SPEECH
+            row["reason"] = ("no speech found" if not speech else
+                             f"{talk:.2f} s of speech, in stretches shorter than min_window_s="
+                             f"{self.s['min_window_s']}")
+            row.update({k: 0.0 for k in ("speech_s",)})
+            return self.seg_schema.empty_table()
+        X = np.stack([self.features(y[round(s * self.sr):round(e * self.sr)]) for s, e in spans])
+        if self.group_col:  # the model was trained with per-speaker statistics: the caller's own
+            from ser_ray.data import group_standardise
+            X = group_standardise(X, np.zeros(len(X)), self.predictor.feature_config.get("time_axis"))
+        p = self.predictor.predict_proba(X)
+        start = np.array([s for s, _ in spans])
+        end = np.array([e for _, e in spans])
+        best = p.argmax(axis=1)
+        label = [self.labels[k] for k in best]
+        seg = pd.DataFrame({"call_id": row["call_id"], "channel": row["channel"],
+                            "segment_index": np.arange(len(spans), dtype=np.int32),
+                            "start_s": start, "end_s": end,
+                            **{f"{PROB_PREFIX}{lab}": p[:, k] for k, lab in enumerate(self.labels)},
+                            "label": label, "confidence": p.max(axis=1), "run_id": self.s["run_id"]})
+        summary = call_summary(seg, self.labels, self.urgency)
+        row.update({k: summary[k] for k in SUMMARY_FLOATS},
+                   **{f"share_{lab}": summary[f"share_{lab}"] for lab in self.labels},
+                   status=SCORED, n_segments=len(spans))
+        return pa.Table.from_pandas(seg, self.seg_schema, preserve_index=False)
+
+
+def _declared_duration(data: bytes) -> float | None:
+    """Duration a file's header declares, without decoding it (None when unknown)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(_io.BytesIO(data))
+        return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
+    except Exception:
+        return None
+
+
+def pick_channel(samples: np.ndarray, which: str) -> tuple[np.ndarray, str]:
+    """(frames, channels) -> (mono signal, channel used). A mono file is used as it is."""
+    if samples.ndim == 1 or samples.shape[1] == 1:
+        return samples.reshape(-1).astype(np.float32, copy=False), "mono"
+    if which == "mono":
+        return samples.mean(axis=1, dtype=np.float32), "mono"
+    return np.ascontiguousarray(samples[:, 0 if which == "left" else 1]), which
+
+
+def detect_speech(signals: list[np.ndarray], sr: int, detector: vad.Detector) -> list[list[tuple[float, float]]]:
+    """Speech segments of each signal; one batched pass where the detector supports it."""
+    many = getattr(vad, "detect_many", None)
+    if many is not None:
+        return many(signals, sr, detector)
+    return [detector(y, sr) for y in signals]
+
+
+class _ScoreActor:
+    """Ray Data actor: writes the model folder it was sent to a temp dir and loads it once."""
+
+    def __init__(self, settings: dict[str, Any], model_ref: list):
+        import ray
+
+        files = ray.get(model_ref[0])
+        self._tmp = tempfile.mkdtemp(prefix="ser-ray-model-")
+        for name, data in files.items():
+            Path(self._tmp, name).write_bytes(data)
+        self.scorer = UnitScorer(settings, self._tmp)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = [json.dumps(self.scorer.score_unit(json.loads(u))) for u in batch["unit"]]
+        return {"stats": np.array(out, dtype=object)}
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side
+# --------------------------------------------------------------------------------------------
+
+def resolve_run_date(value: str | None) -> str:
+    if value is None:
+        return dt.date.today().isoformat()
+    try:
+        return dt.date.fromisoformat(str(value)).isoformat()
+    except ValueError:
+        raise ValueError(f"--run-date {value!r}: expected YYYY-MM-DD, e.g. 2026-11-23") from None
+
+
+def check_config(cfg: ScoreConfig) -> None:
+    if not cfg.model:
+        raise ValueError("score: give --model MODEL_DIR")
+    if not cfg.inputs:
+        raise ValueError("score: give --input URI (a folder or s3:// prefix of recordings)")
+    if not cfg.output:
+        raise ValueError("score: give --output DIR (a folder or s3:// prefix)")
+    if cfg.call_id not in ("stem", "path"):
+        raise ValueError(f"call_id={cfg.call_id!r}: choose stem or path")
+    if cfg.customer_channel not in CHANNELS:
+        raise ValueError(f"customer_channel={cfg.customer_channel!r}: choose left, right or mono")
+    for name in ("calls_per_task", "batch_size", "units_per_wave", "report_top"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}={getattr(cfg, name)} must be >= 1")
+    if not (cfg.min_window_s >= 0 and cfg.max_call_s > 0 and cfg.max_file_mb > 0 and cfg.mb_per_task > 0):
+        raise ValueError("score: need min_window_s >= 0 and max_call_s, max_file_mb, mb_per_task > 0")
+    for name in ("window_s", "hop_s"):
+        v = getattr(cfg, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name}={v} must be a positive number of seconds")
+    if cfg.cpus_per_worker <= 0 or cfg.gpus_per_worker < 0:
+        raise ValueError("score: cpus_per_worker must be > 0 and gpus_per_worker >= 0")
+    opts = dict(cfg.vad)
+    vad.get_detector(opts.pop("name", "auto"), **opts)  # unknown detector or option: fail now
+
+
+def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: str) -> dict[str, Any]:
+    """Everything an actor needs, as plain data (also hashed into unit ids)."""
+    window, _ = model_window(model.feature_config)
+    window_s = cfg.window_s or window
+    opts = dict(cfg.vad)
+    detector = vad.get_detector(opts.pop("name", "auto"), **opts)
+    return {"model_id": model.model_id, "model_hash": model.model_hash, "run_id": run_id,
+            "staging": staging, "window_s": window_s, "hop_s": cfg.hop_s or window_s,
+            "min_window_s": min(cfg.min_window_s, window_s), "max_call_s": cfg.max_call_s,
+            "max_bytes": int(cfg.max_file_mb * 2 ** 20), "customer_channel": cfg.customer_channel,
+            "vad": vad.detector_config(detector), "batch_size": cfg.batch_size,
+            "gpus_per_worker": cfg.gpus_per_worker, "urgency": to_dict(cfg.urgency),
+            "s3": to_dict(cfg.s3)}
+
+
+# Settings that change what a unit's rows hold (not where they go): a change starts units afresh.
+_MATERIAL = ("model_hash", "window_s", "hop_s", "min_window_s", "max_call_s", "max_bytes",
+             "customer_channel", "vad", "urgency")
+
+
+def iter_calls(inputs: Sequence[str], storage: io.Storage, ignored: Counter, examples: list[str],
+               call_id: str = "stem") -> Iterator[dict[str, Any]]:
+    """Recordings under ``inputs`` as {call_id, uri, size}, lazily, in listing order.
+
+    ``call_id``: ``stem`` names a call by its file name without the extension (recorders name
+    files by the telephony system's call id, which metadata tables use too); ``path`` by its path
+    below the input, without the extension (for backlogs whose file names repeat across folders).
+    Files without an audio extension are not calls: counted in ``ignored`` by extension, the
+    first few kept in ``examples``.
+    """
+    if call_id not in ("stem", "path"):
+        raise ValueError(f"call_id={call_id!r}: choose stem or path")
+    for root in inputs:
+        root = root.rstrip("/") if io.is_s3(root) else root
+        if io.is_s3(root) or os.path.isdir(root):
+            if io.is_s3(root) and not storage.exists_dir(root):
+                raise FileNotFoundError(f"--input {root}: no objects under this prefix")
+            listing = storage.walk_sized(root)
+            base = root
+        elif io.has_glob(root):
+            listing = ((u, _size(storage, u)) for u in storage.glob(root))
+            base = io.glob_root(root)[0]
+        elif os.path.exists(root) or os.path.islink(root):
+            listing, base = iter([(root, _size(storage, root))]), os.path.dirname(root) or "."
+        else:
+            raise FileNotFoundError(f"--input {root}: no such file, folder or s3:// prefix")
+        for uri, size in listing:
+            rel = io.relpath(base, uri)
+            name = rel.rsplit("/", 1)[-1]
+            if name.startswith("."):
+                ignored["hidden"] += 1
+                continue
+            stem, ext = os.path.splitext(rel)
+            if ext.lower() not in AUDIO_EXTENSIONS:
+                ignored[ext.lower() or "(none)"] += 1
+                if len(examples) < 20:
+                    examples.append(uri)
+                continue
+            yield {"call_id": stem if call_id == "path" else stem.rsplit("/", 1)[-1], "uri": uri,
+                   "size": int(size)}
+
+
+def _size(storage: io.Storage, uri: str) -> int:
+    try:
+        return storage.size(uri)
+    except Exception:
+        return -1
+
+
+def iter_units(calls: Iterator[dict[str, Any]], calls_per_task: int, bytes_per_task: int,
+               material: str) -> Iterator[dict[str, Any]]:
+    """Consecutive calls grouped into units of <= ``calls_per_task`` calls and about
+    ``bytes_per_task`` bytes (an hour-long call is a unit of its own); ids hash their content."""
+    unit: list[dict[str, Any]] = []
+    size = 0
+
+    def cut() -> dict[str, Any]:
+        key = json.dumps([material, [(c["uri"], c["size"]) for c in unit]])
+        return {"unit_id": hashlib.sha1(key.encode()).hexdigest()[:20], "calls": list(unit)}
+
+    for call in calls:
+        if unit and (len(unit) >= calls_per_task or size + max(call["size"], 0) > bytes_per_task):
+            yield cut()
+            unit, size = [], 0
+        unit.append(call)
+        size += max(call["size"], 0)
+    if unit:
+        yield cut()
+
+
+def previously_scored(storage: io.Storage, output: str, run_date: str, model_hash: str) -> dict[str, int]:
+    """call_id -> size of calls earlier nights scored with this model (status not retried)."""
+    root = io.join(output, "calls")
+    done: dict[str, int] = {}
+    if not storage.exists_dir(root):
+        return done
+    for uri in storage.walk(root):
+        part = io.relpath(root, uri).split("/")[0]
+        if not uri.endswith(".parquet") or part == f"run_date={run_date}" or "/." in uri:
+            continue
+        t = _read_parquet(storage, uri, ["call_id", "size_bytes", "status", "model_hash"]).to_pandas()
+        t = t[(t["model_hash"] == model_hash) & ~t["status"].isin(RETRY_STATUSES)]
+        done.update(zip(t["call_id"], t["size_bytes"].astype("int64")))
+    return done
+
+
+def _pool_size(cfg: ScoreConfig, n_units: int) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    slots = int(res.get("CPU", 0) / cfg.cpus_per_worker)
+    if cfg.gpus_per_worker > 0:
+        slots = min(slots, int(res.get("GPU", 0) / cfg.gpus_per_worker))
+        if slots < 1:
+            raise ValueError(f"gpus_per_worker={cfg.gpus_per_worker} but the cluster has "
+                             f"{res.get('GPU', 0)} GPU(s)")
+    return max(1, min(cfg.num_workers or max(1, slots), n_units))
+
+
+def _run_wave(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
+              on_done) -> None:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from ser_ray.training import quiet_data_progress
+
+    quiet_data_progress()
+    n = _pool_size(cfg, len(units))
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
+    gpus = {"num_gpus": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
+    ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs={"settings": settings, "model_ref": [model_ref]},
+                        compute=ActorPoolStrategy(min_size=1, max_size=n), batch_size=1,
+                        num_cpus=cfg.cpus_per_worker, batch_format="numpy", **gpus)
+    for row in ds.iter_rows():
+        on_done(json.loads(row["stats"]))
+
+
+def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
+    """Score the backlog and publish the run; returns the run record (also ``runs/<run_id>.json``)."""
+    from ser_ray.prepare import versions
+    from ser_ray.runtime import init_ray
+
+    check_config(cfg)
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.time()
+    run_date = resolve_run_date(cfg.run_date)
+    storage = io.Storage(cfg.s3)
+    model = ModelInfo.read(cfg.model)
+    run_id = f"{run_date}_{model.model_hash[:12]}"
+    output = cfg.output.rstrip("/") if io.is_s3(cfg.output) else str(Path(cfg.output).absolute())
+    staging = io.join(output, f"_staging/{run_id}")
+    settings = worker_settings(cfg, model, run_id, staging)
+    material = json.dumps({k: settings[k] for k in _MATERIAL}, sort_keys=True)
+    window_s, window_from = model_window(model.feature_config)
+    metadata = load_metadata(cfg.metadata, storage) if cfg.metadata else None
+    log(f"run {run_id}: model {model.model_id}, windows of {settings['window_s']:.2f} s "
+        f"({'config' if cfg.window_s else window_from}), vad {settings['vad']['name']}, "
+        f"customer channel {cfg.customer_channel}")
+
+    skip = {} if cfg.rescore else previously_scored(storage, output, run_date, model.model_hash)
+    ignored: Counter = Counter()
+    examples: list[str] = []
+    seen: dict[str, str] = {}
+    extra_rows: list[dict[str, Any]] = []  # calls the driver settles itself: duplicate ids
+    skipped = 0
+
+    def fresh_calls() -> Iterator[dict[str, Any]]:
+        nonlocal skipped
+        for call in iter_calls(cfg.inputs, storage, ignored, examples, cfg.call_id):
+            if call["call_id"] in seen:
+                if seen[call["call_id"]] != call["uri"]:
+                    extra_rows.append({**call, "status": "duplicate_call_id",
+                                       "reason": f"call_id also names {seen[call['call_id']]}; "
+                                                 "set call_id=path to tell them apart"})
+                continue
+            seen[call["call_id"]] = call["uri"]
+            if skip.get(call["call_id"]) == call["size"]:
+                skipped += 1
+                continue
+            yield call
+
+    init_ray()
+    model_ref = _put(model.files)
+    counts: Counter = Counter()
+    unit_ids: list[str] = []
+    todo: list[dict[str, Any]] = []
+    state = {"done": 0, "resumed": 0, "audio_s": 0.0, "fresh_audio_s": 0.0, "last": time.time(),
+             "t_scoring": time.time()}
+
+    def record(st: dict[str, Any], resumed: bool = False) -> None:
+        counts.update(st["status"])
+        state["done"] += 1
+        state["audio_s"] += st["audio_s"]
+        if resumed:
+            state["resumed"] += 1
+        else:
+            state["fresh_audio_s"] += st["audio_s"]
+        if progress and time.time() - state["last"] >= PROGRESS_EVERY_S:
+            state["last"] = time.time()
+            _progress(state, counts, len(unit_ids))
+
+    def flush() -> None:
+        if todo:
+            _run_wave(cfg, todo, settings, model_ref, record)
+            todo.clear()
+
+    for unit in iter_units(fresh_calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20), material):
+        unit_ids.append(unit["unit_id"])
+        staged = io.join(staging, f"units/{unit['unit_id']}/calls.parquet")
+        if storage.exists(staged):  # done by an earlier, interrupted run of this night
+            record(_staged_stats(storage, staged), resumed=True)
+            continue
+        todo.append(unit)
+        if len(todo) >= cfg.units_per_wave:
+            flush()
+    flush()
+    if progress and state["done"]:
+        _progress(state, counts, len(unit_ids))
+    t_scored = time.time()
+    record_ = publish(cfg, storage, output, staging, run_date, run_id, model, unit_ids, extra_rows,
+                      metadata, versions())
+    timings = {"wall_s": time.time() - t0, "scoring_s": t_scored - state["t_scoring"],
+               "publish_s": time.time() - t_scored}
+    run = {"run_id": run_id, "run_date": run_date, "model_id": model.model_id,
+           "model_hash": model.model_hash, "model_path": model.path,
+           "window_s": settings["window_s"], "window_from": "config" if cfg.window_s else window_from,
+           "vad": settings["vad"], "config": to_dict(cfg), "versions": versions(),
+           "labels": model.labels, "calls": record_["calls"], "counts": record_["counts"],
+           "skipped_previously_scored": skipped, "resumed_units": state["resumed"],
+           "units": len(unit_ids), "ignored_files": dict(ignored), "ignored_examples": examples,
+           "metadata_rows_without_call": record_["metadata_unmatched"],
+           "audio_s": state["audio_s"], "fresh_audio_s": state["fresh_audio_s"],
+           "started_at": started.isoformat(timespec="seconds"),
+           "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           **timings, "outputs": record_["outputs"]}
+    scored = record_["calls_df"]
+    scored = scored[scored["status"] == SCORED].head(10)
+    run["top_calls"] = [{"urgency_rank": int(r.urgency_rank), "call_id": r.call_id,
+                         "urgency_score": float(r.urgency_score)} for r in scored.itertuples()]
+    run["real_time_factor"] = run["fresh_audio_s"] / max(timings["scoring_s"], 1e-9)
+    _write_report(storage, output, run, record_["calls_df"], model.labels, cfg.report_top)
+    storage.write_bytes(io.join(output, f"runs/{run_id}.json"),
+                        (json.dumps(run, indent=2, default=str) + "\n").encode())
+    storage.delete_tree(staging)
+    log(f"done: {run['calls']} calls ({', '.join(f'{k} {v}' for k, v in sorted(run['counts'].items()))}), "
+        f"{skipped} skipped as already scored, {run['audio_s'] / 3600:.2f} h audio in "
+        f"{timings['wall_s']:.1f} s -> {output}")
+    return run
+
+
+def _put(obj):
+    import ray
+
+    return ray.put(obj)
+
+
+def _staged_stats(storage: io.Storage, uri: str) -> dict[str, Any]:
+    t = _read_parquet(storage, uri, ["status", "duration_s"]).to_pandas()
+    ok = t["status"].isin([SCORED, NO_SPEECH])
+    return {"status": dict(Counter(t["status"])), "audio_s": float(t.loc[ok, "duration_s"].fillna(0).sum())}
+
+
+def _progress(state: dict[str, Any], counts: Counter, n_units: int) -> None:
+    secs = max(time.time() - state["t_scoring"], 1e-3)
+    resumed = f" ({state['resumed']} resumed)" if state["resumed"] else ""
+    log(f"{state['done']}/{n_units}+ units{resumed}, {sum(counts.values())} calls "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+        f"{state['audio_s'] / 3600:.2f} h audio, {state['fresh_audio_s'] / secs:.0f}x real time")
+
+
+# --------------------------------------------------------------------------------------------
+# Publishing
+# --------------------------------------------------------------------------------------------
+
+def load_metadata(uri: str, storage: io.Storage) -> pd.DataFrame:
+    """Call metadata (CSV/TSV/Parquet with a ``call_id`` column), checked before scoring starts."""
+    if not io.is_table(uri):
+        raise ValueError(f"--metadata {uri}: expected a .csv, .tsv or .parquet table")
+    try:
+        meta = io.read_table(uri, storage).to_pandas()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--metadata {uri}: no such file") from None
+    if "call_id" not in meta.columns:
+        raise ValueError(f"--metadata {uri}: needs a call_id column; it has {list(meta.columns)}")
+    meta["call_id"] = meta["call_id"].astype(str)
+    dup = meta["call_id"][meta["call_id"].duplicated()].unique()
+    if len(dup):
+        raise ValueError(f"--metadata {uri}: {len(dup)} call_id value(s) appear more than once, "
+                         f"e.g. {list(dup[:3])}; one row per call")
+    return meta
+
+
+def publish(cfg: ScoreConfig, storage: io.Storage, output: str, staging: str, run_date: str,
+            run_id: str, model: ModelInfo, unit_ids: list[str], extra_rows: list[dict[str, Any]],
+            metadata: pd.DataFrame | None, versions: dict[str, str]) -> dict[str, Any]:
+    """Staged units -> the run's calls file and segment parts (each written whole)."""
+    labels = model.labels
+    cschema = calls_schema(labels)
+    parts = [_read_parquet(storage, io.join(staging, f"units/{u}/calls.parquet")) for u in unit_ids]
+    for r in extra_rows:
+        parts.append(pa.Table.from_pylist([{"call_id": r["call_id"], "uri": r["uri"], "size_bytes": r["size"],
+                                            "status": r["status"], "reason": r["reason"],
+                                            "model_id": model.model_id, "model_hash": model.model_hash,
+                                            "run_id": run_id}], cschema))
+    calls = pa.concat_tables([p.cast(cschema) for p in parts]) if parts else cschema.empty_table()
+    df = calls.to_pandas()
+    df.loc[df["status"] != SCORED, "urgency_score"] = np.nan
+    df["urgency_rank"] = rank(df) if len(df) else pd.Series(dtype="int64")
+    df = df.sort_values("urgency_rank", kind="mergesort").reset_index(drop=True)
+    unmatched = 0
+    if metadata is not None:
+        meta = metadata.rename(columns={c: f"meta_{c}" for c in metadata.columns
+                                        if c != "call_id" and c in df.columns})
+        unmatched = int((~meta["call_id"].isin(df["call_id"])).sum())
+        df = df.merge(meta, on="call_id", how="left", validate="one_to_one")
+    part_dir = f"run_date={run_date}"
+    calls_uri = io.join(output, f"calls/{part_dir}/{run_id}.parquet")
+    storage.write_bytes(calls_uri, _parquet_bytes(pa.Table.from_pandas(df, preserve_index=False)))
+
+    # Segments: streamed unit by unit into parts of bounded size, in the order units were cut.
+    sschema = segments_schema(labels)
+    seg_dir = io.join(output, f"segments/{part_dir}")
+    written: list[str] = []
+    batch: list[pa.Table] = []
+    rows = 0
+
+    def write_part() -> None:
+        nonlocal batch, rows
+        uri = io.join(seg_dir, f"{run_id}-part-{len(written):05d}.parquet")
+        storage.write_bytes(uri, _parquet_bytes(pa.concat_tables(batch) if batch else sschema.empty_table()))
+        written.append(uri)
+        batch, rows = [], 0
+
+    for u in unit_ids:
+        t = _read_parquet(storage, io.join(staging, f"units/{u}/segments.parquet")).cast(sschema)
+        if t.num_rows:
+            batch.append(t)
+            rows += t.num_rows
+        if rows >= SEGMENT_ROWS_PER_PART:
+            write_part()
+    if batch or not written:
+        write_part()
+    # Parts of an earlier attempt of this run beyond the ones just written would duplicate rows.
+    if storage.exists_dir(seg_dir):
+        for uri in list(storage.walk(seg_dir)):
+            name = uri.rsplit("/", 1)[-1]
+            if name.startswith(f"{run_id}-part-") and uri not in written:
+                storage.delete(uri)
+    counts = dict(Counter(df["status"]))
+    return {"calls": len(df), "counts": counts, "calls_df": df, "metadata_unmatched": unmatched,
+            "outputs": {"calls": calls_uri, "segments": written}}
+
+
+def _write_report(storage: io.Storage, output: str, run: dict[str, Any], calls: pd.DataFrame,
+                  labels: list[str], top: int) -> None:
+    """The human report: Markdown listing the most urgent calls, with a chart beside it."""
+    try:
+        from ser_ray.score_report import render
+    except ImportError:  # pragma: no cover - the renderer ships with ser_ray
+        return
+    base = f"reports/run_date={run['run_date']}/{run['run_id']}"
+    chart = f"{run['run_id']}.png"
+    known = set(calls_schema(labels).names) | {"urgency_rank"}
+    extra = [c for c in calls.columns if c not in known]
+    md, png = render(calls, labels, run, top=top, chart_name=chart, extra_columns=extra)
+    storage.write_bytes(io.join(output, f"{base}.png"), png)
+    storage.write_bytes(io.join(output, f"{base}.md"), md.encode())
+    run["outputs"]["report"] = io.join(output, f"{base}.md")
+
+
+def read_calls(output: str | os.PathLike, run_date: str | None = None, storage: io.Storage | None = None) -> pd.DataFrame:
+    """Every published call row under ``output`` (one night with ``run_date``), with run_date."""
+    return _read_table(output, "calls", run_date, storage)
+
+
+def read_segments(output: str | os.PathLike, run_date: str | None = None,
+                  storage: io.Storage | None = None) -> pd.DataFrame:
+    """Every published segment row under ``output`` (one night with ``run_date``), with run_date."""
+    return _read_table(output, "segments", run_date, storage)
+
+
+def _read_table(output: str | os.PathLike, table: str, run_date: str | None, storage: io.Storage | None) -> pd.DataFrame:
+    storage = storage or io.Storage()
+    root = io.join(str(output), table)
+    frames = []
+    if storage.exists_dir(root):
+        for uri in storage.walk(root):
+            rel = io.relpath(root, uri)
+            m = re.match(r"run_date=([^/]+)/([^/.][^/]*)\.parquet$", rel)
+            if not m or (run_date and m.group(1) != run_date):
+                continue
+            frames.append(_read_parquet(storage, uri).to_pandas().assign(run_date=m.group(1)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
