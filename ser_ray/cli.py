@@ -67,7 +67,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from ser_ray.synth import synthesize_corpus
+    from ser_ray.synth import synthesize_backlog, synthesize_corpus
+
+    if args.layout == "backlog":
+        table = synthesize_backlog(args.output, n_calls=args.calls, seed=args.seed,
+                                   sr=args.sample_rate or 8000, layout="dated" if args.dated else "flat",
+                                   **({"moods": args.emotions} if args.emotions else {}))
+        print(f"wrote {len(table)} synthetic calls {table['kind'].value_counts().to_dict()} to "
+              f"{args.output}; truth and metadata CSVs beside it", file=sys.stderr)
+        return 0
 
     rows = synthesize_corpus(args.layout, args.output, n_speakers=args.speakers,
                              per_emotion=args.per_emotion, emotions=args.emotions,
@@ -208,13 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
     s = sub.add_parser("synth", help="write a synthetic emotional-speech corpus (for demos/tests)")
     s.add_argument("--layout", required=True,
-                   choices=["ravdess", "cremad", "tess", "savee", "emodb", "iemocap"])
+                   choices=["ravdess", "cremad", "tess", "savee", "emodb", "iemocap", "backlog"],
+                   help="a corpus layout, or backlog: recorded calls for `ser-ray score`")
     s.add_argument("--output", required=True)
     s.add_argument("--speakers", type=int)
     s.add_argument("--per-emotion", type=int, default=2, dest="per_emotion")
     s.add_argument("--emotions", type=_csv)
     s.add_argument("--sample-rate", type=int, dest="sample_rate")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--calls", type=int, default=8, help="backlog: number of good calls")
+    s.add_argument("--dated", action="store_true", help="backlog: 2026-11-22/<queue>/ sub-folders")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="features -> a model artifact (safetensors + configs)")

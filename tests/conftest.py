@@ -57,6 +57,18 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def ray_after_s3(s3_server):
+    """A module's Ray started after the S3 server, so its workers inherit the endpoint and
+    credentials; yields the server."""
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
+             log_to_driver=False)
+    yield s3_server
+    ray.shutdown()
+
+
 # --------------------------------------------------------------------------- learning plane
 LEARN_EMOTIONS = ("neutral", "happy", "sad", "angry")
 
@@ -80,3 +92,27 @@ def learn_corpus(tmp_path_factory):
            "--set", "audio.trim=true", "--set", "audio.normalise=rms", "--no-progress"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
     return {"corpus": corpus, "prepared": prepared}
+
+
+# --------------------------------------------------------------------------- scoring plane
+@pytest.fixture(scope="session")
+def score_model(tmp_path_factory):
+    """A model trained by ``ser-ray train`` on a synthetic corpus of speakers no call uses:
+    logistic regression on handcrafted94, classes neutral, calm, sad, angry."""
+    import subprocess
+    import sys
+
+    from ser_ray.synth import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("score-model")
+    synthesize_corpus("ravdess", root / "corpus", n_speakers=4, per_emotion=4,
+                      emotions=["neutral", "calm", "sad", "angry"], seed=5)
+    for args in (["prepare", "--input", str(root / "corpus"), "--corpus", "ravdess", "--features",
+                  "handcrafted94", "--set", "audio.trim=true", "--set", "audio.normalise=rms",
+                  "--output", str(root / "prepared"), "--no-progress"],
+                 ["train", "--features", str(root / "prepared"), "--feature-set", "handcrafted94",
+                  "--model", "logreg", "--output", str(root / "model")]):
+        r = subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return root / "model"

@@ -287,3 +287,23 @@ def test_train_and_evaluate_jobs_via_ray_job_submit(ray_head, tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["protocol"] == "held-out" and metrics["folds"][0]["n_test"] == 21
     assert metrics["shares_speakers"] is True  # evaluated on its own training speakers: flagged
+
+
+def test_score_backlog_job_via_ray_job_submit(ray_head, score_model, tmp_path):
+    from ser_ray.score import read_calls
+    from ser_ray.synth import synthesize_backlog
+
+    folder, out = tmp_path / "incoming", tmp_path / "reports"
+    truth = synthesize_backlog(folder, n_calls=2, seed=8, minutes=(0.5, 0.6), bad=True)
+    rc, log, _ = _submit(ray_head, ["--model", str(score_model), "--input", str(folder), "--output", str(out),
+                                    "--run-date", "2026-11-22", "--customer-channel", "right",
+                                    "--metadata", str(tmp_path / "incoming-metadata.csv"), "--no-progress"],
+                         submission_id=f"serray-score-{secrets.token_hex(4)}", job="jobs/score_backlog.py",
+                         timeout=300)
+    assert rc == 0, log[-4000:]
+    assert "Connecting to existing Ray cluster" in log, log[-6000:]
+    calls = read_calls(out)
+    assert sorted(calls["call_id"]) == sorted(truth["call_id"])
+    assert (calls.loc[calls["status"] == "scored", "call_id"].isin(truth.loc[truth["negative"].notna(), "call_id"])).all()
+    assert calls["agent"].notna().all()  # metadata joined
+    assert "most urgent calls:" in log

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from prepare_helpers import assert_same, config, make_corpus, make_shards, tables
 from ser_ray.prepare import run_prepare
 
 pytestmark = pytest.mark.s3
-
-
-@pytest.fixture(scope="module")
-def ray_after_s3(s3_server):
-    # Ray workers inherit the S3 endpoint and credentials set by the s3_server fixture.
-    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
-             log_to_driver=False)
-    yield s3_server
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import soundfile as sf
 from ser_ray.config import ScoreConfig, load
 from ser_ray.score import (ModelInfo, WindowFeatures, check_config, iter_calls, iter_units, load_metadata,
                            model_window, pick_channel, read_calls, read_segments, resolve_run_date, run_score)
-from ser_ray.synth import synthesize_backlog, synthesize_corpus
+from ser_ray.synth import synthesize_backlog
 
 REPO = Path(__file__).resolve().parent.parent
 NIGHT = "2026-11-22"
@@ -29,23 +29,6 @@ SORT = ["call_id"]
 def _cli(*args: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True, text=True,
                           timeout=timeout, **kw)
-
-
-@pytest.fixture(scope="session")
-def score_model(tmp_path_factory):
-    """A model trained by ``ser-ray train`` on a synthetic corpus of speakers no call uses:
-    logistic regression on handcrafted94, classes neutral, calm, sad, angry."""
-    root = tmp_path_factory.mktemp("score-model")
-    synthesize_corpus("ravdess", root / "corpus", n_speakers=4, per_emotion=4,
-                      emotions=["neutral", "calm", "sad", "angry"], seed=5)
-    r = _cli("prepare", "--input", str(root / "corpus"), "--corpus", "ravdess", "--features", "handcrafted94",
-             "--set", "audio.trim=true", "--set", "audio.normalise=rms", "--output", str(root / "prepared"),
-             "--no-progress")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = _cli("train", "--features", str(root / "prepared"), "--feature-set", "handcrafted94", "--model", "logreg",
-             "--output", str(root / "model"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    return root / "model"
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +324,7 @@ def test_call_ids_are_paths_below_the_input(tmp_path):
     assert sorted(c["call_id"] for c in iter_calls([str(tmp_path)], Storage(), Counter(), [])) == ["c1", "c2"]
     single = list(iter_calls([str(tmp_path / "a/c2.FLAC")], Storage(), Counter(), []))
     assert single == [{"call_id": "c2", "uri": str(tmp_path / "a/c2.FLAC"), "size": 1}]
+
+
+def test_the_documented_config_is_the_default():
+    assert load(ScoreConfig, REPO / "configs" / "score.yaml") == ScoreConfig()

@@ -387,3 +387,16 @@ def test_backlog_dated_layout_nests_folders(tmp_path):
 def test_backlog_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthesize_backlog(tmp_path / "x", **kwargs)
+
+
+def test_cli_writes_a_backlog(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ser_ray.cli", "synth", "--layout", "backlog", "--calls", "2",
+                        "--emotions", "angry,calm", "--output", str(tmp_path / "calls"), "--dated"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    truth = pd.read_csv(tmp_path / "calls-truth.csv")
+    assert sorted(truth["kind"]) == sorted(["angry", "calm", "empty", "truncated", "not_audio", "silent"])
+    assert all((tmp_path / "calls" / p).exists() for p in truth["path"]) and "/" in truth["path"][0]

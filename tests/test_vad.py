@@ -202,3 +202,91 @@ def test_detect_then_windows_cover_only_speech(utterances):
     w = vad.windows(vad.detect(y, SR, "energy"), 1.0, 0.5, 0.3)
     assert w
     assert all(any(ts - 0.1 <= s and e <= te + 0.1 for ts, te in truth) for s, e in w)
+
+
+# --- many signals at once -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mixed_signals():
+    """A 1.4 s utterance, ~60 s of call with 15 s of digital silence and 10 s of -80 dBFS noise in
+    it (so silero skips pieces), and an empty signal."""
+    rng = np.random.default_rng(11)
+    spk = make_speakers(1, rng)[0]
+    short = synth_utterance("angry", spk, rng, SR, 1.4)
+    call = synth_call([("angry", 10.0), ("sad", 10.0), ("calm", 10.0)], spk, rng, sr=SR)
+    half = call.size // 2
+    long = np.concatenate([call[:half], np.zeros(15 * SR, np.float32), _noise(rng, 10.0, dbfs=-80), call[half:]])
+    return [short, long, np.zeros(0, np.float32)]
+
+
+@pytest.mark.parametrize("name", ["energy", pytest.param("silero", marks=needs_silero)])
+def test_detect_many_of_nothing_empty_and_silence(name):
+    rng = np.random.default_rng(2)
+    assert vad.detect_many([], SR, name) == []
+    signals = [np.zeros(0, np.float32), np.zeros(SR, np.float32), _noise(rng, 3.0)]
+    assert vad.detect_many(signals, SR, name) == [[], [], []]
+
+
+@pytest.mark.parametrize("name", ["energy", pytest.param("silero", marks=needs_silero)])
+def test_detect_many_equals_detect_of_each(name, mixed_signals):
+    many = vad.detect_many(mixed_signals, SR, name)
+    assert many == [vad.detect(y, SR, name) for y in mixed_signals]
+    assert many[0] and len(many[1]) >= 3 and many[2] == []
+
+
+@needs_silero
+@pytest.mark.parametrize("max_batch_s", [600.0, 60.0, 5.0])  # one batch; several of >= 16 rows; one row each
+def test_silero_batching_across_signals_changes_no_bit(mixed_signals, max_batch_s):
+    d = vad.get_detector("silero", piece_s=2.0, max_batch_s=max_batch_s)
+    assert d.many(mixed_signals, SR) == [d(y, SR) for y in mixed_signals]
+    # The probabilities themselves, not just the segments, do not depend on the batch.
+    model, _ = vad._silero()
+    ys = [y for y in mixed_signals if y.size]
+    args = (SR, 512, 62, 16, d.silence_dbfs, round(max_batch_s * SR / 512))
+    together = vad._silero_probs(model, ys, *args)
+    for y, p in zip(ys, together):
+        assert np.array_equal(p, vad._silero_probs(model, [y], *args)[0])
+
+
+def test_detect_many_names_the_bad_signal():
+    ok = np.zeros(SR, np.float32)
+    bad = ok.copy()
+    bad[5] = np.nan
+    with pytest.raises(ValueError, match=r"signals\[1\].*NaN"):
+        vad.detect_many([ok, bad], SR, "energy")
+    with pytest.raises(ValueError, match=r"signals\[2\].*downmix"):
+        vad.detect_many([ok, ok, np.zeros((SR, 2), np.float32)], SR, "energy")
+    with pytest.raises(ValueError, match="max_batch_s"):
+        vad.get_detector("silero", max_batch_s=0.0)
+
+
+class _CountingModel:
+    """Wraps the silero model and counts the batch rows it is asked to run."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, 0
+
+    def audio_forward(self, x, sr):
+        self.rows += x.shape[0]
+        return self.model.audio_forward(x, sr)
+
+
+@needs_silero
+def test_silero_skips_silent_pieces_without_changing_segments(utterances, monkeypatch):
+    y, _ = utterances
+    third = y.size // 3
+    rng = np.random.default_rng(4)
+    y = np.concatenate([y[:third], np.zeros(20 * SR, np.float32), y[third:2 * third], _noise(rng, 20.0, dbfs=-80),
+                        y[2 * third:]])
+    model, from_probs = vad._silero()
+    counting = _CountingModel(model)
+    monkeypatch.setattr(vad, "_silero", lambda: (counting, from_probs))
+    found, rows = {}, {}
+    for silence in (None, -60.0):
+        counting.rows = 0
+        found[silence] = vad.detect(y, SR, "silero", piece_s=1.0, silence_dbfs=silence)
+        rows[silence] = counting.rows
+    full, skipped = found[None], found[-60.0]
+    assert len(full) == len(skipped) >= 4
+    assert all(abs(a - b) <= 0.032 for s, t in zip(full, skipped) for a, b in zip(s, t)), (full, skipped)
+    assert rows[-60.0] <= rows[None] - 30, rows   # ~40 of ~55 one-second pieces are silent
