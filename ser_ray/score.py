@@ -226,7 +226,8 @@ class UnitScorer:
         self.features = WindowFeatures(self.predictor.feature_config)
         self.sr = self.features.sr
         self.detector = vad.get_detector(**settings["vad"])
-        self.vad_sr = self.sr if self.detector.name != "silero" or self.sr in (8000, 16000) else 16000
+        # silero takes 8 or 16 kHz; the energy detector any rate, so it reads the model-rate signal.
+        self.vad_sr = settings["vad_sample_rate"] if self.detector.name == "silero" else self.sr
         self.storage = io.Storage(from_dict(S3Config, settings["s3"]))
         self.urgency = from_dict(UrgencyConfig, settings["urgency"])
         self.group_col = {"speaker": True, "corpus": True}.get(
@@ -237,7 +238,7 @@ class UnitScorer:
         """Run one second of noise through VAD, features and model: lazy imports and JIT
         compilation happen at actor start rather than inside the first unit's timing."""
         y = np.random.default_rng(0).normal(0, 0.05, self.sr).astype(np.float32)
-        detect_speech([y if self.vad_sr == self.sr else y[: self.vad_sr]], self.vad_sr, self.detector)
+        detect_speech([y[: self.vad_sr]], self.vad_sr, self.detector)
         self.predictor.predict_proba(self.features(y)[None])
 
     # -- one call -------------------------------------------------------------------------
@@ -390,6 +391,11 @@ class _ScoreActor:
         self.scorer = UnitScorer(settings, self._tmp)
         self.scorer.warm_up()
 
+    def __del__(self):
+        import shutil
+
+        shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = [json.dumps(self.scorer.score_unit(json.loads(u))) for u in batch["unit"]]
         return {"stats": np.array(out, dtype=object)}
@@ -428,6 +434,8 @@ def check_config(cfg: ScoreConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError(f"{name}={v} must be a positive number of seconds")
+    if cfg.vad_sample_rate not in (8000, 16000):
+        raise ValueError(f"vad_sample_rate={cfg.vad_sample_rate}: silero runs at 8000 or 16000 Hz")
     if cfg.cpus_per_worker <= 0 or cfg.gpus_per_worker < 0:
         raise ValueError("score: cpus_per_worker must be > 0 and gpus_per_worker >= 0")
     opts = dict(cfg.vad)
@@ -444,14 +452,15 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
             "staging": staging, "window_s": window_s, "hop_s": cfg.hop_s or window_s,
             "min_window_s": min(cfg.min_window_s, window_s), "max_call_s": cfg.max_call_s,
             "max_bytes": int(cfg.max_file_mb * 2 ** 20), "customer_channel": cfg.customer_channel,
-            "vad": vad.detector_config(detector), "batch_size": cfg.batch_size,
+            "vad": vad.detector_config(detector), "vad_sample_rate": cfg.vad_sample_rate,
+            "batch_size": cfg.batch_size,
             "gpus_per_worker": cfg.gpus_per_worker, "urgency": to_dict(cfg.urgency),
             "s3": to_dict(cfg.s3)}
 
 
 # Settings that change what a unit's rows hold (not where they go): a change starts units afresh.
 _MATERIAL = ("model_hash", "window_s", "hop_s", "min_window_s", "max_call_s", "max_bytes",
-             "customer_channel", "vad", "urgency")
+             "customer_channel", "vad", "vad_sample_rate", "urgency")
 
 
 def iter_calls(inputs: Sequence[str], storage: io.Storage, ignored: Counter, examples: list[str],

@@ -296,7 +296,7 @@ class SileroVAD(Detector):
     On synthetic calls (``ser_ray.synth.synth_call``) no piece length agrees with one pass, because
     one pass is itself erratic there: over minutes of that non-speech signal the network's state
     drifts until it marks 98% of one call as speech and 23% of another, where 2 s pieces and the
-    energy detector both find ~90%. Measured by ``.venv/bin/python /tmp/vad_piece_bench.py
+    energy detector both find ~90%. Measured by ``.venv/bin/python benchmarks/vad_pieces.py
     --audio emodb --reps 5`` (and ``--audio synth``).
     """
 

@@ -183,7 +183,8 @@ def test_interrupted_run_resumes_to_the_same_rows(scored, score_model, backlog, 
     r = _cli(*args[:-1])
     assert r.returncode == 0, r.stderr[-3000:]
     run = json.loads(next((out / "runs").glob("*.json")).read_text())
-    assert run["resumed_units"] == done_before
+    # Ray's workers live in their own process group and may finish one more unit as they go down.
+    assert done_before <= run["resumed_units"] < run["units"] == len(backlog["truth"])
     pd.testing.assert_frame_equal(_frame(read_calls(out), SORT), _frame(read_calls(scored["out"]), SORT))
     pd.testing.assert_frame_equal(_frame(read_segments(out), ["call_id", "start_s"]),
                                   _frame(read_segments(scored["out"]), ["call_id", "start_s"]))
