@@ -218,6 +218,10 @@ class UnitScorer:
         from ser_ray.artifact import load_predictor
 
         import torch
+        try:  # one worker per CPU: torch's inter-op pool would only compete with the next worker
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set, or parallel work already ran in this process
+            pass
         device = "cuda" if settings["gpus_per_worker"] > 0 and torch.cuda.is_available() else "cpu"
         self.s = settings
         self.predictor = load_predictor(model_dir, device=device)
