@@ -543,10 +543,12 @@ class AugmentWorker:
 
     def __init__(self, audio_cfg: dict, extractor: dict, jobs: list[dict], seed: int, s3: dict):
         from ser_ray.features import get_extractor
+        from ser_ray.warmup import warm_up
 
         self.audio_cfg = from_dict(AudioConfig, audio_cfg)
         ext = dict(extractor)
         self.extractor = get_extractor(ext.pop("name"), **ext)
+        warm_up([self.extractor])  # compile librosa's numba kernels one process at a time
         self.storage = io.Storage(from_dict(S3Config, s3))
         self.jobs = [(Chain.from_config(j["chain"], name=j.get("label")), j) for j in jobs]
         self.seed = seed

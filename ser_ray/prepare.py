@@ -207,6 +207,7 @@ class UnitProcessor:
 
     def __init__(self, cfg: dict[str, Any], output: str):
         from ser_ray.features import get_extractor
+        from ser_ray.warmup import warm_up
 
         self.cfg = from_dict(PrepareConfig, cfg)
         self.out = Path(output)
@@ -214,6 +215,7 @@ class UnitProcessor:
         self.label_set = get_label_set(self.cfg.label_set)
         self.extractors = {name: get_extractor(name, **self.cfg.feature_options.get(name, {}))
                            for name in self.cfg.features}
+        warm_up(self.extractors.values())  # compile librosa's numba kernels one process at a time
         self.max_bytes = int(self.cfg.audio.max_file_mb * 2**20)
         self._corpora: dict[tuple[str, str], Any] = {}
 

@@ -241,9 +241,12 @@ class UnitScorer:
     def warm_up(self) -> None:
         """Run one second of noise through VAD, features and model: lazy imports and JIT
         compilation happen at actor start rather than inside the first unit's timing."""
+        from ser_ray.warmup import machine_lock
+
         y = np.random.default_rng(0).normal(0, 0.05, self.sr).astype(np.float32)
-        detect_speech([y[: self.vad_sr]], self.vad_sr, self.detector)
-        self.predictor.predict_proba(self.features(y)[None])
+        with machine_lock():  # librosa's numba kernels are compiled and cached one process at a time
+            detect_speech([y[: self.vad_sr]], self.vad_sr, self.detector)
+            self.predictor.predict_proba(self.features(y)[None])
 
     # -- one call -------------------------------------------------------------------------
     def _row(self, call: dict[str, Any]) -> dict[str, Any]:

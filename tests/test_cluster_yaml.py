@@ -105,3 +105,13 @@ def test_repo_mounted_and_ray_started_from_its_venv(config):
         assert starts and all("~/ser-ray/.venv/bin/activate" in c for c in starts)
     assert any("--head" in c for c in config["head_start_ray_commands"])
     assert any("$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
+
+
+def test_every_install_warms_up_librosa_kernels_before_workers_start(config):
+    # Concurrent first compiles by several workers can corrupt librosa's numba cache (see
+    # ser_ray/warmup.py): each node compiles it once, right after installing.
+    for cmds in (config["setup_commands"],
+                 config["available_node_types"]["gpu_worker"]["worker_setup_commands"]):
+        install_at = next(i for i, c in enumerate(cmds) if "pip install -e ." in c)
+        warm_at = next(i for i, c in enumerate(cmds) if "-m ser_ray.warmup" in c)
+        assert warm_at > install_at
