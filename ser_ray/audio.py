@@ -188,6 +188,13 @@ def split_blocks(y: np.ndarray, sr: int, block_s: float,
     return blocks
 
 
+def pre_emphasise(y: np.ndarray, coef: float) -> np.ndarray:
+    """First-order pre-emphasis ``y[n] - coef * y[n-1]`` (the first sample kept); 0 is a no-op."""
+    if not coef or y.size < 2:
+        return y
+    return np.append(y[:1], y[1:] - coef * y[:-1]).astype(np.float32)
+
+
 def condition(decoded: Decoded, cfg: AudioConfig) -> np.ndarray:
     """Decoded file -> mono float32 at ``cfg.sample_rate``, trimmed/normalised as configured.
 
@@ -203,8 +210,7 @@ def condition(decoded: Decoded, cfg: AudioConfig) -> np.ndarray:
     y = resample(downmix(decoded.samples), decoded.sample_rate, cfg.sample_rate)
     if cfg.trim:
         y = trim(y, cfg.trim_top_db)
-    if cfg.pre_emphasis:
-        y = np.append(y[:1], y[1:] - cfg.pre_emphasis * y[:-1]).astype(np.float32)
+    y = pre_emphasise(y, cfg.pre_emphasis)
     y = normalise(y, cfg.normalise, cfg.rms_dbfs)
     return window(y, cfg.sample_rate, cfg.offset_s, cfg.duration_s, cfg.pad).astype(
         np.float32, copy=False)

@@ -150,9 +150,7 @@ class WindowFeatures:
         from ser_ray.data import fix_frames
 
         a = self.audio
-        if a.pre_emphasis and y.size > 1:
-            y = np.append(y[:1], y[1:] - a.pre_emphasis * y[:-1]).astype(np.float32)
-        y = audio.normalise(y, a.normalise, a.rms_dbfs)
+        y = audio.normalise(audio.pre_emphasise(y, a.pre_emphasis), a.normalise, a.rms_dbfs)
         if self.fixed:
             y = audio.window(y, self.sr, 0.0, self.fixed / self.sr, pad=True)
         if y.size < self.min_samples:
@@ -334,7 +332,7 @@ class UnitScorer:
             row["reason"] = ("no speech found" if not speech else
                              f"{talk:.2f} s of speech, in stretches shorter than min_window_s="
                              f"{self.s['min_window_s']}")
-            row.update({k: 0.0 for k in ("speech_s",)})
+            row["speech_s"] = 0.0
             return self.seg_schema.empty_table()
         X = np.stack([self.features(y[round(s * self.sr):round(e * self.sr)]) for s, e in spans])
         if self.group_col:  # the model was trained with per-speaker statistics: the caller's own
@@ -379,10 +377,7 @@ def pick_channel(samples: np.ndarray, which: str) -> tuple[np.ndarray, str]:
 
 def detect_speech(signals: list[np.ndarray], sr: int, detector: vad.Detector) -> list[list[tuple[float, float]]]:
     """Speech segments of each signal; one batched pass where the detector supports it."""
-    many = getattr(vad, "detect_many", None)
-    if many is not None:
-        return many(signals, sr, detector)
-    return [detector(y, sr) for y in signals]
+    return detector.many(signals, sr)
 
 
 class _ScoreActor:
@@ -542,13 +537,9 @@ def iter_units(calls: Iterator[dict[str, Any]], calls_per_task: int, bytes_per_t
 
 def previously_scored(storage: io.Storage, output: str, run_date: str, model_hash: str) -> dict[str, int]:
     """call_id -> size of calls earlier nights scored with this model (status not retried)."""
-    root = io.join(output, "calls")
     done: dict[str, int] = {}
-    if not storage.exists_dir(root):
-        return done
-    for uri in storage.walk(root):
-        part = io.relpath(root, uri).split("/")[0]
-        if not uri.endswith(".parquet") or part == f"run_date={run_date}" or "/." in uri:
+    for night, uri in _published(storage, output, "calls"):
+        if night == run_date:
             continue
         t = _read_parquet(storage, uri, ["call_id", "size_bytes", "status", "model_hash"]).to_pandas()
         t = t[(t["model_hash"] == model_hash) & ~t["status"].isin(RETRY_STATUSES)]
@@ -634,7 +625,9 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
             yield call
 
     init_ray()
-    model_ref = _put(model.files)
+    import ray
+
+    model_ref = ray.put(model.files)
     counts: Counter = Counter()
     unit_ids: list[str] = []
     todo: list[dict[str, Any]] = []
@@ -705,12 +698,6 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
         f"{skipped} skipped as already scored, {run['audio_s'] / 3600:.2f} h audio in "
         f"{timings['wall_s']:.1f} s -> {output}")
     return run
-
-
-def _put(obj):
-    import ray
-
-    return ray.put(obj)
 
 
 def _staged_stats(storage: io.Storage, uri: str) -> dict[str, Any]:
@@ -840,13 +827,18 @@ def read_segments(output: str | os.PathLike, run_date: str | None = None,
 
 def _read_table(output: str | os.PathLike, table: str, run_date: str | None, storage: io.Storage | None) -> pd.DataFrame:
     storage = storage or io.Storage()
-    root = io.join(str(output), table)
-    frames = []
-    if storage.exists_dir(root):
-        for uri in storage.walk(root):
-            rel = io.relpath(root, uri)
-            m = re.match(r"run_date=([^/]+)/([^/.][^/]*)\.parquet$", rel)
-            if not m or (run_date and m.group(1) != run_date):
-                continue
-            frames.append(_read_parquet(storage, uri).to_pandas().assign(run_date=m.group(1)))
+    frames = [_read_parquet(storage, uri).to_pandas().assign(run_date=night)
+              for night, uri in _published(storage, str(output), table) if not run_date or night == run_date]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _published(storage: io.Storage, output: str, table: str) -> Iterator[tuple[str, str]]:
+    """(run date, uri) of every published Parquet file of ``table`` (calls, segments) under
+    ``output``; temporary files (hidden names) are not published."""
+    root = io.join(output, table)
+    if not storage.exists_dir(root):
+        return
+    for uri in storage.walk(root):
+        m = re.match(r"run_date=([^/]+)/([^/.][^/]*)\.parquet$", io.relpath(root, uri))
+        if m:
+            yield m.group(1), uri
