@@ -11,9 +11,12 @@ Audio seconds are the manifest's ``duration_s``; every measurement reads the sam
 
 Ray is started once (``init_ray``) and one ``prepare`` warms it up, untimed (shown as (c0): what
 a one-shot job pays on top of Ray start-up). Then ``--repeats`` interleaved rounds of:
-  (a)  seed loop: one process, ``librosa.load(path, sr=16000)`` + the pipeline's MFCC extractor,
-       with the process's default BLAS threads, as the seed ran it;
+  (a)  seed loop: one process, ``librosa.load(path, sr=16000)`` + ``librosa.feature.mfcc`` +
+       two ``librosa.feature.delta`` calls (the extractor's parameters), with the process's
+       default BLAS threads, as the seed ran it;
   (a1) the same with one BLAS thread (Ray sets OMP_NUM_THREADS=1 in its workers);
+  (a') the seed loop calling ser-ray's ``mfcc`` extractor instead of librosa's functions
+       (the same array to float32 rounding, checked): the ratio against it is printed too;
   (d)  decode+resample ceiling: ``audio.decode`` + ``audio.condition`` only, one thread;
   (e)  prepare's own per-unit code (``UnitProcessor.process``) in this process, one thread, no
        Ray: the per-core ceiling of (b) and (c) (not asked for; it separates Ray overhead from
@@ -178,18 +181,47 @@ class Monitor:
 # Measurements
 # --------------------------------------------------------------------------------------------
 
-def seed_loop(files: list[str]) -> float:
-    """(a) what the seed script did: librosa.load at 16 kHz, then the pipeline's MFCC."""
+def seed_mfcc(y, sr: int):
+    """The seed's feature code: ``librosa.feature.mfcc`` + two ``librosa.feature.delta`` calls,
+    with the parameters of ser-ray's ``mfcc`` extractor (time x [mfcc | delta | delta2])."""
+    import librosa
+    import numpy as np
+
+    from ser_ray.features import get_extractor
+
+    e = get_extractor("mfcc")
+    m = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=e.n_mfcc, n_fft=e.n_fft, hop_length=e.hop_length,
+                             win_length=e.win_length, n_mels=e.n_mels)
+    return np.concatenate([m, librosa.feature.delta(m), librosa.feature.delta(m, order=2)]).T
+
+
+def seed_loop(files: list[str], features: str = "librosa") -> float:
+    """(a) what the seed script did: ``librosa.load`` at 16 kHz, then MFCC + deltas with
+    librosa's functions (``features="librosa"``) or with ser-ray's extractor ("pipeline")."""
     import librosa
 
     from ser_ray.features import get_extractor
 
-    ext, total = get_extractor("mfcc"), 0.0
+    ext, total = (seed_mfcc if features == "librosa" else get_extractor("mfcc")), 0.0
     for f in files:
         y, sr = librosa.load(f, sr=16000)
         ext(y, sr)
         total += len(y) / sr
     return total
+
+
+def check_same_features(path: str) -> float:
+    """Both seed loops compute the same array (to float32 rounding): -> max abs difference."""
+    import librosa
+    import numpy as np
+
+    from ser_ray.features import get_extractor
+
+    y, sr = librosa.load(path, sr=16000)
+    a, b = seed_mfcc(y, sr), get_extractor("mfcc")(y, sr)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-2):
+        raise RuntimeError(f"seed MFCC {a.shape} and ser-ray's {b.shape} differ")
+    return float(np.abs(a - b).max())
 
 
 def decode_condition_loop(files: list[str], audio_cfg) -> float:
@@ -288,6 +320,7 @@ def wait_quiet(max_s: float, below: float = 0.5) -> float:
 
 
 NAMES = {"a": "(a) seed loop, 1 process", "a1": "(a1) seed loop, 1 BLAS thread",
+         "ap": "(a') seed loop, ser-ray's mfcc",
          "d": "(d) decode+condition, 1 core", "e": "(e) UnitProcessor, no Ray, 1 core",
          "b": "(b) prepare, 1 worker", "c": "(c) prepare, every core", "c_1x": "(c) prepare, every core, 1x"}
 
@@ -339,10 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         with Monitor() as cold:  # informative: a one-shot job pays this once per Ray session
             run_prepare_once(small, tmp / "out-warmup", None, args.prepare_module)
         seed_loop(files[:2])  # librosa's lazy imports belong to no measurement
+        seed_loop(files[:2], "pipeline")
+        max_diff = check_same_features(files[0])
 
         steps = {  # key: (function, BLAS thread limit)
             "a": (lambda: seed_loop(files), None),
             "a1": (lambda: seed_loop(files), 1),
+            "ap": (lambda: seed_loop(files, "pipeline"), None),
             "d": (lambda: decode_condition_loop(files, AudioConfig()), 1),
             "e": (lambda: units_in_process(big, tmp / "out-e"), 1),
             "b": (lambda: run_prepare_once(big, tmp / "out-b", 1, args.prepare_module), None),
@@ -372,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 r.update(decoded_s=out, files=len(files), workers=1)
         audio_big = res["c"]["audio_s"]
         # Same files, same durations: the loops' own totals must match the manifest's.
-        for key in ("a", "a1", "d", "e"):
+        for key in ("a", "a1", "ap", "d", "e"):
             if abs(res[key]["decoded_s"] - audio_big) > 1e-3 * audio_big:
                 raise RuntimeError(f"({key}) decoded {res[key]['decoded_s']:.1f} s, the "
                                    f"manifest says {audio_big:.1f} s")
@@ -393,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios = {
             "c_over_a": c / a, "b_over_a": b / a, "c_over_b": c / b,
             "c_over_a1": c / res["a1"]["audio_s_per_s"],
+            "c_over_a_pipeline_mfcc": c / res["ap"]["audio_s_per_s"],
+            "seed_vs_pipeline_mfcc_max_abs_diff": max_diff,
             "c_per_core_over_d": c_core / d_core,
             "mem_scale_over_1x": memn / mem1,
             "e_over_d": e_core / d_core, "c_per_core_over_e": c_core / e_core,
@@ -421,9 +459,9 @@ def main(argv: list[str] | None = None) -> int:
            f"{'cores':>7}{'others':>8}{'in-unit':>8}{'peak MiB':>10}")
     print(hdr)
     print("-" * len(hdr))
-    for key in ("a", "a1", "d", "e", "b", "c", "c_1x"):
+    for key in ("a", "a1", "ap", "d", "e", "b", "c", "c_1x"):
         r = res[key]
-        name = NAMES[key] + ("" if key in ("a", "a1", "d", "e", "c_1x") else f", {scale}x")
+        name = NAMES[key] + ("" if key in ("a", "a1", "ap", "d", "e", "c_1x") else f", {scale}x")
         busy = (f"{r['unit_seconds_sum'] / (r['wall_s'] * r['workers']):>8.0%}"
                 if "unit_seconds_sum" in r else f"{'':>8}")
         peak = f"{r['peak_rss']['driver_workers'] / mib:>10.0f}" if "peak_rss" in r else ""
@@ -452,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(target {targets['mem_scale_over_1x'][1]}: {memn / mib:.0f} vs {mem1 / mib:.0f} MiB)")
     print(f"  informative:   b/a {ratios['b_over_a']:.2f}   c/b {ratios['c_over_b']:.2f}   "
           f"c/a1 {ratios['c_over_a1']:.2f}")
+    print(f"  c/a'           {ratios['c_over_a_pipeline_mfcc']:6.2f}  = against the seed loop "
+          f"given ser-ray's MFCC code (same array: max |diff| {max_diff:.1e})")
     print(f"  e/d            {ratios['e_over_d']:6.2f}  = the best (c/{n_cores})/d with zero Ray "
           f"overhead (features + writes cost {1 / ratios['e_over_d'] - 1:.1f}x decode+condition)")
     print(f"  (c/{n_cores})/e        {ratios['c_per_core_over_e']:6.2f}  = share of the "

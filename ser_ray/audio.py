@@ -115,8 +115,20 @@ def decode(data: bytes) -> Decoded:
 
 
 def downmix(samples: np.ndarray) -> np.ndarray:
-    """(frames, channels) -> (frames,) mono by averaging channels."""
-    return samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
+    """(frames, channels) -> (frames,) mono by averaging channels.
+
+    Equal to ``samples.mean(axis=1, dtype=float32)`` (which also sums the channels in order),
+    summed column by column: numpy's reduction over a short inner axis costs 10x as much.
+    """
+    if samples.ndim != 2:
+        return samples
+    if samples.shape[1] == 1:
+        return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
+    out = samples[:, 0].astype(np.float32)
+    for ch in range(1, samples.shape[1]):
+        out += samples[:, ch]
+    out /= np.float32(samples.shape[1])
+    return out
 
 
 def resample(y: np.ndarray, sr: int, target_sr: int) -> np.ndarray:

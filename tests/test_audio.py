@@ -174,6 +174,16 @@ def test_condition_downmixes_by_averaging_channels():
     assert np.abs(condition(cancel, CFG)).max() < 1e-6
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 6])
+def test_downmix_equals_numpy_mean(channels):
+    from ser_ray.audio import downmix
+
+    x = np.random.default_rng(channels).uniform(-1, 1, (4001, channels)).astype(np.float32)
+    out = downmix(x)
+    assert out.shape == (4001,) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, x.mean(axis=1, dtype=np.float32))
+
+
 @pytest.mark.parametrize("sr_in", [48000, 96000, 8000, 22050])
 def test_condition_resamples_length_and_pitch(sr_in):
     d = mono(tone(sr_in, 1.0, freq=1000), sr_in)

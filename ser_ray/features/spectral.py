@@ -1,10 +1,15 @@
 """Frame-level spectral features: MFCC (+ deltas), log-mel and STFT magnitude blocks.
 
-The computations are librosa's own (``librosa.feature.mfcc`` / ``melspectrogram`` /
-``delta``), step by step, with what they rebuild on every call cached per process: the mel
-filter bank, the analysis window and the delta filter. MFCC and log-mel are bit-identical to
-librosa's functions; deltas match ``librosa.feature.delta`` to float32 rounding (its edge fit
-solves a least-squares problem in float32 on every call; here it is solved once, in float64).
+The definitions are librosa's (``librosa.feature.mfcc`` / ``melspectrogram`` / ``delta``,
+``librosa.stft`` with ``center=True`` and zero padding), with librosa's mel filter bank and
+window. The computation is arranged for throughput: what librosa rebuilds on every call (mel
+basis, padded window, delta filter and its edge fit) is cached per process, and the STFT frames
+the padded signal as one strided view and runs one float32 real FFT over every frame, time-major,
+so the mel projection is a single matrix product and no array is transposed on the way. librosa
+computes the FFT in float64 and rounds it to complex64; the results agree to float32 rounding
+(MFCC within 1e-3 of values in the hundreds; ``tests/test_features.py`` pins it), several
+times faster than ``librosa.feature.mfcc`` + ``librosa.feature.delta``
+(``benchmarks/prepare_throughput.py`` runs both, as (a) and (a')).
 """
 
 from __future__ import annotations
@@ -43,14 +48,33 @@ def analysis_window(name: str, win_length: int) -> np.ndarray:
     return _frozen(librosa.filters.get_window(name, win_length, fftbins=True))
 
 
+@functools.lru_cache(maxsize=32)
+def _frame_window(name: str, win_length: int, n_fft: int) -> np.ndarray:
+    """``analysis_window`` centred in ``n_fft`` samples (as ``librosa.stft`` pads it), float32."""
+    return _frozen(librosa.util.pad_center(analysis_window(name, win_length), size=n_fft)
+                   .astype(np.float32))
+
+
+def stft_frames(y: np.ndarray, n_fft: int, hop_length: int, win_length: int,
+                window: str = "hann") -> np.ndarray:
+    """Complex STFT, time-major ``(1 + len(y) // hop_length, n_fft // 2 + 1)``.
+
+    ``librosa.stft(y, center=True, pad_mode="constant")`` transposed: the signal is zero-padded
+    by ``n_fft // 2`` on both sides and framed every ``hop_length`` samples.
+    """
+    padded = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+    return scipy.fft.rfft(frames * _frame_window(window, win_length, n_fft), axis=-1)
+
+
 def power_mel(y: np.ndarray, sr: int, n_fft: int, hop_length: int, win_length: int,
               n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
-    """``librosa.feature.melspectrogram`` (power 2, Hann, centred, zero padding)."""
-    spec = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
-                               window=analysis_window("hann", win_length), center=True,
-                               pad_mode="constant")) ** 2
-    return np.einsum("...ft,mf->...mt", spec, mel_basis(sr, n_fft, n_mels, fmin, fmax),
-                     optimize=True)
+    """``librosa.feature.melspectrogram`` (power 2, Hann, centred, zero padding), TIME-MAJOR:
+    shape ``(frames, n_mels)``, the transpose of librosa's."""
+    spec = stft_frames(y, n_fft, hop_length, win_length)
+    power = np.square(spec.real)
+    power += np.square(spec.imag)
+    return power @ mel_basis(sr, n_fft, n_mels, fmin, fmax).T
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,8 +102,10 @@ def _delta_filters(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.n
     return _frozen(coeffs), _frozen(left), _frozen(right)
 
 
-def delta(data: np.ndarray, order: int = 1, width: int = _DELTA_WIDTH) -> np.ndarray:
-    """``librosa.feature.delta(data, width=width, order=order)`` along the last axis."""
+def delta(data: np.ndarray, order: int = 1, width: int = _DELTA_WIDTH,
+          axis: int = -1) -> np.ndarray:
+    """``librosa.feature.delta(data, width=width, order=order, axis=axis)``."""
+    data = np.moveaxis(data, axis, -1)
     n = data.shape[-1]
     if width > n:
         raise ValueError(f"delta: width={width} cannot exceed the {n} frames of the input")
@@ -88,7 +114,7 @@ def delta(data: np.ndarray, order: int = 1, width: int = _DELTA_WIDTH) -> np.nda
     half = width // 2
     out[..., :half] = data[..., :width].astype(np.float64) @ left.T
     out[..., n - half:] = data[..., n - width:].astype(np.float64) @ right.T
-    return out
+    return np.moveaxis(out, -1, axis)
 
 
 @register("mfcc")
@@ -119,12 +145,12 @@ class MFCC(Extractor):
         return max(self.n_fft, (_DELTA_WIDTH - 1) * self.hop_length if self.deltas else 0)
 
     def compute(self, y, sr):
-        # librosa.feature.mfcc: DCT-II (orthonormal) of the dB mel power spectrogram
+        # librosa.feature.mfcc: DCT-II (orthonormal) of the dB mel power spectrogram; time-major
         mel = power_mel(y, sr, self.n_fft, self.hop_length, self.win_length, self.n_mels)
-        m = scipy.fft.dct(librosa.power_to_db(mel), axis=-2, type=2, norm="ortho")
-        m = m[..., :self.n_mfcc, :]
-        blocks = [m] + [delta(m, order=k) for k in range(1, self.deltas + 1)]
-        x = np.concatenate(blocks, axis=0).T  # (time, coefficient), as the 2D-CNN paper feeds it
+        m = scipy.fft.dct(librosa.power_to_db(mel), axis=-1, type=2, norm="ortho")
+        m = m[:, :self.n_mfcc]
+        blocks = [m] + [delta(m, order=k, axis=0) for k in range(1, self.deltas + 1)]
+        x = np.concatenate(blocks, axis=1)  # (time, coefficient), as the 2D-CNN paper feeds it
         if self.pooling == "mean":
             return x.mean(axis=0)
         if self.pooling == "mean_std":
@@ -155,7 +181,7 @@ class LogMel(Extractor):
     def compute(self, y, sr):
         s = power_mel(y, sr, self.n_fft, self.hop_length, self.win_length, self.n_mels,
                       self.fmin, self.fmax)
-        return librosa.power_to_db(s, ref=np.max, top_db=self.top_db)
+        return librosa.power_to_db(s, ref=np.max, top_db=self.top_db).T
 
 
 @register("stft")
@@ -182,10 +208,7 @@ class STFT(Extractor):
         return self.n_fft
 
     def compute(self, y, sr):
-        mag = np.abs(librosa.stft(
-            y, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-            window=analysis_window(self.window, self.win_length), center=True,
-        ))
+        mag = np.abs(stft_frames(y, self.n_fft, self.hop_length, self.win_length, self.window).T)
         if self.scale == "db":
             return librosa.amplitude_to_db(mag, ref=np.max, top_db=self.top_db)
         return mag
