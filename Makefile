@@ -23,7 +23,7 @@ s3-server:
 	bash tests/s3/install.sh
 
 test: $(STAMP) s3-server
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not s3"

@@ -239,12 +239,15 @@ class UnitScorer:
     def warm_up(self) -> None:
         """Run one second of noise through VAD, features and model: lazy imports and JIT
         compilation happen at actor start rather than inside the first unit's timing."""
-        from ser_ray.warmup import machine_lock
+        from ser_ray.warmup import extractors_key, first_use
 
         y = np.random.default_rng(0).normal(0, 0.05, self.sr).astype(np.float32)
-        with machine_lock():  # librosa's numba kernels are compiled and cached one process at a time
-            detect_speech([y[: self.vad_sr]], self.vad_sr, self.detector)
-            self.predictor.predict_proba(self.features(y)[None])
+        # librosa's numba kernels are compiled and cached one process at a time (ser_ray.warmup);
+        # silero and the model are torch only, so actors warm those up side by side.
+        with first_use(extractors_key(self.features.extractors)):
+            x = self.features(y)
+        detect_speech([y[: self.vad_sr]], self.vad_sr, self.detector)
+        self.predictor.predict_proba(x[None])
 
     # -- one call -------------------------------------------------------------------------
     def _row(self, call: dict[str, Any]) -> dict[str, Any]:

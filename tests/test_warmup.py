@@ -42,3 +42,67 @@ def test_numba_cache_survives_workers_starting_together(tmp_path):
     assert any(env_cache.rglob("*.nbi"))
     later = subprocess.run([sys.executable, "-c", code], env=env, timeout=300)
     assert later.returncode == 0
+
+
+def _enter(key, markers, lock, out: list):
+    from ser_ray.warmup import first_use
+
+    with first_use(key, markers, lock) as held:
+        out.append(held)
+
+
+def test_first_use_skips_the_lock_only_for_a_warmed_key_and_unchanged_cache(tmp_path, monkeypatch):
+    """A marker lets later processes skip the queue; a new key or any change to numba's cache
+    files sends them through the lock again."""
+    import threading
+
+    from ser_ray.warmup import machine_lock
+
+    cache, markers, lock = tmp_path / "numba-cache", tmp_path / "markers", tmp_path / "lock"
+    (cache / "librosa").mkdir(parents=True)
+    (cache / "librosa" / "utils.localmax-1035.py311.nbi").write_bytes(b"index")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+
+    def attempt(key: str, hold: bool) -> tuple[list, threading.Thread]:
+        out: list = []
+        t = threading.Thread(target=_enter, args=(key, markers, lock, out), daemon=True)
+        if not hold:
+            t.start()
+            return out, t
+        with machine_lock(lock):  # another process warming up right now
+            t.start()
+            t.join(0.5)
+            blocked = t.is_alive()
+        t.join(10)
+        out.append(("blocked", blocked))
+        return out, t
+
+    out, _ = attempt("mfcc", hold=True)  # never warmed: waits for the lock, then holds it
+    assert out == [True, ("blocked", True)]
+    assert len(list(markers.iterdir())) == 1
+
+    out, _ = attempt("mfcc", hold=True)  # warmed, cache unchanged: goes straight in
+    assert out == [False, ("blocked", False)]
+
+    out, _ = attempt("handcrafted94", hold=True)  # another extractor set: its own first time
+    assert out == [True, ("blocked", True)]
+
+    (cache / "librosa" / "spectrum.new-629.py311.nbi").write_bytes(b"index")  # the cache changed
+    out, _ = attempt("mfcc", hold=True)
+    assert out == [True, ("blocked", True)]
+    out, _ = attempt("mfcc", hold=True)  # ... and that run left a fresh marker
+    assert out == [False, ("blocked", False)]
+
+
+def test_first_use_leaves_no_marker_when_the_warm_up_fails(tmp_path, monkeypatch):
+    import pytest
+
+    from ser_ray.warmup import first_use
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="boom"):
+        with first_use("k", tmp_path / "markers", tmp_path / "lock"):
+            raise RuntimeError("boom")
+    assert not (tmp_path / "markers").exists() or not any((tmp_path / "markers").iterdir())
+    with first_use("k", tmp_path / "markers", tmp_path / "lock") as held:
+        assert held
