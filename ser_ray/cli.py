@@ -17,6 +17,13 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _config_args(p: argparse.ArgumentParser, config_help: str, set_example: str) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE``, as every job command takes them."""
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override any config field, e.g. {set_example}")
+
+
 def add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", action="extend", dest="inputs", metavar="URI",
                    help="folder, glob, tar shard(s) (shard-{000..009}.tar), s3://bucket/prefix, "
@@ -29,10 +36,8 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", type=_csv, help="comma-separated extractors: mfcc, logmel, "
                                                  "stft, handcrafted173, handcrafted94, egemaps")
     p.add_argument("--output", help="output folder (rerun into it to resume)")
-    p.add_argument("--config", help="YAML config file (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set audio.trim=true "
-                        "--set feature_options.mfcc.n_mfcc=20")
+    _config_args(p, "YAML config file (see configs/)",
+                 "--set audio.trim=true --set feature_options.mfcc.n_mfcc=20")
     p.add_argument("--num-workers", type=int, dest="num_workers")
     p.add_argument("--strict", action="store_true", default=None,
                    help=f"exit {EXIT_STRICT} when any file is quarantined")
@@ -99,10 +104,8 @@ def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -
                         "are concatenated, e.g. egemaps,handcrafted173")
     p.add_argument("--model", required=model_required,
                    help="registered model (svm, knn, logreg, cnn1d, cnn2d_smote, lstm_v2, ...)")
-    p.add_argument("--config", help="YAML LearnConfig (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set balance=smote "
-                        "--set model_options.epochs=20 --set augment.variant=merged")
+    _config_args(p, "YAML LearnConfig (see configs/)", "--set balance=smote "
+                 "--set model_options.epochs=20 --set augment.variant=merged")
     p.add_argument("--label-set", dest="label_set")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int, dest="num_workers",
@@ -269,10 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--metadata", help="CSV/Parquet of call metadata with a call_id column")
     sc.add_argument("--customer-channel", dest="customer_channel", choices=["left", "right", "mono"],
                     help="channel of stereo recordings holding the customer (default mono: downmix)")
-    sc.add_argument("--config", help="YAML ScoreConfig (see configs/score.yaml)")
-    sc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any config field, e.g. --set vad.name=energy "
-                         "--set urgency.weights.sad=1.0 --set window_s=2")
+    _config_args(sc, "YAML ScoreConfig (see configs/score.yaml)",
+                 "--set vad.name=energy --set urgency.weights.sad=1.0 --set window_s=2")
     sc.add_argument("--num-workers", type=int, dest="num_workers")
     sc.add_argument("--rescore", action="store_true", default=None,
                     help="also score calls an earlier night scored with this model")

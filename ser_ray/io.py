@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import itertools
+import locale
 import os
 import re
 import tarfile
@@ -188,11 +189,7 @@ class Storage:
             bucket, key = split_s3(uri)
             self._s3.put_object(Bucket=bucket, Key=key, Body=data)
             return
-        path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(data, uri)
 
     def delete(self, uri: str) -> None:
         """Remove one file or object; absent is fine."""
@@ -235,17 +232,20 @@ class Storage:
                 (dirs if e.is_dir(follow_symlinks=True) else files).append(e.path)
         return sorted(dirs), sorted(files)
 
+    def _s3_objects(self, uri: str) -> Iterator[tuple[str, int]]:
+        """Every object below an s3:// prefix with its size, in key order (S3 lists sorted)."""
+        bucket, key = split_s3(uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for o in page.get("Contents", []):
+                if not o["Key"].endswith("/"):
+                    yield f"s3://{bucket}/{o['Key']}", int(o["Size"])
+
     def walk(self, uri: str) -> Iterator[str]:
         """Every file below a folder/prefix, lazily, in sorted order within each folder."""
         if is_s3(uri):
-            bucket, key = split_s3(uri)
-            prefix = key.rstrip("/") + "/" if key else ""
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                       Prefix=prefix)
-            for page in pages:  # S3 lists keys in sorted order already
-                for o in page.get("Contents", []):
-                    if not o["Key"].endswith("/"):
-                        yield f"s3://{bucket}/{o['Key']}"
+            yield from (u for u, _ in self._s3_objects(uri))
             return
         for dirpath, dirnames, filenames in os.walk(uri, followlinks=True):
             dirnames.sort()
@@ -255,14 +255,7 @@ class Storage:
     def walk_sized(self, uri: str) -> Iterator[tuple[str, int]]:
         """Like :meth:`walk`, with each file's size in bytes (free in an S3 listing)."""
         if is_s3(uri):
-            bucket, key = split_s3(uri)
-            prefix = key.rstrip("/") + "/" if key else ""
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                       Prefix=prefix)
-            for page in pages:
-                for o in page.get("Contents", []):
-                    if not o["Key"].endswith("/"):
-                        yield f"s3://{bucket}/{o['Key']}", int(o["Size"])
+            yield from self._s3_objects(uri)
             return
         for path in self.walk(uri):
             try:
@@ -328,12 +321,22 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write to a temporary name beside ``path``, then rename: a reader sees the old file or the
+    new one, never a part; a failed write leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """:func:`write_bytes_atomic` of ``text`` in the encoding ``Path.write_text`` would use."""
+    write_bytes_atomic(text.encode(locale.getpreferredencoding(False)), path)
 
 
 def read_table(uri: str, storage: Storage | None = None) -> pa.Table:

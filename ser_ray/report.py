@@ -12,14 +12,13 @@ import dataclasses
 import io
 import json
 import math
-import os
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ser_ray.io import write_bytes_atomic
 from ser_ray.metrics import SCALAR_METRICS, scores_from_confusion
 
 # What a reader needs to know to trust a number: does a test speaker also appear in training?
@@ -302,15 +301,6 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Sequence[str],
                  seed: Any, config: Mapping[str, Any] | Any, title: str | None = None
                  ) -> dict[str, Path]:
@@ -361,5 +351,5 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Seq
     paths = {}
     for role, name in FILES.items():
         paths[role] = out_dir / name
-        _write_atomic(paths[role], payloads[role])
+        write_bytes_atomic(payloads[role], paths[role])
     return paths

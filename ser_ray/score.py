@@ -371,10 +371,10 @@ def _declared_duration(data: bytes) -> float | None:
 
 def pick_channel(samples: np.ndarray, which: str) -> tuple[np.ndarray, str]:
     """(frames, channels) -> (mono signal, channel used). A mono file is used as it is."""
-    if samples.ndim == 1 or samples.shape[1] == 1:
-        return samples.reshape(-1).astype(np.float32, copy=False), "mono"
-    if which == "mono":
-        return samples.mean(axis=1, dtype=np.float32), "mono"
+    from ser_ray import audio
+
+    if samples.ndim == 1 or samples.shape[1] == 1 or which == "mono":
+        return audio.downmix(samples).astype(np.float32, copy=False), "mono"
     return np.ascontiguousarray(samples[:, 0 if which == "left" else 1]), which
 
 

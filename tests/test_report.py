@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import struct
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_failed_rewrite_keeps_previous_report_and_leaves_no_temp_files(tmp_path,
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
     calls = []
-    real_replace = report.os.replace
+    real_replace = os.replace
 
     def failing_replace(src, dst):  # the disk "fills up" at the second file
         calls.append(dst)
@@ -164,7 +165,7 @@ def test_failed_rewrite_keeps_previous_report_and_leaves_no_temp_files(tmp_path,
         real_replace(src, dst)
 
     monkeypatch.undo()
-    monkeypatch.setattr(report.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)  # what every atomic writer renames with
     with pytest.raises(OSError, match="disk full"):
         write_report(tmp_path, _metrics("loso"), labels=LABELS, seed=2, config={})
     assert {p.name for p in tmp_path.iterdir()} == FILES  # no .tmp left over
