@@ -193,6 +193,9 @@ def _formant_sos(freqs: np.ndarray, bws: np.ndarray, sr: int) -> np.ndarray:
     return np.stack([1 - c + r ** 2, z, z, np.ones_like(r), -c, r ** 2], axis=1)
 
 
+_SYNTH_SR = 48000  # voices of calls are made at this rate, then resampled (see _utterance_at)
+
+
 def _utterance_at(emotion: str, speaker: SpeakerProfile, rng: np.random.Generator, sr: int, duration_s: float,
                   synth_sr: int) -> np.ndarray:
     """:func:`synth_utterance` of exactly ``round(max(duration_s, 0.5) * sr)`` samples, made at
@@ -210,7 +213,7 @@ def _utterance_at(emotion: str, speaker: SpeakerProfile, rng: np.random.Generato
 
 def synth_call(segments: Sequence[tuple[str, float]], speaker: SpeakerProfile, rng: np.random.Generator,
                sr: int = 8000, channels: int = 1, gap_s: float = 1.5, *, agent: SpeakerProfile | None = None,
-               return_spans: bool = False, synth_sr: int = 48000):
+               return_spans: bool = False, synth_sr: int = _SYNTH_SR):
     """A call: the customer (``speaker``) says each ``(emotion, seconds)`` segment in turn, and a
     neutral agent speaks in the gaps between them (gap lengths 0.5-1.5 x ``gap_s``).
 
@@ -484,7 +487,7 @@ def _backlog_call(mood: str, caller: SpeakerProfile, agent: SpeakerProfile, tota
                               agent=agent, return_spans=True)
     n_target, n = int(round(total_s * sr)), len(audio)
     if n_target - n >= int(0.5 * sr):
-        closing = synth_utterance("neutral", agent, rng, sr, (n_target - n) / sr)
+        closing = _utterance_at("neutral", agent, rng, sr, (n_target - n) / sr, _SYNTH_SR)
         tail = np.stack([closing, np.zeros_like(closing)], axis=1) if channels == 2 else closing
         spans.append({"start_s": n / sr, "end_s": n_target / sr, "emotion": "neutral", "role": "agent"})
         audio = np.concatenate([audio, tail])
