@@ -23,14 +23,13 @@ import platform
 import shutil
 import tempfile
 import uuid
+from importlib.metadata import version as _version
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import safetensors
-import sklearn
 import torch
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
@@ -153,6 +152,8 @@ def save_model_dir(
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_torch(state, str(tmp / WEIGHTS[kind]), metadata={"format": "pt"})
         else:
+            import joblib  # classical models only: scoring a torch model never imports it
+
             joblib.dump(model, tmp / WEIGHTS[kind])
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
         if path.exists():
@@ -196,6 +197,8 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor
             ) from None
         model.to(device).eval()
     else:
+        import joblib
+
         model = joblib.load(weights)
     return Predictor(
         model_name=name, kind=kind, model=model,
@@ -210,7 +213,7 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor
 def versions() -> dict[str, str]:
     """Versions of the packages a model dir depends on."""
     return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "sklearn": sklearn.__version__, "safetensors": safetensors.__version__,
+            "sklearn": _version("scikit-learn"), "safetensors": safetensors.__version__,
             "ser_ray": ser_ray.__version__, "format_version": str(FORMAT_VERSION)}
 
 

@@ -563,6 +563,13 @@ def _pool_size(cfg: ScoreConfig, n_units: int) -> int:
     return max(1, min(cfg.num_workers or max(1, slots), n_units))
 
 
+def largest_first(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Units by total bytes, largest first (ties keep listing order): a wave then ends on small
+    units, so no actor sits idle while another finishes a long one (longest-processing-time
+    order). Unit ids and the published row order do not depend on it."""
+    return sorted(units, key=lambda u: -sum(max(c["size"], 0) for c in u["calls"]))
+
+
 def _run_wave(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
               on_done) -> None:
     import ray
@@ -572,6 +579,7 @@ def _run_wave(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str,
 
     quiet_data_progress()
     n = _pool_size(cfg, len(units))
+    units = largest_first(units)
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
     gpus = {"num_gpus": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
     ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs={"settings": settings, "model_ref": [model_ref]},

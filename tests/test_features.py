@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import librosa
 import numpy as np
@@ -143,6 +145,62 @@ def test_spectral_features_equal_librosa_functions(seconds):
     stft = np.abs(librosa.stft(y, n_fft=512, hop_length=64, win_length=256, window="hamming"))
     np.testing.assert_allclose(get_extractor("stft")(y, SR), stft, rtol=1e-4,
                                atol=1e-5 * stft.max())
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin,fmax", [
+    (16000, 512, 64, 0.0, None), (16000, 1024, 128, 0.0, None), (22050, 2048, 128, 0.0, 8000.0),
+    (8000, 256, 40, 50.0, 3800.0), (44100, 2048, 96, 20.0, None)])
+def test_numpy_definitions_equal_librosa_and_scipy(sr, n_fft, n_mels, fmin, fmax):
+    """The mel bank, windows, dB conversion and Savitzky-Golay filter that spectral.py computes
+    without importing librosa are librosa's / scipy's, bit for bit where the arithmetic is the
+    same and to float64 rounding for the least-squares filter."""
+    import scipy.signal
+
+    from ser_ray.features import spectral
+
+    np.testing.assert_array_equal(spectral.mel_basis(sr, n_fft, n_mels, fmin, fmax),
+                                  librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels,
+                                                      fmin=fmin, fmax=fmax))
+    hz = np.array([0.0, 300.0, 999.9, 1000.0, 1000.1, 4000.0, sr / 2])
+    np.testing.assert_array_equal(spectral.hz_to_mel(hz), librosa.hz_to_mel(hz))
+    np.testing.assert_array_equal(spectral.mel_to_hz(spectral.hz_to_mel(hz)),
+                                  librosa.mel_to_hz(librosa.hz_to_mel(hz)))
+    for name in ("hann", "hamming", "blackman"):
+        for n in (1, 2, 255, 400, n_fft):
+            np.testing.assert_array_equal(spectral.analysis_window(name, n),
+                                          scipy.signal.get_window(name, n, fftbins=True))
+    power = np.random.default_rng(sr).gamma(0.5, size=(n_mels, 50)).astype(np.float32) ** 4
+    power[0, :3] = 0.0  # floored at amin
+    for kw in ({}, {"ref": np.max, "top_db": 80.0}, {"ref": 3.0, "top_db": None}):
+        np.testing.assert_array_equal(spectral.power_to_db(power, **kw),
+                                      librosa.power_to_db(power, **kw))
+    for width in (3, 5, 9, 11):
+        for order in (1, 2):
+            np.testing.assert_allclose(spectral.savgol_coeffs(width, order),
+                                       scipy.signal.savgol_coeffs(width, order, deriv=order),
+                                       rtol=1e-12, atol=1e-14)
+    x = np.random.default_rng(1).normal(size=(3, 40, 2))  # float64 in, float64 out, any axis
+    for order in (1, 2):
+        d = spectral.delta(x, order=order, width=5, axis=1)
+        assert d.dtype == np.float64 and d.shape == x.shape
+        np.testing.assert_allclose(d, librosa.feature.delta(x, order=order, width=5, axis=1),
+                                   rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="odd integer"):
+        spectral.delta(x, width=4, axis=1)
+
+
+def test_spectral_features_do_not_import_librosa_kernels():
+    """A fresh worker computing mfcc/logmel/stft (magnitude) never loads numba or scipy.signal:
+    importing those costs each Ray worker seconds of start-up (see spectral.py)."""
+    code = ("import sys, numpy as np\n"
+            "from ser_ray.features import get_extractor\n"
+            "y = np.random.default_rng(0).normal(size=16000).astype(np.float32)\n"
+            "for name in ('mfcc', 'logmel', 'stft'):\n"
+            "    assert np.isfinite(get_extractor(name)(y, 16000)).all()\n"
+            "print(sorted(m for m in ('numba', 'scipy.signal', 'librosa.core', 'librosa.util')\n"
+            "             if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_mel_basis_and_window_are_built_once_and_read_only():

@@ -17,7 +17,8 @@ import pytest
 import soundfile as sf
 
 from ser_ray.config import ScoreConfig, load
-from ser_ray.score import (ModelInfo, WindowFeatures, check_config, iter_calls, iter_units, load_metadata,
+from ser_ray.score import (ModelInfo, WindowFeatures, check_config, iter_calls, iter_units, largest_first,
+                           load_metadata,
                            model_window, pick_channel, read_calls, read_segments, resolve_run_date, run_score)
 from ser_ray.synth import synthesize_backlog
 
@@ -308,6 +309,18 @@ def test_units_are_cut_by_count_and_size_with_stable_ids():
     assert [[c["call_id"] for c in u["calls"]] for u in units] == [["c0", "c1"], ["c2"], ["c3"], ["c4"]]
     assert [u["unit_id"] for u in units] == [u["unit_id"] for u in iter_units(iter(calls), 2, 100, "m")]
     assert units[0]["unit_id"] != next(iter_units(iter(calls), 2, 100, "other config"))["unit_id"]
+
+
+def test_a_wave_runs_its_largest_units_first():
+    calls = [{"call_id": f"c{i}", "uri": f"/x/c{i}.wav", "size": s}
+             for i, s in enumerate([10, 10, 10, 500, 30, -1, 40])]  # -1: size unknown
+    units = list(iter_units(iter(calls), 2, 100, "m"))
+    sizes = [sum(max(c["size"], 0) for c in u["calls"]) for u in units]
+    assert sizes == [20, 10, 500, 30, 40]  # listing order
+    ordered = largest_first(units)
+    assert [sum(max(c["size"], 0) for c in u["calls"]) for u in ordered] == [500, 40, 30, 20, 10]
+    assert sorted(u["unit_id"] for u in ordered) == sorted(u["unit_id"] for u in units)
+    assert [u["unit_id"] for u in units] == [u["unit_id"] for u in iter_units(iter(calls), 2, 100, "m")]
 
 
 def test_call_ids_are_paths_below_the_input(tmp_path):

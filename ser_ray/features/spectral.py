@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 import scipy.fft
-import scipy.ndimage
-import scipy.signal
 
 from ser_ray.features.base import Extractor, _check_choice, register
 
@@ -35,24 +33,103 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+# librosa's definitions, in numpy. Importing librosa (and scipy.signal) costs a new process ~2.5 CPU
+# seconds, most of it numba loading kernels these features never call; every scoring actor and
+# prepare worker paid it at start-up. The code below is the arithmetic of librosa 0.11's
+# ``filters.mel`` (Slaney), ``hz_to_mel`` / ``mel_to_hz``, ``power_to_db`` and scipy's periodic
+# Hann/Hamming windows and ``savgol_coeffs``, operation for operation;
+# ``tests/test_features.py`` compares each with the library's own function.
+
+_F_SP = 200.0 / 3  # Slaney mel scale: linear below 1 kHz ...
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0  # ... logarithmic above
+
+
+def hz_to_mel(frequencies) -> np.ndarray:
+    """``librosa.hz_to_mel(f, htk=False)`` (Slaney)."""
+    f = np.asanyarray(frequencies, dtype=np.float64)
+    mels = f / _F_SP
+    log_t = f >= _MIN_LOG_HZ
+    return np.where(log_t, _MIN_LOG_MEL + np.log(np.where(log_t, f, _MIN_LOG_HZ) / _MIN_LOG_HZ)
+                    / _LOGSTEP, mels)
+
+
+def mel_to_hz(mels) -> np.ndarray:
+    """``librosa.mel_to_hz(m, htk=False)`` (Slaney)."""
+    m = np.asanyarray(mels, dtype=np.float64)
+    freqs = _F_SP * m
+    log_t = m >= _MIN_LOG_MEL
+    return np.where(log_t, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), freqs)
+
+
 @functools.lru_cache(maxsize=32)
 def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0,
               fmax: float | None = None) -> np.ndarray:
-    """``librosa.filters.mel`` (Slaney, float32), built once per parameter set."""
-    return _frozen(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax))
+    """``librosa.filters.mel(sr=, n_fft=, n_mels=, fmin=, fmax=)``: Slaney mel scale and area
+    normalisation, float32 ``(n_mels, 1 + n_fft // 2)``; built once per parameter set."""
+    if fmax is None:
+        fmax = float(sr) / 2
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    for i in range(n_mels):  # triangles from the lower and upper slopes
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    if not np.all((mel_f[:-2] == 0) | (weights.max(axis=1) > 0)):
+        warnings.warn(f"mel filter bank sr={sr} n_fft={n_fft} n_mels={n_mels}: some filters are "
+                      "empty (their bands produce zeros); use fewer mels or a longer FFT",
+                      stacklevel=2)
+    return _frozen(weights)
+
+
+def power_to_db(s: np.ndarray, ref=1.0, amin: float = 1e-10,
+                top_db: float | None = 80.0) -> np.ndarray:
+    """``librosa.power_to_db`` for real power: dB re ``ref`` (a value or a function of ``s``,
+    e.g. ``np.max``), floored at ``amin``, clipped ``top_db`` below the peak."""
+    s = np.asarray(s)
+    ref_value = ref(s) if callable(ref) else np.abs(ref)
+    log_spec = 10.0 * np.log10(np.maximum(amin, s))
+    log_spec -= 10.0 * np.log10(np.maximum(amin, ref_value))
+    if top_db is not None:
+        log_spec = np.maximum(log_spec, log_spec.max() - top_db)
+    return log_spec
+
+
+_COSINE_WINDOWS = {"hann": (0.5, 1.0 - 0.5), "hamming": (0.54, 1.0 - 0.54)}  # general_hamming
 
 
 @functools.lru_cache(maxsize=32)
 def analysis_window(name: str, win_length: int) -> np.ndarray:
-    """The analysis window ``librosa.stft`` would build from ``name`` (periodic, float64)."""
-    return _frozen(librosa.filters.get_window(name, win_length, fftbins=True))
+    """The analysis window ``librosa.stft`` would build from ``name``: periodic (``fftbins``),
+    float64. Hann and Hamming as ``scipy.signal.get_window`` computes them; other names through
+    scipy.signal itself."""
+    if name not in _COSINE_WINDOWS:
+        import scipy.signal
+        return _frozen(scipy.signal.get_window(name, win_length, fftbins=True))
+    if win_length <= 1:
+        return _frozen(np.ones(win_length))
+    # scipy.signal.windows.general_cosine over win_length + 1 points, the last dropped
+    fac = np.linspace(-np.pi, np.pi, win_length + 1)
+    w = np.zeros(win_length + 1)
+    for k, a in enumerate(_COSINE_WINDOWS[name]):
+        w += a * np.cos(k * fac)
+    return _frozen(w[:-1])
 
 
 @functools.lru_cache(maxsize=32)
 def _frame_window(name: str, win_length: int, n_fft: int) -> np.ndarray:
     """``analysis_window`` centred in ``n_fft`` samples (as ``librosa.stft`` pads it), float32."""
-    return _frozen(librosa.util.pad_center(analysis_window(name, win_length), size=n_fft)
-                   .astype(np.float32))
+    if win_length > n_fft:
+        raise ValueError(f"win_length={win_length} is longer than n_fft={n_fft}")
+    out = np.zeros(n_fft, dtype=np.float32)
+    lpad = (n_fft - win_length) // 2  # librosa.util.pad_center
+    out[lpad:lpad + win_length] = analysis_window(name, win_length)
+    return _frozen(out)
 
 
 def stft_frames(y: np.ndarray, n_fft: int, hop_length: int, win_length: int,
@@ -62,7 +139,10 @@ def stft_frames(y: np.ndarray, n_fft: int, hop_length: int, win_length: int,
     ``librosa.stft(y, center=True, pad_mode="constant")`` transposed: the signal is zero-padded
     by ``n_fft // 2`` on both sides and framed every ``hop_length`` samples.
     """
-    padded = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
+    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    half = n_fft // 2
+    padded = np.zeros(len(y) + 2 * half, dtype=np.float32)  # np.pad, without its overhead
+    padded[half:half + len(y)] = y
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
     return scipy.fft.rfft(frames * _frame_window(window, win_length, n_fft), axis=-1)
 
@@ -77,15 +157,29 @@ def power_mel(y: np.ndarray, sr: int, n_fft: int, hop_length: int, win_length: i
     return power @ mel_basis(sr, n_fft, n_mels, fmin, fmax).T
 
 
+def savgol_coeffs(width: int, order: int) -> np.ndarray:
+    """``scipy.signal.savgol_coeffs(width, order, deriv=order)`` (odd width, centred, for
+    convolution): least-squares polynomial of degree ``order``, its ``order``-th derivative."""
+    half = width // 2
+    x = np.arange(-half, width - half, dtype=np.float64)[::-1]  # use="conv": reversed
+    powers = x ** np.arange(order + 1).reshape(-1, 1)
+    target = np.zeros(order + 1)
+    target[order] = math.factorial(order)
+    return np.linalg.lstsq(powers, target, rcond=None)[0]
+
+
 @functools.lru_cache(maxsize=8)
 def _delta_filters(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Savitzky-Golay filter of ``librosa.feature.delta`` and its two edge operators.
 
-    The interior is ``savgol_coeffs`` convolved as scipy does. mode="interp" fits a polynomial of
-    degree ``order`` to the first/last ``width`` frames and evaluates its ``order``-th
-    derivative at the edge frames; that is linear in the frames, so it is a fixed matrix.
+    The interior is ``savgol_coeffs`` convolved as ``scipy.ndimage.convolve1d`` does.
+    mode="interp" fits a polynomial of degree ``order`` to the first/last ``width`` frames and
+    evaluates its ``order``-th derivative at the edge frames; that is linear in the frames, so it
+    is a fixed matrix.
     """
-    coeffs = scipy.signal.savgol_coeffs(width, order, deriv=order)
+    if width < 3 or width % 2 == 0:
+        raise ValueError(f"delta: width={width} must be an odd integer >= 3")
+    coeffs = savgol_coeffs(width, order)
     half = width // 2
     fit = np.linalg.pinv(np.vander(np.arange(width, dtype=np.float64), order + 1))
 
@@ -104,17 +198,28 @@ def _delta_filters(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 def delta(data: np.ndarray, order: int = 1, width: int = _DELTA_WIDTH,
           axis: int = -1) -> np.ndarray:
-    """``librosa.feature.delta(data, width=width, order=order, axis=axis)``."""
-    data = np.moveaxis(data, axis, -1)
-    n = data.shape[-1]
+    """``librosa.feature.delta(data, width=width, order=order, axis=axis)``: float32 in, float32
+    out (float64 otherwise), like scipy's ``savgol_filter(mode="interp")`` underneath."""
+    data = np.asarray(data)
+    dtype = data.dtype if data.dtype in (np.float32, np.float64) else np.float64
+    x = np.moveaxis(data, axis, 0)  # frames first: every shifted slice below is contiguous
+    n = x.shape[0]
     if width > n:
         raise ValueError(f"delta: width={width} cannot exceed the {n} frames of the input")
     coeffs, left, right = _delta_filters(width, order)
-    out = scipy.ndimage.convolve1d(data, coeffs, axis=-1, mode="constant")
     half = width // 2
-    out[..., :half] = data[..., :width].astype(np.float64) @ left.T
-    out[..., n - half:] = data[..., n - width:].astype(np.float64) @ right.T
-    return np.moveaxis(out, -1, axis)
+    out = np.empty(x.shape, dtype=dtype)
+    x64 = x.astype(np.float64)  # scipy filters in float64 too
+    acc = np.zeros((n - 2 * half,) + x.shape[1:])
+    tap = np.empty_like(acc)
+    for j, c in enumerate(coeffs):  # interior: the convolution, one shifted slice per tap
+        if c:
+            np.multiply(x64[width - 1 - j:n - j], c, out=tap)
+            acc += tap
+    out[half:n - half] = acc
+    out[:half] = (left @ x64[:width].reshape(width, -1)).reshape((half,) + x.shape[1:])
+    out[n - half:] = (right @ x64[n - width:].reshape(width, -1)).reshape((half,) + x.shape[1:])
+    return np.moveaxis(out, 0, axis)
 
 
 @register("mfcc")
@@ -147,7 +252,7 @@ class MFCC(Extractor):
     def compute(self, y, sr):
         # librosa.feature.mfcc: DCT-II (orthonormal) of the dB mel power spectrogram; time-major
         mel = power_mel(y, sr, self.n_fft, self.hop_length, self.win_length, self.n_mels)
-        m = scipy.fft.dct(librosa.power_to_db(mel), axis=-1, type=2, norm="ortho")
+        m = scipy.fft.dct(power_to_db(mel), axis=-1, type=2, norm="ortho")
         m = m[:, :self.n_mfcc]
         blocks = [m] + [delta(m, order=k, axis=0) for k in range(1, self.deltas + 1)]
         x = np.concatenate(blocks, axis=1)  # (time, coefficient), as the 2D-CNN paper feeds it
@@ -181,7 +286,7 @@ class LogMel(Extractor):
     def compute(self, y, sr):
         s = power_mel(y, sr, self.n_fft, self.hop_length, self.win_length, self.n_mels,
                       self.fmin, self.fmax)
-        return librosa.power_to_db(s, ref=np.max, top_db=self.top_db).T
+        return power_to_db(s, ref=np.max, top_db=self.top_db).T
 
 
 @register("stft")
@@ -210,5 +315,6 @@ class STFT(Extractor):
     def compute(self, y, sr):
         mag = np.abs(stft_frames(y, self.n_fft, self.hop_length, self.win_length, self.window).T)
         if self.scale == "db":
+            import librosa
             return librosa.amplitude_to_db(mag, ref=np.max, top_db=self.top_db)
         return mag

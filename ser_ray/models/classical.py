@@ -11,16 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
-
 from ser_ray.models.base import ModelConfig, check_rank, register_model
+
+# sklearn is imported where an estimator is built: a process that only scores a torch model
+# (every scoring actor) would otherwise pay ~0.9 CPU s importing it at start-up.
 
 VECTOR_HINT = (
     "classical models need one feature vector per example: extract mfcc/logmel with "
@@ -38,7 +32,10 @@ class ClassicalConfig(ModelConfig):
     def estimator(self, n_classes: int):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def build(self, input_shape: tuple[int, ...], n_classes: int) -> Pipeline:
+    def build(self, input_shape: tuple[int, ...], n_classes: int):
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
         check_rank(self, input_shape, (1,), VECTOR_HINT)
         return Pipeline([("scale", StandardScaler()), ("model", self.estimator(n_classes))])
 
@@ -60,6 +57,9 @@ class SVMConfig(ClassicalConfig):
     calibration_folds: int = 5
 
     def estimator(self, n_classes):
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.svm import SVC
+
         svc = SVC(C=self.C, kernel="rbf", gamma=self.gamma, class_weight=self.class_weight,
                   random_state=self.seed)
         if not self.calibration_folds:
@@ -84,6 +84,8 @@ class KNNConfig(ClassicalConfig):
                              f"got {self.metric!r}, {self.weights!r}")
 
     def estimator(self, n_classes):
+        from sklearn.neighbors import KNeighborsClassifier
+
         return KNeighborsClassifier(n_neighbors=self.k, metric=self.metric, weights=self.weights)
 
 
@@ -97,6 +99,8 @@ class MLPConfig(ClassicalConfig):
     epochs: int = 300
 
     def estimator(self, n_classes):
+        from sklearn.neural_network import MLPClassifier
+
         return MLPClassifier(hidden_layer_sizes=self.hidden, alpha=self.alpha,
                              learning_rate_init=self.lr, max_iter=self.epochs, random_state=self.seed)
 
@@ -111,6 +115,8 @@ class LogRegConfig(ClassicalConfig):
     class_weight: str | None = None
 
     def estimator(self, n_classes):
+        from sklearn.linear_model import LogisticRegression
+
         return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
                                   random_state=self.seed)
 
@@ -126,6 +132,8 @@ class RandomForestConfig(ClassicalConfig):
     n_jobs: int = 1
 
     def estimator(self, n_classes):
+        from sklearn.ensemble import RandomForestClassifier
+
         return RandomForestClassifier(n_estimators=self.n_estimators, max_depth=self.max_depth,
                                       class_weight=self.class_weight, n_jobs=self.n_jobs,
                                       random_state=self.seed)
@@ -142,6 +150,8 @@ class GradientBoostingConfig(ClassicalConfig):
     min_samples_leaf: int = 20
 
     def estimator(self, n_classes):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
         return HistGradientBoostingClassifier(max_iter=self.max_iter, learning_rate=self.learning_rate,
                                               max_leaf_nodes=self.max_leaf_nodes,
                                               min_samples_leaf=self.min_samples_leaf,
