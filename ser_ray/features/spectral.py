@@ -139,7 +139,9 @@ def stft_frames(y: np.ndarray, n_fft: int, hop_length: int, win_length: int,
     ``librosa.stft(y, center=True, pad_mode="constant")`` transposed: the signal is zero-padded
     by ``n_fft // 2`` on both sides and framed every ``hop_length`` samples.
     """
-    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:
+        raise ValueError(f"stft: expected mono samples (1-D), got shape {y.shape}")
     half = n_fft // 2
     padded = np.zeros(len(y) + 2 * half, dtype=np.float32)  # np.pad, without its overhead
     padded[half:half + len(y)] = y
