@@ -132,7 +132,8 @@ class ScoreConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     batch_size: int = 256            # analysis windows per forward pass
-    units_per_wave: int = 1024       # units per Ray Data pipeline (the listing streams in waves)
+    units_per_wave: int = 1024       # units per wave of actors (the listing streams in waves)
+    engine: str = "actors"           # actors: a pool of Ray actors | ray_data: map_batches (see README)
     urgency: UrgencyConfig = field(default_factory=UrgencyConfig)
     rescore: bool = False            # also score calls an earlier night scored with this model
     report_top: int = 20             # calls listed in the human report

@@ -1,14 +1,15 @@
 """The scoring plane: a nightly backlog of call recordings -> Parquet reports ranked by urgency.
 
 ``run_score(cfg)`` lists the backlog lazily (folders or ``s3://`` prefixes, recursive), cuts it
-into units of a few calls, and runs the units on Ray Data: ``map_batches`` with an actor pool,
-where each actor loads the model once and, per unit, decodes every call, picks the customer's
-channel, resamples to the model's rate, finds speech (VAD, batched over the unit's calls), cuts
-analysis windows over speech only, extracts the model's features per window and predicts in
-batches. A unit's rows go to a staging area (``_staging/<run_id>/``) as two Parquet files, the
-calls file last: it marks the unit done, so a rerun resumes and a retried task (a worker killed
-mid-run) rewrites the same files rather than adding rows. When every unit is done the run is
-published under ``--output``::
+into units of a few calls, and runs the units on a fixed pool of scoring actors (``engine``:
+``actors``, a pool of Ray actors fed by the driver, the default; or ``ray_data``, Ray Data's
+``map_batches`` over ``ActorPoolStrategy``). Each actor loads the model once and, per unit,
+decodes every call, picks the customer's channel, resamples to the model's rate, finds speech
+(VAD, batched over the unit's calls), cuts analysis windows over speech only, extracts the
+model's features per window and predicts in batches. A unit's rows go to a staging area
+(``_staging/<run_id>/``) as two Parquet files, the calls file last: it marks the unit done, so
+a rerun resumes and a retried task (a worker killed mid-run) rewrites the same files rather
+than adding rows. When every unit is done the run is published under ``--output``::
 
     segments/run_date=D/<run_id>-part-00000.parquet   one row per analysis window
     calls/run_date=D/<run_id>.parquet                   one row per call, ranked by urgency
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -384,7 +386,11 @@ def detect_speech(signals: list[np.ndarray], sr: int, detector: vad.Detector) ->
 
 
 class _ScoreActor:
-    """Ray Data actor: writes the model folder it was sent to a temp dir and loads it once."""
+    """A scoring actor: writes the model folder it was sent to a temp dir and loads it once.
+
+    The same class serves both engines: ``score`` is the method a plain Ray actor is called with,
+    ``__call__`` the batch function Ray Data's ``map_batches`` calls.
+    """
 
     def __init__(self, settings: dict[str, Any], model_ref: list):
         import ray
@@ -396,14 +402,17 @@ class _ScoreActor:
         self.scorer = UnitScorer(settings, self._tmp)
         self.scorer.warm_up()
 
-    def __del__(self):
-        import shutil
-
+    def close(self) -> None:
         shutil.rmtree(getattr(self, "_tmp", ""), ignore_errors=True)
 
+    __del__ = close
+
+    def score(self, unit: str) -> str:
+        """One unit as JSON -> its stats as JSON."""
+        return json.dumps(self.scorer.score_unit(json.loads(unit)))
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = [json.dumps(self.scorer.score_unit(json.loads(u))) for u in batch["unit"]]
-        return {"stats": np.array(out, dtype=object)}
+        return {"stats": np.array([self.score(u) for u in batch["unit"]], dtype=object)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,6 +450,8 @@ def check_config(cfg: ScoreConfig) -> None:
             raise ValueError(f"{name}={v} must be a positive number of seconds")
     if cfg.vad_sample_rate not in (8000, 16000):
         raise ValueError(f"vad_sample_rate={cfg.vad_sample_rate}: silero runs at 8000 or 16000 Hz")
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"engine={cfg.engine!r}: choose {' or '.join(ENGINES)}")
     if cfg.cpus_per_worker <= 0 or cfg.gpus_per_worker < 0:
         raise ValueError("score: cpus_per_worker must be > 0 and gpus_per_worker >= 0")
     opts = dict(cfg.vad)
@@ -570,8 +581,63 @@ def largest_first(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(units, key=lambda u: -sum(max(c["size"], 0) for c in u["calls"]))
 
 
-def _run_wave(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
-              on_done) -> None:
+# A scoring actor killed mid-unit (OOM killer, a lost node) is restarted and its unit retried:
+# a unit rewrites the same staged files, so a retry adds no rows. A unit that kills its actor
+# this many times fails the run, which a rerun resumes from the staged units.
+ACTOR_RETRIES = 3
+
+
+def _wave_actors(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
+                 on_done) -> None:
+    """Units on a fixed pool of Ray actors, one unit in flight per actor, fed as each finishes.
+
+    The driver keeps the queue itself (``ray.wait``): on a small node this costs a fraction of
+    Ray Data's executor, stats and autoscaling actors, which take CPU from the scoring actors
+    (README, "Scoring throughput")."""
+    import ray
+
+    n = _pool_size(cfg, len(units))
+    gpus = {"num_gpus": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
+    actor_cls = ray.remote(_ScoreActor).options(num_cpus=cfg.cpus_per_worker, max_restarts=ACTOR_RETRIES,
+                                                max_task_retries=ACTOR_RETRIES, **gpus)
+    queue = iter(largest_first(units))
+    actors = [actor_cls.remote(settings, [model_ref]) for _ in range(n)]
+    pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
+
+    def feed(actor) -> None:
+        unit = next(queue, None)
+        if unit is not None:
+            pending[actor.score.remote(json.dumps(unit))] = (actor, unit)
+
+    try:
+        for actor in actors:
+            feed(actor)
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            actor, unit = pending.pop(ref)
+            try:
+                stats = json.loads(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                calls = ", ".join(c["uri"] for c in unit["calls"][:3])
+                raise RuntimeError(f"unit {unit['unit_id']} ({len(unit['calls'])} calls: {calls}"
+                                   f"{', ...' if len(unit['calls']) > 3 else ''}) could not be scored: "
+                                   f"{type(exc).__name__}: {exc}\nAn actor killed mid-unit is restarted "
+                                   f"and the unit retried up to {ACTOR_RETRIES} times. Units already done "
+                                   "are staged: rerun the same command to resume.") from exc
+            on_done(stats)
+            feed(actor)
+    finally:
+        try:  # the model's temp folder; a killed actor's is left in the system temp dir
+            ray.get([a.close.remote() for a in actors], timeout=30)
+        except Exception:
+            pass
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _wave_ray_data(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
+                   on_done) -> None:
+    """Units through Ray Data: ``map_batches`` over an actor pool, one unit per batch."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -589,6 +655,10 @@ def _run_wave(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str,
                         num_cpus=cfg.cpus_per_worker, batch_format="numpy", **gpus)
     for row in ds.iter_rows():
         on_done(json.loads(row["stats"]))
+
+
+# How a wave of units runs (ScoreConfig.engine). Both give the same rows; see README.
+ENGINES = {"actors": _wave_actors, "ray_data": _wave_ray_data}
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
@@ -661,7 +731,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
 
     def flush() -> None:
         if todo:
-            _run_wave(cfg, todo, settings, model_ref, record)
+            ENGINES[cfg.engine](cfg, todo, settings, model_ref, record)
             todo.clear()
 
     for unit in iter_units(fresh_calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20), material):

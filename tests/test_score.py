@@ -222,6 +222,41 @@ def test_a_killed_worker_loses_and_duplicates_nothing(scored, score_model, backl
                                   _frame(read_segments(scored["out"]), ["call_id", "start_s"]))
 
 
+def test_the_ray_data_engine_publishes_the_same_rows(scored, score_model, backlog, tmp_path):
+    """engine=ray_data (map_batches over an actor pool) and the default actor pool: same night,
+    same rows, and every scoring actor's model folder is removed at the end."""
+    import glob
+    import tempfile
+
+    assert scored["run"]["config"]["engine"] == "actors"
+    models = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "ser-ray-model-*")))  # noqa: E731
+    before = models()
+    out = tmp_path / "ray-data"
+    run = run_score(_config(score_model, [backlog["folder"]], out, metadata=str(backlog["metadata"]),
+                            engine="ray_data"), progress=False)
+    assert run["config"]["engine"] == "ray_data" and run["counts"] == scored["run"]["counts"]
+    pd.testing.assert_frame_equal(_frame(read_calls(out), SORT), _frame(read_calls(scored["out"]), SORT))
+    pd.testing.assert_frame_equal(_frame(read_segments(out), ["call_id", "start_s"]),
+                                  _frame(read_segments(scored["out"]), ["call_id", "start_s"]))
+    run_score(_config(score_model, [backlog["folder"]], tmp_path / "actors"), progress=False)
+    assert models() <= before
+
+
+def test_a_model_the_actors_cannot_load_fails_the_run_naming_the_unit(ray_session, score_model, backlog,
+                                                                       tmp_path):
+    from ser_ray.artifact import WEIGHTS
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(score_model, broken)
+    weights = [broken / w for w in WEIGHTS.values() if (broken / w).exists()]
+    assert weights
+    for w in weights:
+        w.write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match=r"(?s)unit [0-9a-f]{20} \(4 calls: .*\) could not be scored.*rerun"):
+        run_score(_config(broken, [backlog["folder"]], tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out" / "calls").exists()  # nothing published for a failed run
+
+
 # --------------------------------------------------------------------------- faults and limits
 
 def test_caps_and_unreadable_files_get_a_status(ray_session, score_model, tmp_path):
@@ -251,6 +286,8 @@ def test_bad_arguments_are_clear_errors(score_model, tmp_path):
         check_config(_config(score_model, [tmp_path], tmp_path / "o", customer_channel="middle"))
     with pytest.raises(ValueError, match="unknown vad"):
         check_config(_config(score_model, [tmp_path], tmp_path / "o", vad={"name": "webrtc"}))
+    with pytest.raises(ValueError, match="engine='spark': choose actors or ray_data"):
+        check_config(_config(score_model, [tmp_path], tmp_path / "o", engine="spark"))
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         resolve_run_date("22/11/2026")
     with pytest.raises(FileNotFoundError, match="model"):
