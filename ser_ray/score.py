@@ -587,20 +587,18 @@ def largest_first(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
 ACTOR_RETRIES = 3
 
 
-def _wave_actors(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
-                 on_done) -> None:
-    """Units on a fixed pool of Ray actors, one unit in flight per actor, fed as each finishes.
+def _wave_actors(units: list[dict[str, Any]], n: int, resources: dict[str, float], settings: dict[str, Any],
+                 model_ref, on_done) -> None:
+    """Units on a fixed pool of ``n`` Ray actors, one unit in flight per actor, fed as each finishes.
 
     The driver keeps the queue itself (``ray.wait``): on a small node this costs a fraction of
     Ray Data's executor, stats and autoscaling actors, which take CPU from the scoring actors
     (README, "Scoring throughput")."""
     import ray
 
-    n = _pool_size(cfg, len(units))
-    gpus = {"num_gpus": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
-    actor_cls = ray.remote(_ScoreActor).options(num_cpus=cfg.cpus_per_worker, max_restarts=ACTOR_RETRIES,
-                                                max_task_retries=ACTOR_RETRIES, **gpus)
-    queue = iter(largest_first(units))
+    actor_cls = ray.remote(_ScoreActor).options(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES,
+                                                **resources)
+    queue = iter(units)
     actors = [actor_cls.remote(settings, [model_ref]) for _ in range(n)]
     pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
 
@@ -635,30 +633,38 @@ def _wave_actors(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[s
             ray.kill(actor)
 
 
-def _wave_ray_data(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
-                   on_done) -> None:
-    """Units through Ray Data: ``map_batches`` over an actor pool, one unit per batch."""
+def _wave_ray_data(units: list[dict[str, Any]], n: int, resources: dict[str, float], settings: dict[str, Any],
+                   model_ref, on_done) -> None:
+    """Units through Ray Data: ``map_batches`` over a pool of ``n`` actors, one unit per batch."""
     import ray
     from ray.data import ActorPoolStrategy
 
     from ser_ray.training import quiet_data_progress
 
     quiet_data_progress()
-    n = _pool_size(cfg, len(units))
-    units = largest_first(units)
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
-    gpus = {"num_gpus": cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
     ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs={"settings": settings, "model_ref": [model_ref]},
                         # Every actor from the start, one unit each at a time: a unit is minutes of
                         # audio, so queueing a second one on a busy actor only starves the others.
                         compute=ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1), batch_size=1,
-                        num_cpus=cfg.cpus_per_worker, batch_format="numpy", **gpus)
+                        batch_format="numpy", **resources)
     for row in ds.iter_rows():
         on_done(json.loads(row["stats"]))
 
 
 # How a wave of units runs (ScoreConfig.engine). Both give the same rows; see README.
 ENGINES = {"actors": _wave_actors, "ray_data": _wave_ray_data}
+
+
+def _run_wave(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
+              on_done) -> None:
+    """One wave on the configured engine: pool size, per-actor resources and unit order are the
+    same for every engine."""
+    resources = {"num_cpus": cfg.cpus_per_worker}
+    if cfg.gpus_per_worker:
+        resources["num_gpus"] = cfg.gpus_per_worker
+    ENGINES[cfg.engine](largest_first(units), _pool_size(cfg, len(units)), resources, settings,
+                        model_ref, on_done)
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
@@ -731,7 +737,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
 
     def flush() -> None:
         if todo:
-            ENGINES[cfg.engine](cfg, todo, settings, model_ref, record)
+            _run_wave(cfg, todo, settings, model_ref, record)
             todo.clear()
 
     for unit in iter_units(fresh_calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20), material):
