@@ -259,16 +259,30 @@ class ActorMonitor(Monitor):
                       reverse=True)
 
 
-def _scoring_actors(psutil, me) -> list:
+def _ray_workers(psutil, me, match) -> list:
+    """This process's Ray worker descendants whose title (``ray::...``) ``match`` accepts."""
     procs = []
     for p in me.children(recursive=True):
         try:
             cmd = p.cmdline()
         except psutil.Error:
             continue
-        if cmd and cmd[0].startswith("ray::") and "_ScoreActor" in cmd[0]:
+        if cmd and cmd[0].startswith("ray::") and match(cmd[0]):
             procs.append(p)
     return procs
+
+
+def _scoring_actors(psutil, me) -> list:
+    return _ray_workers(psutil, me, lambda title: "_ScoreActor" in title)
+
+
+def _wait_gone(match, max_s: float) -> float:
+    """Wait (at most ``max_s``) until no Ray worker ``match`` accepts is alive; -> seconds."""
+    psutil = _psutil()
+    me, t0 = psutil.Process(), time.perf_counter()
+    while _ray_workers(psutil, me, match) and time.perf_counter() - t0 < max_s:
+        time.sleep(0.1)
+    return time.perf_counter() - t0
 
 
 def wait_actors_gone(max_s: float = 60.0) -> float:
@@ -276,11 +290,7 @@ def wait_actors_gone(max_s: float = 60.0) -> float:
 
     A finished run's actors take seconds (and about a core) to exit; a run measured meanwhile
     would pay for them."""
-    psutil = _psutil()
-    me, t0 = psutil.Process(), time.perf_counter()
-    while _scoring_actors(psutil, me) and time.perf_counter() - t0 < max_s:
-        time.sleep(0.1)
-    return time.perf_counter() - t0
+    return _wait_gone(lambda title: "_ScoreActor" in title, max_s)
 
 
 # Ray Data's detached helpers (name, namespace). A Ray Data run starts them and they stay for the
@@ -300,22 +310,9 @@ def drop_ray_data_actors(max_s: float = 30.0) -> None:
             ray.kill(ray.get_actor(name, namespace=namespace))
         except ValueError:  # not started in this session
             pass
-    psutil = _psutil()
-    me, t0 = psutil.Process(), time.perf_counter()
     titles = tuple(f"ray::{t}" for t in ("_StatsActor", "_AutoscalingCoordinatorActor",
                                           "ActorLocationTracker"))
-
-    def alive() -> bool:
-        for p in me.children(recursive=True):
-            try:
-                if p.cmdline() and p.cmdline()[0].startswith(titles):
-                    return True
-            except psutil.Error:
-                continue
-        return False
-
-    while alive() and time.perf_counter() - t0 < max_s:
-        time.sleep(0.1)
+    _wait_gone(lambda title: title.startswith(titles), max_s)
 
 
 def measure(label: str, fn) -> tuple[Monitor, Any]:
