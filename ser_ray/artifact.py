@@ -5,7 +5,11 @@ A model dir holds::
     model.json                 format_version, name, kind, config, input_shape, n_classes, weights, extra
     weights.safetensors        torch state_dict (no pickle)   | model.joblib (classical sklearn pipeline)
     features.json              extractor configs, audio config, how features were combined
-    normalisation.safetensors  optional "mean" / "std" float32 arrays broadcastable to input_shape
+    normalisation.safetensors  optional "mean" / "std" float32 arrays broadcastable to input_shape,
+                               applied to every input; a model trained with speaker or corpus
+                               normalisation also keeps "population_mean" / "population_std", the
+                               pooled statistics of its raw training rows (the scoring job's
+                               fallback reference population, see ``ser_ray.score``)
     labels.json                class names; model output i is labels[i]
     metrics.json               evaluation metrics ({} when none)
     versions.json              python, numpy, torch, sklearn, safetensors, ser_ray
@@ -41,7 +45,7 @@ FORMAT_VERSION = 1
 WEIGHTS = {"torch": "weights.safetensors", "classical": "model.joblib"}
 REQUIRED = ("model.json", "features.json", "normalisation.safetensors", "labels.json", "metrics.json",
             "versions.json")
-NORMALISATION_KEYS = ("mean", "std")
+NORMALISATION_KEYS = ("mean", "std", "population_mean", "population_std")
 
 
 @dataclass
@@ -58,12 +62,15 @@ class Predictor:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # what the trainer stored (fold, speakers, history)
+    trained_classes: tuple[int, ...] | None = None  # label indices seen in training; None = all
     batch_size: int = 256
 
     def __post_init__(self):
         # float32 statistics, as stored, so an in-memory Predictor matches a loaded one bit for bit.
         self.normalisation = {k: np.asarray(v, dtype=np.float32) for k, v in self.normalisation.items()}
         self.input_shape = tuple(self.input_shape)
+        if self.trained_classes is not None:
+            self.trained_classes = tuple(int(c) for c in self.trained_classes)
 
     def prepare(self, X) -> np.ndarray:
         """Check X is (n, *input_shape) and apply the stored mean/std; float32."""
@@ -80,22 +87,31 @@ class Predictor:
         return X.astype(np.float32, copy=False)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, float32 (n, len(labels)); columns follow :attr:`labels`."""
+        """Class probabilities, float32 (n, len(labels)); column i is ``labels[i]``.
+
+        The one predict path of ser-ray: cv, tune, train, evaluate and score all call it. A class
+        the model never saw in training (a cross-corpus fold, a small speaker fold) gets
+        probability 0: sklearn gives it no column, and a torch model's output for it is masked.
+        """
         X = self.prepare(X)
+        out = np.zeros((len(X), len(self.labels)), dtype=np.float32)
+        if not len(X):
+            return out
         if self.kind == "classical":
-            # Classes absent from the training split get no column from sklearn: put them back at 0.
-            out = np.zeros((len(X), len(self.labels)), dtype=np.float32)
-            if len(X):
-                out[:, np.asarray(self.model.classes_, dtype=int)] = self.model.predict_proba(X)
+            # sklearn's columns follow estimator.classes_ (the label indices it saw), not labels.
+            out[:, np.asarray(self.model.classes_, dtype=int)] = self.model.predict_proba(X)
             return out
         self.model.eval()
         device = next(self.model.parameters()).device
-        parts = [np.zeros((0, len(self.labels)), dtype=np.float32)]
         with torch.no_grad():
             for i in range(0, len(X), self.batch_size):
                 logits = self.model(torch.from_numpy(X[i : i + self.batch_size]).to(device))
-                parts.append(torch.softmax(logits, dim=1).cpu().numpy())
-        return np.concatenate(parts).astype(np.float32, copy=False)
+                if self.trained_classes is not None and len(self.trained_classes) < len(self.labels):
+                    unseen = torch.ones(len(self.labels), dtype=torch.bool, device=device)
+                    unseen[list(self.trained_classes)] = False
+                    logits = logits.masked_fill(unseen, float("-inf"))
+                out[i : i + self.batch_size] = torch.softmax(logits, dim=1).cpu().numpy()
+        return out
 
     def predict(self, X) -> list[str]:
         """Most probable label of each example."""
@@ -114,6 +130,7 @@ def save_model_dir(
     normalisation: dict[str, np.ndarray] | None = None,
     metrics: dict | None = None,
     extra: dict | None = None,
+    trained_classes: list[int] | tuple[int, ...] | None = None,
 ) -> Path:
     """Write a model dir at ``path`` atomically (temp dir, then rename); returns ``path``.
 
@@ -141,6 +158,7 @@ def save_model_dir(
         os.chmod(tmp, 0o755)
         meta = {"format_version": FORMAT_VERSION, "name": model_name, "kind": kind, "config": config,
                 "input_shape": list(input_shape), "n_classes": len(labels), "weights": WEIGHTS[kind],
+                "trained_classes": None if trained_classes is None else [int(c) for c in trained_classes],
                 "extra": extra or {}}
         _write_json(tmp / "model.json", meta)
         _write_json(tmp / "features.json", feature_config)
@@ -206,8 +224,20 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor
         feature_config=json.loads((path / "features.json").read_text()),
         normalisation=load_numpy(str(path / "normalisation.safetensors")),
         config=meta["config"], metrics=json.loads((path / "metrics.json").read_text()),
-        extra=meta.get("extra") or {},
+        extra=meta.get("extra") or {}, trained_classes=meta.get("trained_classes"),
     )
+
+
+def save_predictor(path: str | os.PathLike, predictor: Predictor, *, metrics: dict | None = None,
+                   extra: dict | None = None) -> Path:
+    """Write an in-memory :class:`Predictor` (a fitted fold, a trained model) as a model dir;
+    :func:`load_predictor` gives back one that predicts the same probabilities."""
+    return save_model_dir(
+        path, model_name=predictor.model_name, model_config=predictor.config,
+        input_shape=predictor.input_shape, labels=predictor.labels, model=predictor.model,
+        feature_config=predictor.feature_config, normalisation=predictor.normalisation,
+        metrics=metrics, extra={**predictor.extra, **(extra or {})},
+        trained_classes=predictor.trained_classes)
 
 
 def versions() -> dict[str, str]:

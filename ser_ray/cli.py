@@ -100,8 +100,9 @@ def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -
                    help="output folder(s) of `ser-ray prepare`; several are concatenated "
                         "(e.g. one per corpus for --protocol cross-corpus)")
     p.add_argument("--feature-set", type=_csv, dest="features", metavar="NAME[,NAME]",
-                   help="feature table(s) to learn from (default mfcc); several 1-D vectors "
-                        "are concatenated, e.g. egemaps,handcrafted173")
+                   help="feature table(s) to learn from (default: the one table the folder "
+                        "holds; with several, name one); several 1-D vectors are "
+                        "concatenated, e.g. egemaps,handcrafted173")
     p.add_argument("--model", required=model_required,
                    help="registered model (svm, knn, logreg, cnn1d, cnn2d_smote, lstm_v2, ...)")
     _config_args(p, "YAML LearnConfig (see configs/)", "--set balance=smote "
@@ -114,12 +115,22 @@ def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -
 
 
 def learn_config(args: argparse.Namespace, **extra):
-    from ser_ray.config import LearnConfig
+    """The resolved LearnConfig; ``features`` left unset becomes the one table ``--features``
+    holds (several tables: an error naming them)."""
+    import dataclasses
 
-    return config_mod.load(
+    from ser_ray.config import LearnConfig
+    from ser_ray.data import resolve_feature_set
+
+    cfg = config_mod.load(
         LearnConfig, args.config, args.set, features=args.features, model=args.model,
         label_set=args.label_set, seed=args.seed, num_workers=args.num_workers,
         use_gpu=args.use_gpu, **extra)
+    if not cfg.features:
+        cfg = dataclasses.replace(cfg, features=resolve_feature_set(args.roots, cfg.features))
+        print(f"ser-ray: learning from feature table {cfg.features[0]!r} (the only one in "
+              f"--features)", file=sys.stderr)
+    return cfg
 
 
 def _load_data(args: argparse.Namespace, cfg):

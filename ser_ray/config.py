@@ -78,7 +78,8 @@ class AugmentConfig:
 class LearnConfig:
     """One training configuration: data, model, training-side treatment, protocol, resources."""
 
-    features: tuple[str, ...] = ("mfcc",)   # one feature, or several 1-D vectors concatenated
+    features: tuple[str, ...] = ()           # () = the one table the prepared folder holds;
+                                            # or one feature, or several 1-D vectors concatenated
     label_set: str | None = None            # re-map labels at learning time (e.g. iemocap4)
     frames: int | None = None               # time frames of ragged 2-D features; None = median
     model: str = "cnn1d"
@@ -109,6 +110,23 @@ class LearnConfig:
 
 
 @dataclass(frozen=True)
+class ScoreNormalisation:
+    """How ``score`` standardises windows for a model trained with ``speaker`` or ``corpus``
+    normalisation (a ``global`` model uses its training statistics and ignores this).
+
+    Training standardised each speaker (corpus) by the statistics of many of its utterances.
+    A scoring run stands a population of calls in for that group; one call alone would be
+    standardised against itself, which erases the differences between calls that the urgency
+    rank is for (README, "How scoring normalises").
+    """
+
+    reference: str = "run"          # run: the run's calls | training: the training population |
+                                    # call: each call by itself (removes between-call differences)
+    group_by: str | None = None     # metadata column (queue, line, site): one population per value
+    min_calls: int = 20             # a population of fewer calls falls back: group -> run -> training
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """The nightly ``score`` job: a backlog of call recordings -> segments/, calls/, runs/, reports/."""
 
@@ -135,6 +153,7 @@ class ScoreConfig:
     units_per_wave: int = 1024       # units per wave of actors (the listing streams in waves)
     engine: str = "actors"           # actors: a pool of Ray actors | ray_data: map_batches (see README)
     urgency: UrgencyConfig = field(default_factory=UrgencyConfig)
+    normalisation: ScoreNormalisation = field(default_factory=ScoreNormalisation)
     rescore: bool = False            # also score calls an earlier night scored with this model
     report_top: int = 20             # calls listed in the human report
     s3: S3Config = field(default_factory=S3Config)

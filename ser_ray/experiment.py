@@ -20,7 +20,7 @@ import pandas as pd
 from ser_ray import balance, splits
 from ser_ray.config import LearnConfig
 from ser_ray.data import (FeatureData, NORMALISE_GROUPS, fix_frames,
-                          group_standardise, moments)
+                          group_standardise, moments, standardise)
 from ser_ray.metrics import aggregate, compute_metrics
 
 
@@ -40,15 +40,18 @@ def is_torch(model: str) -> bool:
 
 @dataclass
 class Prepared:
-    """A fold's model inputs after augmentation, normalisation and balancing."""
+    """A fold's model inputs after augmentation, normalisation and balancing.
+
+    The test side is not here: its rows go untouched to :func:`predict_rows`, which normalises
+    them as every other prediction is normalised (the statistics in ``norm``).
+    """
 
     X_train: np.ndarray
     y_train: np.ndarray
     meta_train: pd.DataFrame                 # one row per training row (synthetic SMOTE: source_id "")
     X_val: np.ndarray
     y_val: np.ndarray
-    X_test: np.ndarray
-    norm: dict[str, np.ndarray]              # global statistics fitted on X_train
+    norm: dict[str, np.ndarray]              # statistics fitted on the training rows only
     class_weights: np.ndarray | None
 
 
@@ -98,11 +101,19 @@ def _group_norm(X: np.ndarray, meta: pd.DataFrame, cfg: LearnConfig, time_axis) 
 
 
 def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
-                 test_idx: np.ndarray, cfg: LearnConfig, augmenter: Augmenter | None,
-                 classical: bool) -> Prepared:
-    """Apply augmentation, normalisation and balancing, fitted on ``train_idx`` rows only."""
+                 cfg: LearnConfig, augmenter: Augmenter | None, classical: bool) -> Prepared:
+    """Apply augmentation, normalisation and balancing, fitted on ``train_idx`` rows only.
+
+    ``norm`` holds ``mean``/``std`` (torch models: the global stage, fitted after any group
+    stage) and, for ``speaker``/``corpus`` normalisation, ``population_mean``/``population_std``:
+    the pooled statistics of the raw training rows, which a scoring run falls back to when it
+    has too few calls of its own to form a reference population.
+    """
     time_axis = data.feature_config.get("time_axis")
     X_tr, meta_tr = data.X[train_idx], data.meta.iloc[train_idx].reset_index(drop=True)
+    norm: dict[str, np.ndarray] = {}
+    if NORMALISE_GROUPS[cfg.normalise] is not None:
+        norm["population_mean"], norm["population_std"] = moments(X_tr, time_axis)
     if augmenter is not None and cfg.augment.variant != "none":
         X_aug, meta_aug = augmenter.rows_for(set(meta_tr["source_id"]))
         if cfg.augment.variant == "augmented":
@@ -114,12 +125,9 @@ def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
     y_tr = meta_tr["label"].map(index).to_numpy(np.int64)
     X_tr = _group_norm(X_tr, meta_tr, cfg, time_axis)
     X_val = _group_norm(data.X[val_idx], data.meta.iloc[val_idx], cfg, time_axis)
-    X_te = _group_norm(data.X[test_idx], data.meta.iloc[test_idx], cfg, time_axis)
-    norm: dict[str, np.ndarray] = {}
     if cfg.normalise != "none" and not classical:  # classical pipelines scale inside fit
-        mean, std = moments(X_tr, time_axis)
-        norm = {"mean": mean, "std": std}
-        X_tr, X_val, X_te = ((x - mean) / std for x in (X_tr, X_val, X_te))
+        norm["mean"], norm["std"] = moments(X_tr, time_axis)
+        X_tr, X_val = (standardise(x, norm["mean"], norm["std"]) for x in (X_tr, X_val))
     weights = None
     if balance.get_sampler(cfg.balance).weighted_loss:
         weights = balance.class_weights(y_tr, len(data.labels))
@@ -128,7 +136,7 @@ def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
         meta_tr = meta_tr.iloc[np.maximum(origin, 0)].reset_index(drop=True)
         meta_tr.loc[origin < 0, "source_id"] = ""
     return Prepared(X_tr.astype(np.float32), y_tr, meta_tr, X_val.astype(np.float32),
-                    data.y[val_idx], X_te.astype(np.float32), norm, weights)
+                    data.y[val_idx], norm, weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,44 +145,54 @@ def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
 
 @dataclass
 class Fitted:
-    """A trained model and what is needed to use it on new rows."""
+    """A trained model as the :class:`~ser_ray.artifact.Predictor` that every prediction goes
+    through (the same object a saved model dir loads as), and its training history."""
 
-    model: Any                   # torch module (eval mode) or sklearn estimator
-    torch: bool
-    norm: dict[str, np.ndarray]
+    predictor: Any               # ser_ray.artifact.Predictor
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        if self.torch:
-            from ser_ray.training import predict_torch
+    @property
+    def model(self) -> Any:      # torch module (eval mode) or sklearn estimator
+        return self.predictor.model
 
-            return predict_torch(self.model, X)
-        return self.model.predict_proba(X)
+    @property
+    def norm(self) -> dict[str, np.ndarray]:
+        return self.predictor.normalisation
 
 
 def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
         run_name: str, callbacks: Sequence[Any] = ()) -> Fitted:
     """Fit ``cfg.model`` on prepared training rows (validation rows stop torch training)."""
-    from ser_ray.models import build_model
+    from ser_ray.artifact import Predictor
+    from ser_ray.models import build_model, get_model_spec, model_config
 
-    shape = data.X.shape[1:]
+    shape = tuple(data.X.shape[1:])
+    history: list[dict[str, float]] = []
     if not is_torch(cfg.model):
-        est = build_model(cfg.model, shape, len(data.labels), **cfg.model_options)
+        model = build_model(cfg.model, shape, len(data.labels), **cfg.model_options)
         kwargs = {}
         if p.class_weights is not None:
-            kwargs = {est.steps[-1][0] + "__sample_weight": p.class_weights[p.y_train]}
-        est.fit(p.X_train, p.y_train, **kwargs)
-        return Fitted(est, False, p.norm)
-    from ser_ray.training import fit_torch, load_torch_model
+            kwargs = {model.steps[-1][0] + "__sample_weight": p.class_weights[p.y_train]}
+        model.fit(p.X_train, p.y_train, **kwargs)
+    else:
+        from ser_ray.training import fit_torch, load_torch_model
 
-    tf = fit_torch(cfg.model, cfg.model_options, shape, len(data.labels),
-                   (p.X_train, p.y_train), (p.X_val, p.y_val), storage_path=storage_path,
-                   run_name=run_name, seed=cfg.seed, class_weights=p.class_weights,
-                   num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                   cpus_per_worker=cfg.cpus_per_worker, callbacks=callbacks)
-    module = load_torch_model(cfg.model, cfg.model_options, shape, len(data.labels),
-                              tf.state_dict)
-    return Fitted(module, True, p.norm, tf.history)
+        tf = fit_torch(cfg.model, cfg.model_options, shape, len(data.labels),
+                       (p.X_train, p.y_train), (p.X_val, p.y_val), storage_path=storage_path,
+                       run_name=run_name, seed=cfg.seed, class_weights=p.class_weights,
+                       num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                       cpus_per_worker=cfg.cpus_per_worker, callbacks=callbacks)
+        model = load_torch_model(cfg.model, cfg.model_options, shape, len(data.labels),
+                                 tf.state_dict)
+        history = tf.history
+    predictor = Predictor(
+        model_name=cfg.model, kind=get_model_spec(cfg.model).kind, model=model,
+        labels=list(data.labels), input_shape=shape,
+        feature_config={**data.feature_config, "normalise": cfg.normalise},
+        normalisation=p.norm,
+        config=dataclasses.asdict(model_config(cfg.model, **cfg.model_options)),
+        trained_classes=tuple(sorted(int(c) for c in np.unique(p.y_train))))
+    return Fitted(predictor, history)
 
 
 def best_epoch(history: list[dict[str, float]]) -> int | None:
@@ -233,11 +251,12 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
     results, fold_rows, preds = [], [], {"y": [], "p": []}
     t0 = time.time()
     for k, (fold, tr, va) in enumerate(plans):
-        p = prepare_fold(data, tr, va, fold.test, cfg, augmenter, not is_torch(cfg.model))
+        p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
         fitted = fit(data, p, cfg, storage_path=work_dir / "train", run_name=f"fold{fold.index}")
         test_meta = data.meta.iloc[fold.test].reset_index(drop=True)
-        _, proba, y_true = utterance_level(test_meta, fitted.predict_proba(p.X_test),
-                                           data.y[fold.test])
+        _, proba, y_true = utterance_level(
+            test_meta, predict_rows(fitted.predictor, data.X[fold.test], test_meta),
+            data.y[fold.test])
         m = compute_metrics(y_true, proba.argmax(1), data.labels)
         row = {"name": fold.name, "index": fold.index, "ua": m["ua"], "wa": m["wa"],
                "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
@@ -309,11 +328,8 @@ class NoisySets:
         for snr, (X, meta) in self.sets.items():
             keep = meta["source_id"].isin(test_sources).to_numpy()
             Xs, ms = X[keep], meta[keep].reset_index(drop=True)
-            Xs = _group_norm(Xs, ms, cfg, self.data.feature_config.get("time_axis"))
-            if fitted.norm:
-                Xs = (Xs - fitted.norm["mean"]) / fitted.norm["std"]
             y = ms["label"].map(index).to_numpy(np.int64)
-            _, proba, y_true = utterance_level(ms, fitted.predict_proba(Xs.astype(np.float32)), y)
+            _, proba, y_true = utterance_level(ms, predict_rows(fitted.predictor, Xs, ms), y)
             m = compute_metrics(y_true, proba.argmax(1), self.data.labels)
             out[str(snr)] = {"ua": m["ua"], "wa": m["wa"]}
         return out
@@ -328,29 +344,25 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit on every row (torch models hold out ``validation_fraction`` of the speakers for early
     stopping and report on them) and save a model artifact in ``out_dir``."""
-    from ser_ray.artifact import save_model_dir
+    from ser_ray.artifact import save_predictor
     from ser_ray.config import to_dict
-    from ser_ray.models import model_config
 
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
     tr, va = _val_split(data, np.arange(len(data)), cfg)
     augmenter = make_augmenter(data, cfg, [tr])
-    p = prepare_fold(data, tr, va, va, cfg, augmenter, not is_torch(cfg.model))
+    p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
     fitted = fit(data, p, cfg, storage_path=work_dir, run_name="train", callbacks=callbacks)
     metrics: dict[str, Any] = {"n_train": int(len(p.y_train)), "validation": None}
     if len(va):
-        _, proba, y_true = utterance_level(data.meta.iloc[va].reset_index(drop=True),
-                                           fitted.predict_proba(p.X_test), data.y[va])
+        val_meta = data.meta.iloc[va].reset_index(drop=True)
+        _, proba, y_true = utterance_level(
+            val_meta, predict_rows(fitted.predictor, data.X[va], val_meta), data.y[va])
         metrics["validation"] = {**compute_metrics(y_true, proba.argmax(1), data.labels),
                                  "speakers": sorted(set(data.meta["speaker"].iloc[va]))}
         metrics["best_epoch"] = best_epoch(fitted.history)
-    feature_config = {**data.feature_config, "normalise": cfg.normalise}
-    save_model_dir(
-        out_dir, model_name=cfg.model,
-        model_config=dataclasses.asdict(model_config(cfg.model, **cfg.model_options)),
-        input_shape=tuple(data.X.shape[1:]), labels=data.labels, model=fitted.model,
-        feature_config=feature_config, normalisation=fitted.norm or None, metrics=metrics,
+    save_predictor(
+        out_dir, fitted.predictor, metrics=metrics,
         extra={"config": to_dict(cfg), "seed": cfg.seed, "history": fitted.history,
                "train_speakers": sorted(set(data.meta["speaker"].iloc[tr])),
                "validation_speakers": sorted(set(data.meta["speaker"].iloc[va])),
@@ -360,12 +372,15 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
 
 
 def predict_rows(predictor, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
-    """Class probabilities of a loaded model for rows prepared like its training rows."""
+    """Class probabilities (columns in ``predictor.labels`` order) of labelled rows: each
+    speaker's or corpus's rows standardised by their own statistics, as the model's training
+    rows were, then :meth:`Predictor.predict_proba`. cv folds, noisy test sets, a trained
+    model's validation speakers and ``evaluate`` all predict through here."""
     fc = predictor.feature_config
     col = NORMALISE_GROUPS[fc.get("normalise", "global")]
-    if col is not None:
+    if col is not None and len(X):
         X = group_standardise(X, meta[col].to_numpy(), fc.get("time_axis"))
-    return predictor.predict_proba(X.astype(np.float32))
+    return predictor.predict_proba(X)
 
 
 def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | Path

@@ -190,6 +190,7 @@ def calls_schema(labels: Sequence[str]) -> pa.Schema:
         ("format", pa.string()), ("channel", pa.string()), ("n_segments", pa.int32()),
         *[(f"share_{lab}", pa.float64()) for lab in labels],
         *[(name, pa.float64()) for name in SUMMARY_FLOATS],
+        ("normalised_by", pa.string()),  # the statistics its windows were standardised with
         ("model_id", pa.string()), ("model_hash", pa.string()), ("run_id", pa.string()),
     ])
 
@@ -234,8 +235,7 @@ class UnitScorer:
         self.vad_sr = settings["vad_sample_rate"] if self.detector.name == "silero" else self.sr
         self.storage = io.Storage(from_dict(S3Config, settings["s3"]))
         self.urgency = from_dict(UrgencyConfig, settings["urgency"])
-        self.group_col = {"speaker": True, "corpus": True}.get(
-            self.predictor.feature_config.get("normalise", "global"), False)
+        self.reference = Reference(settings["reference"], self.predictor)
         self.seg_schema, self.call_schema = segments_schema(self.labels), calls_schema(self.labels)
 
     def warm_up(self) -> None:
@@ -257,8 +257,8 @@ class UnitScorer:
                 "status": None, "reason": None, "duration_s": None, "sample_rate": None,
                 "channels": None, "format": None, "channel": None, "n_segments": 0,
                 **{f"share_{lab}": None for lab in self.labels}, **{k: None for k in SUMMARY_FLOATS},
-                "model_id": self.s["model_id"], "model_hash": self.s["model_hash"],
-                "run_id": self.s["run_id"]}
+                "normalised_by": None, "model_id": self.s["model_id"],
+                "model_hash": self.s["model_hash"], "run_id": self.s["run_id"]}
 
     def load(self, call: dict[str, Any], row: dict[str, Any]) -> np.ndarray | None:
         """Read, decode and condition one call -> mono float32 at the model's rate, or None with
@@ -294,10 +294,48 @@ class UnitScorer:
     # -- one unit -------------------------------------------------------------------------
     def score_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
         """Score every call of ``unit``, stage its rows, return counts (status -> n, audio_s,
-        seconds of work, worker pid)."""
+        seconds of work, worker pid).
+
+        ``unit["phase"]``: ``score`` (default) does it all in one go; a run whose model needs
+        the statistics of the run's calls (``Reference``) does ``extract`` first (windows and
+        features staged with each call's moments) and ``predict`` once every unit is extracted.
+        """
+        t0 = time.perf_counter()
+        phase = unit.get("phase", "score")
+        if phase == "predict":
+            rows, windows = self._read_extract(unit)
+        else:
+            rows, windows = self._extract(unit)
+        if phase == "extract":
+            return self._stage_extract(unit, rows, windows, t0)
+        seg_tables = []
+        groups = unit.get("groups") or {}
+        for i, (X, spans) in sorted(windows.items()):
+            row = rows[i]
+            try:
+                seg_tables.append(self._predict_call(X, spans, row, groups.get(row["call_id"], "")))
+            except Exception as exc:
+                row["status"], row["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
+            windows[i] = None
+        segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
+        calls = pa.Table.from_pylist(rows, self.call_schema)
+        base = unit_dir(self.s["staging"], unit["unit_id"], self.reference.key)
+        # Segments first: the calls file marks the unit done.
+        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segs))
+        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls))
+        return self._stats(unit, rows, t0)
+
+    def _stats(self, unit: dict[str, Any], rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+        status = Counter(r["status"] for r in rows)
+        return {"unit_id": unit["unit_id"], "calls": len(rows), "status": dict(status),
+                "audio_s": float(sum(r["duration_s"] or 0.0 for r in rows if r["status"] in (SCORED, NO_SPEECH))),
+                "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+
+    def _extract(self, unit: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, tuple]]:
+        """Decode, VAD, windows and features of a unit's calls -> (call rows, {call position:
+        (X, spans)}); a call without windows has its status set in its row already."""
         from ser_ray import audio
 
-        t0 = time.perf_counter()
         rows = [self._row(c) for c in unit["calls"]]
         signals: list[np.ndarray | None] = []
         for call, row in zip(unit["calls"], rows):
@@ -310,26 +348,20 @@ class UnitScorer:
         vad_input = [signals[i] if self.vad_sr == self.sr else audio.resample(signals[i], self.sr, self.vad_sr)
                      for i in live]
         found = dict(zip(live, detect_speech(vad_input, self.vad_sr, self.detector))) if live else {}
-        seg_tables = []
+        windows: dict[int, tuple] = {}
         for i in live:
-            row = rows[i]
             try:
-                seg_tables.append(self._score_call(signals[i], found[i], row))
+                got = self._windows(signals[i], found[i], rows[i])
+                if got is not None:
+                    windows[i] = got
             except Exception as exc:
-                row["status"], row["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
-            signals[i] = None  # free each call's audio as soon as it is scored
-        segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
-        calls = pa.Table.from_pylist(rows, self.call_schema)
-        base = io.join(self.s["staging"], f"units/{unit['unit_id']}")
-        # Segments first: the calls file marks the unit done.
-        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segs))
-        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls))
-        status = Counter(r["status"] for r in rows)
-        return {"unit_id": unit["unit_id"], "calls": len(rows), "status": dict(status),
-                "audio_s": float(sum(r["duration_s"] or 0.0 for r in rows if r["status"] in (SCORED, NO_SPEECH))),
-                "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+                rows[i]["status"], rows[i]["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
+            signals[i] = None  # free each call's audio as soon as its features are out
+        return rows, windows
 
-    def _score_call(self, y: np.ndarray, speech: list[tuple[float, float]], row: dict[str, Any]) -> pa.Table:
+    def _windows(self, y: np.ndarray, speech: list[tuple[float, float]], row: dict[str, Any]):
+        """One call's analysis windows over speech -> (X (n, *input_shape), spans), or None
+        with the row marked ``no_speech``."""
         spans = vad.windows(speech, self.s["window_s"], self.s["hop_s"], self.s["min_window_s"])
         if not spans:
             talk = sum(e - s for s, e in speech)
@@ -338,11 +370,13 @@ class UnitScorer:
                              f"{talk:.2f} s of speech, in stretches shorter than min_window_s="
                              f"{self.s['min_window_s']}")
             row["speech_s"] = 0.0
-            return self.seg_schema.empty_table()
+            return None
         X = np.stack([self.features(y[round(s * self.sr):round(e * self.sr)]) for s, e in spans])
-        if self.group_col:  # the model was trained with per-speaker statistics: the caller's own
-            from ser_ray.data import group_standardise
-            X = group_standardise(X, np.zeros(len(X)), self.predictor.feature_config.get("time_axis"))
+        return X, spans
+
+    def _predict_call(self, X: np.ndarray, spans: list[tuple[float, float]], row: dict[str, Any],
+                      group: str) -> pa.Table:
+        X, row["normalised_by"] = self.reference.apply(X, group)
         p = self.predictor.predict_proba(X)
         start = np.array([s for s, _ in spans])
         end = np.array([e for _, e in spans])
@@ -358,6 +392,95 @@ class UnitScorer:
                    **{f"share_{lab}": summary[f"share_{lab}"] for lab in self.labels},
                    status=SCORED, n_segments=len(spans))
         return pa.Table.from_pandas(seg, self.seg_schema, preserve_index=False)
+
+    # -- two passes: extract, then predict with the run's statistics ------------------------
+    def _stage_extract(self, unit: dict[str, Any], rows: list[dict[str, Any]],
+                       windows: dict[int, tuple], t0: float) -> dict[str, Any]:
+        """Stage a unit's features (``extract.npz``) and then, as the marker that the unit is
+        extracted, its moments per reference group (``moments.json``)."""
+        from ser_ray.data import Moments
+
+        groups = unit.get("groups") or {}
+        order = sorted(windows)
+        X = [windows[i][0] for i in order]
+        shape = tuple(self.predictor.input_shape)
+        buf = _io.BytesIO()
+        np.savez(buf, X=np.concatenate(X) if X else np.zeros((0, *shape), np.float32),
+                 call=np.concatenate([np.full(len(windows[i][1]), i, np.int32) for i in order])
+                 if order else np.zeros(0, np.int32),
+                 start=np.array([s for i in order for s, _ in windows[i][1]], np.float64),
+                 end=np.array([e for i in order for _, e in windows[i][1]], np.float64),
+                 rows=np.array(json.dumps(rows)))
+        base = unit_dir(self.s["staging"], unit["unit_id"])
+        self.storage.write_bytes(io.join(base, "extract.npz"), buf.getvalue())
+        per_group: dict[str, dict[str, Any]] = {}
+        for i in order:
+            g = groups.get(rows[i]["call_id"], "")
+            m = Moments.of(windows[i][0], self.features.time_axis)
+            d = per_group.setdefault(g, {"calls": 0, "windows": 0, "moments": None})
+            d["calls"] += 1
+            d["windows"] += len(windows[i][0])
+            d["moments"] = m if d["moments"] is None else d["moments"] + m
+        stats = {**self._stats(unit, rows, t0), "phase": "extract",
+                 "groups": {g: {"calls": d["calls"], "windows": d["windows"],
+                                **{k: v.tolist() for k, v in d["moments"].to_arrays().items()}}
+                            for g, d in per_group.items()}}
+        self.storage.write_bytes(io.join(base, "moments.json"), json.dumps(stats).encode())
+        return stats
+
+    def _read_extract(self, unit: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, tuple]]:
+        data = np.load(_io.BytesIO(self.storage.read_bytes(
+            io.join(unit_dir(self.s["staging"], unit["unit_id"]), "extract.npz"))))
+        rows = json.loads(str(data["rows"]))
+        for r in rows:  # staged by the extract pass of this run: the run's own ids
+            r.update(model_id=self.s["model_id"], model_hash=self.s["model_hash"], run_id=self.s["run_id"])
+        call, X = data["call"], data["X"]
+        windows = {}
+        for i in np.unique(call):
+            keep = call == i
+            windows[int(i)] = (X[keep], list(zip(data["start"][keep].tolist(), data["end"][keep].tolist())))
+        return rows, windows
+
+
+class Reference:
+    """The statistics a scoring window is standardised with before the model sees it.
+
+    A model trained with ``global`` (or ``none``) normalisation carries its training statistics
+    itself (``Predictor.prepare``, or the scaler inside a classical pipeline): nothing to do here.
+    A model trained with ``speaker`` or ``corpus`` normalisation saw each group's rows
+    standardised by that group's own statistics; at scoring time ``ScoreNormalisation.reference``
+    says what stands in for the group:
+
+    - ``run``: the run's calls (per ``group_by`` value when set), from the moments every unit
+      staged in a first pass; a population of fewer than ``min_calls`` calls falls back to the
+      whole run, then to the training population;
+    - ``training``: the pooled statistics of the model's raw training rows;
+    - ``call``: each call by its own statistics. An angry caller who is angry all call long then
+      looks like an average call: between-call differences, what the urgency rank is for, are gone.
+
+    ``settings``: ``{"mode": model|run|training|call, "key": str|None, "table": {group: {"mean",
+    "std", "source"}}}`` as :func:`reference_settings` and :func:`reference_table` build it.
+    """
+
+    def __init__(self, settings: dict[str, Any], predictor):
+        self.mode, self.key = settings["mode"], settings.get("key")
+        self.time_axis = predictor.feature_config.get("time_axis")
+        self.table = {g: (np.asarray(t["mean"], np.float32), np.asarray(t["std"], np.float32), t["source"])
+                      for g, t in (settings.get("table") or {}).items()}
+        if self.mode == "training":
+            n = predictor.normalisation
+            self.table = {"": (n["population_mean"], n["population_std"], "training")}
+
+    def apply(self, X: np.ndarray, group: str) -> tuple[np.ndarray, str]:
+        """(X standardised for the model, what it was standardised with)."""
+        from ser_ray.data import group_standardise, standardise
+
+        if self.mode == "model":
+            return X, "training"
+        if self.mode == "call":
+            return group_standardise(X, np.zeros(len(X)), self.time_axis), "call"
+        mean, std, source = self.table[group] if group in self.table else self.table[""]
+        return standardise(X, mean, std), source
 
 
 def _declared_duration(data: bytes) -> float | None:
@@ -456,6 +579,14 @@ def check_config(cfg: ScoreConfig) -> None:
         raise ValueError("score: cpus_per_worker must be > 0 and gpus_per_worker >= 0")
     opts = dict(cfg.vad)
     vad.get_detector(opts.pop("name", "auto"), **opts)  # unknown detector or option: fail now
+    n = cfg.normalisation
+    if n.reference not in REFERENCES:
+        raise ValueError(f"normalisation.reference={n.reference!r}: choose {', '.join(REFERENCES)}")
+    if n.min_calls < 1:
+        raise ValueError(f"normalisation.min_calls={n.min_calls} must be >= 1")
+    if n.group_by and not cfg.metadata:
+        raise ValueError(f"normalisation.group_by={n.group_by!r} needs --metadata (a table with "
+                         f"call_id and {n.group_by} columns)")
 
 
 def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: str) -> dict[str, Any]:
@@ -471,12 +602,96 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
             "vad": vad.detector_config(detector), "vad_sample_rate": cfg.vad_sample_rate,
             "batch_size": cfg.batch_size,
             "gpus_per_worker": cfg.gpus_per_worker, "urgency": to_dict(cfg.urgency),
-            "s3": to_dict(cfg.s3)}
+            "normalisation": to_dict(cfg.normalisation),
+            "reference": reference_settings(cfg, model), "s3": to_dict(cfg.s3)}
 
 
 # Settings that change what a unit's rows hold (not where they go): a change starts units afresh.
 _MATERIAL = ("model_hash", "window_s", "hop_s", "min_window_s", "max_call_s", "max_bytes",
-             "customer_channel", "vad", "vad_sample_rate", "urgency")
+             "customer_channel", "vad", "vad_sample_rate", "urgency", "normalisation")
+
+REFERENCES = ("run", "training", "call")
+
+
+def trained_normalisation(model: ModelInfo) -> str:
+    return model.feature_config.get("normalise", "global")
+
+
+def training_population(model: ModelInfo) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pooled statistics of the model's raw training rows, when it stored them."""
+    from safetensors.numpy import load as load_numpy
+
+    norm = load_numpy(model.files["normalisation.safetensors"])
+    if "population_mean" not in norm:
+        return None
+    return norm["population_mean"], norm["population_std"]
+
+
+def reference_settings(cfg: ScoreConfig, model: ModelInfo) -> dict[str, Any]:
+    """How this run standardises windows before the model (see :class:`Reference`); for
+    ``run`` the table is filled in after the extract pass (:func:`reference_table`)."""
+    from ser_ray.data import NORMALISE_GROUPS
+
+    if NORMALISE_GROUPS.get(trained_normalisation(model)) is None:
+        return {"mode": "model"}
+    ref = cfg.normalisation.reference
+    if ref == "training" and training_population(model) is None:
+        raise ValueError(f"--model {model.path}: normalisation.reference=training, but the model "
+                         "stores no training population statistics (it was trained before "
+                         "ser-ray kept them); retrain it, or use reference=run")
+    return {"mode": ref}
+
+
+def reference_table(populations: dict[str, dict[str, Any]], cfg: ScoreConfig,
+                    training: tuple[np.ndarray, np.ndarray] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reference statistics of each population of the run -> (table for the actors, record).
+
+    ``populations``: group value -> {"calls", "windows", "moments"} summed over the run's units
+    (one group, ``""``, without ``group_by``; calls without a metadata value form ``""`` too).
+    A group of at least ``min_calls`` calls is its own reference; a smaller one uses the whole
+    run when that has ``min_calls``, else the training population.
+    """
+    from functools import reduce
+
+    n = cfg.normalisation
+    whole = None
+    if populations:
+        calls = sum(p["calls"] for p in populations.values())
+        whole = {"calls": calls, "windows": sum(p["windows"] for p in populations.values()),
+                 "moments": reduce(lambda a, b: a + b, (populations[g]["moments"] for g in sorted(populations)))}
+    fallback = None
+    if whole is not None and whole["calls"] >= n.min_calls:
+        fallback = (*whole["moments"].mean_std(), "run")
+    elif training is not None:
+        fallback = (*training, "training")
+    table, record = {}, {}
+    for g in sorted(populations):
+        pop = populations[g]
+        if n.group_by and pop["calls"] >= n.min_calls:
+            entry = (*pop["moments"].mean_std(), f"run:{n.group_by}={g}")
+        elif fallback is not None:
+            entry = fallback
+        else:
+            raise ValueError(
+                f"normalisation.reference=run: the run has {whole['calls']} call(s) with speech, "
+                f"fewer than normalisation.min_calls={n.min_calls}, and the model stores no "
+                "training population to fall back to (it was trained before ser-ray kept one); "
+                "retrain the model, lower min_calls, or set normalisation.reference=call (each "
+                "call by itself: see README)")
+        table[g] = {"mean": entry[0].tolist(), "std": entry[1].tolist(), "source": entry[2]}
+        record[g] = {"calls": pop["calls"], "windows": pop["windows"], "statistics": entry[2]}
+    return table, record
+
+
+def reference_key(table: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(table, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def unit_dir(staging: str, unit_id: str, key: str | None = None) -> str:
+    """Where a unit's staged files go: scored rows of a run with reference statistics go in a
+    folder named by them, so a rerun whose statistics differ cannot reuse them."""
+    base = io.join(staging, f"units/{unit_id}")
+    return io.join(base, f"ref-{key}") if key else base
 
 
 def iter_calls(inputs: Sequence[str], storage: io.Storage, ignored: Counter, examples: list[str],
@@ -529,15 +744,23 @@ def _size(storage: io.Storage, uri: str) -> int:
 
 
 def iter_units(calls: Iterator[dict[str, Any]], calls_per_task: int, bytes_per_task: int,
-               material: str) -> Iterator[dict[str, Any]]:
+               material: str, groups: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """Consecutive calls grouped into units of <= ``calls_per_task`` calls and about
-    ``bytes_per_task`` bytes (an hour-long call is a unit of its own); ids hash their content."""
+    ``bytes_per_task`` bytes (an hour-long call is a unit of its own); ids hash their content.
+
+    ``groups`` (call_id -> reference group, see ``normalisation.group_by``) rides along in each
+    unit and in its id."""
     unit: list[dict[str, Any]] = []
     size = 0
 
     def cut() -> dict[str, Any]:
-        key = json.dumps([material, [(c["uri"], c["size"]) for c in unit]])
-        return {"unit_id": hashlib.sha1(key.encode()).hexdigest()[:20], "calls": list(unit)}
+        calls = [(c["uri"], c["size"]) for c in unit]
+        out = {"calls": list(unit), "bytes": sum(max(c["size"], 0) for c in unit)}
+        if groups is not None:
+            out["groups"] = {c["call_id"]: groups.get(c["call_id"], "") for c in unit}
+            calls = [(*k, out["groups"][c["call_id"]]) for k, c in zip(calls, unit)]
+        key = json.dumps([material, calls])
+        return {"unit_id": hashlib.sha1(key.encode()).hexdigest()[:20], **out}
 
     for call in calls:
         if unit and (len(unit) >= calls_per_task or size + max(call["size"], 0) > bytes_per_task):
@@ -578,7 +801,7 @@ def largest_first(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Units by total bytes, largest first (ties keep listing order): a wave then ends on small
     units, so no actor sits idle while another finishes a long one (longest-processing-time
     order). Unit ids and the published row order do not depend on it."""
-    return sorted(units, key=lambda u: -sum(max(c["size"], 0) for c in u["calls"]))
+    return sorted(units, key=lambda u: -u["bytes"])
 
 
 # A scoring actor killed mid-unit (OOM killer, a lost node) is restarted and its unit retried:
@@ -719,48 +942,119 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     unit_ids: list[str] = []
     todo: list[dict[str, Any]] = []
     state = {"done": 0, "resumed": 0, "audio_s": 0.0, "fresh_audio_s": 0.0, "last": time.time(),
-             "t_scoring": time.time(), "unit_s": 0.0, "workers": set()}
+             "t_scoring": time.time(), "unit_s": 0.0, "workers": set(), "extracted": 0}
+    two_pass = settings["reference"]["mode"] == "run"
+    groups = None
+    if two_pass and cfg.normalisation.group_by:
+        col = cfg.normalisation.group_by
+        if col not in metadata.columns:
+            raise ValueError(f"normalisation.group_by={col!r}: --metadata {cfg.metadata} has no such "
+                             f"column; it has {list(metadata.columns)}")
+        groups = {c: ("" if pd.isna(v) else str(v)) for c, v in zip(metadata["call_id"], metadata[col])}
+    # Extract pass: each unit's moments per group, added up in unit order (the same sums, and so
+    # the same statistics, however units finish or resume).
+    order: dict[str, int] = {}
+    pending: dict[int, dict[str, Any]] = {}
+    populations: dict[str, dict[str, Any]] = {}
+    folded = [0]
+
+    def fold(unit_id: str, groups_of_unit: dict[str, Any]) -> None:
+        from ser_ray.data import Moments
+
+        pending[order[unit_id]] = groups_of_unit
+        while folded[0] in pending:
+            for g, d in pending.pop(folded[0]).items():
+                m = Moments.from_arrays(d)
+                pop = populations.setdefault(g, {"calls": 0, "windows": 0, "moments": None})
+                pop["calls"] += d["calls"]
+                pop["windows"] += d["windows"]
+                pop["moments"] = m if pop["moments"] is None else pop["moments"] + m
+            folded[0] += 1
 
     def record(st: dict[str, Any], resumed: bool = False) -> None:
-        counts.update(st["status"])
-        state["done"] += 1
-        state["audio_s"] += st["audio_s"]
-        if resumed:
-            state["resumed"] += 1
-        else:
-            state["fresh_audio_s"] += st["audio_s"]
+        if not resumed:
             state["unit_s"] += st.get("seconds", 0.0)
             state["workers"].add(st.get("pid"))
+        if st.get("phase") == "extract":
+            state["extracted"] += 1
+            fold(st["unit_id"], st["groups"])
+        else:
+            counts.update(st["status"])
+            state["done"] += 1
+            state["audio_s"] += st["audio_s"]
+            if resumed:
+                state["resumed"] += 1
+            else:
+                state["fresh_audio_s"] += st["audio_s"]
         if progress and time.time() - state["last"] >= PROGRESS_EVERY_S:
             state["last"] = time.time()
             _progress(state, counts, len(unit_ids))
 
-    def flush() -> None:
+    def flush(wave_settings: dict[str, Any]) -> None:
         if todo:
-            _run_wave(cfg, todo, settings, model_ref, record)
+            _run_wave(cfg, todo, wave_settings, model_ref, record)
             todo.clear()
 
-    for unit in iter_units(fresh_calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20), material):
+    units_bytes: list[tuple[str, int, dict[str, str] | None]] = []
+    for unit in iter_units(fresh_calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20), material,
+                           groups):
+        order[unit["unit_id"]] = len(unit_ids)
         unit_ids.append(unit["unit_id"])
-        staged = io.join(staging, f"units/{unit['unit_id']}/calls.parquet")
-        if storage.exists(staged):  # done by an earlier, interrupted run of this night
-            record(_staged_stats(storage, staged), resumed=True)
-            continue
+        units_bytes.append((unit["unit_id"], unit["bytes"], unit.get("groups")))
+        if two_pass:
+            unit["phase"] = "extract"
+            marker = io.join(unit_dir(staging, unit["unit_id"]), "moments.json")
+            if storage.exists(marker):  # extracted by an earlier, interrupted run of this night
+                record(json.loads(storage.read_bytes(marker)), resumed=True)
+                continue
+        else:
+            staged = io.join(unit_dir(staging, unit["unit_id"]), "calls.parquet")
+            if storage.exists(staged):  # done by an earlier, interrupted run of this night
+                record(_staged_stats(storage, staged), resumed=True)
+                continue
         todo.append(unit)
         if len(todo) >= cfg.units_per_wave:
-            flush()
-    flush()
+            flush(settings)
+    flush(settings)
+    ref_key = None
+    norm_record: dict[str, Any] = {"trained_with": trained_normalisation(model),
+                                   "reference": settings["reference"]["mode"]}
+    if settings["reference"]["mode"] == "training":
+        norm_record["statistics"] = "training population (pooled statistics of the training rows)"
+    elif settings["reference"]["mode"] == "model":
+        norm_record["statistics"] = "the model's own training statistics (every call on its own)"
+    elif settings["reference"]["mode"] == "call":
+        norm_record["statistics"] = "each call by itself"
+    if two_pass:
+        table, pops = reference_table(populations, cfg, training_population(model))
+        ref_key = reference_key(table)
+        norm_record.update(group_by=cfg.normalisation.group_by, min_calls=cfg.normalisation.min_calls,
+                           populations=pops, key=ref_key)
+        log(f"reference statistics: " + (", ".join(
+            f"{g or '(all)'}: {p['calls']} calls -> {p['statistics']}" for g, p in pops.items()) or "no calls"))
+        second = dict(settings, reference={"mode": "run", "key": ref_key, "table": table})
+        for unit_id, size, unit_groups in units_bytes:
+            staged = io.join(unit_dir(staging, unit_id, ref_key), "calls.parquet")
+            if storage.exists(staged):
+                record(_staged_stats(storage, staged), resumed=True)
+                continue
+            todo.append({"unit_id": unit_id, "bytes": size, "phase": "predict",
+                         **({"groups": unit_groups} if unit_groups else {})})
+            if len(todo) >= cfg.units_per_wave:
+                flush(second)
+        flush(second)
     if progress and state["done"]:
         _progress(state, counts, len(unit_ids))
     t_scored = time.time()
     record_ = publish(cfg, storage, output, staging, run_date, run_id, model, unit_ids, extra_rows,
-                      metadata, versions())
+                      metadata, versions(), ref_key)
     timings = {"wall_s": time.time() - t0, "scoring_s": t_scored - state["t_scoring"],
                "publish_s": time.time() - t_scored}
     run = {"run_id": run_id, "run_date": run_date, "model_id": model.model_id,
            "model_hash": model.model_hash, "model_path": model.path,
            "window_s": settings["window_s"], "window_from": "config" if cfg.window_s else window_from,
-           "vad": settings["vad"], "config": to_dict(cfg), "versions": versions(),
+           "vad": settings["vad"], "normalisation": norm_record, "config": to_dict(cfg),
+           "versions": versions(),
            "labels": model.labels, "calls": record_["calls"], "counts": record_["counts"],
            "skipped_previously_scored": skipped, "resumed_units": state["resumed"],
            "units": len(unit_ids), "ignored_files": dict(ignored), "ignored_examples": examples,
@@ -796,6 +1090,9 @@ def _staged_stats(storage: io.Storage, uri: str) -> dict[str, Any]:
 def _progress(state: dict[str, Any], counts: Counter, n_units: int) -> None:
     secs = max(time.time() - state["t_scoring"], 1e-3)
     resumed = f" ({state['resumed']} resumed)" if state["resumed"] else ""
+    if state.get("extracted") and not state["done"]:
+        log(f"extract pass (reference statistics of the run's calls): {state['extracted']}/{n_units}+ units")
+        return
     log(f"{state['done']}/{n_units}+ units{resumed}, {sum(counts.values())} calls "
         f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
         f"{state['audio_s'] / 3600:.2f} h audio, {state['fresh_audio_s'] / secs:.0f}x real time")
@@ -825,11 +1122,12 @@ def load_metadata(uri: str, storage: io.Storage) -> pd.DataFrame:
 
 def publish(cfg: ScoreConfig, storage: io.Storage, output: str, staging: str, run_date: str,
             run_id: str, model: ModelInfo, unit_ids: list[str], extra_rows: list[dict[str, Any]],
-            metadata: pd.DataFrame | None, versions: dict[str, str]) -> dict[str, Any]:
+            metadata: pd.DataFrame | None, versions: dict[str, str], ref_key: str | None = None
+            ) -> dict[str, Any]:
     """Staged units -> the run's calls file and segment parts (each written whole)."""
     labels = model.labels
     cschema = calls_schema(labels)
-    parts = [_read_parquet(storage, io.join(staging, f"units/{u}/calls.parquet")) for u in unit_ids]
+    parts = [_read_parquet(storage, io.join(unit_dir(staging, u, ref_key), "calls.parquet")) for u in unit_ids]
     for r in extra_rows:
         parts.append(pa.Table.from_pylist([{"call_id": r["call_id"], "uri": r["uri"], "size_bytes": r["size"],
                                             "status": r["status"], "reason": r["reason"],
@@ -865,7 +1163,7 @@ def publish(cfg: ScoreConfig, storage: io.Storage, output: str, staging: str, ru
         batch, rows = [], 0
 
     for u in unit_ids:
-        t = _read_parquet(storage, io.join(staging, f"units/{u}/segments.parquet")).cast(sschema)
+        t = _read_parquet(storage, io.join(unit_dir(staging, u, ref_key), "segments.parquet")).cast(sschema)
         if t.num_rows:
             batch.append(t)
             rows += t.num_rows

@@ -283,14 +283,3 @@ def load_torch_model(model: str, options: dict[str, Any], input_shape: Sequence[
     module = build_model(model, tuple(input_shape), n_classes, **options)
     module.load_state_dict(state_dict)
     return module.eval()
-
-
-def predict_torch(module, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities ``(n, n_classes)`` of a torch module in eval mode."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(X), batch_size):
-            out.append(torch.softmax(module(torch.from_numpy(X[i:i + batch_size])), 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

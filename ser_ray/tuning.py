@@ -27,6 +27,7 @@ import yaml
 
 from ser_ray import config as config_mod
 from ser_ray.config import LearnConfig
+from ser_ray.experiment import log
 
 METRIC = "ua_mean"
 
@@ -146,6 +147,23 @@ def _trainable(config: dict[str, Any], space: SweepSpace, roots: list[str]) -> N
                  "fold": metrics["n_folds"], "folds": metrics["n_folds"], "done_cv": True})
 
 
+def with_feature_set(space: SweepSpace, roots: Sequence[str]) -> SweepSpace:
+    """A space whose trials learn from the one feature table under ``roots`` when neither its
+    base nor its space names ``features`` (several tables: an error naming them)."""
+    from dataclasses import replace
+
+    from ser_ray.data import resolve_feature_set
+
+    # A domain's options may be dicts merged into the config (model: {choice: [{...}, ...]}).
+    merged = [v for dom in space.space.values() if isinstance(dom, dict)
+              for arg in dom.values() if isinstance(arg, list) for v in arg if isinstance(v, dict)]
+    if space.base.get("features") or "features" in space.space or any("features" in v for v in merged):
+        return space
+    (name,) = resolve_feature_set(roots, None)
+    log(f"sweep: learning from feature table {name!r} (the only one in --features)")
+    return replace(space, base={**space.base, "features": [name]})
+
+
 def _optuna(space: SweepSpace):
     try:
         from ray.tune.search.optuna import OptunaSearch
@@ -165,11 +183,12 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from ser_ray.data import load_features
-    from ser_ray.experiment import log, train_model, write_run_files
+    from ser_ray.experiment import train_model, write_run_files
 
     output = Path(output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
     roots = [str(Path(r).resolve()) for r in roots]
+    space = with_feature_set(space, roots)
+    output.mkdir(parents=True, exist_ok=True)
     res = space.resources
     n_conc = concurrent_trials(res, ray.cluster_resources().get("CPU", 1))
     param_space = {k: _domain(k, v, space.search) for k, v in space.space.items()}

@@ -85,7 +85,7 @@ def test_oversampling_augmentation_and_scaling_never_touch_the_test_side(arrays,
         # Drop half of one class from the training side so SMOTE has something to do.
         train_idx = fold.train[~((arrays.y[fold.train] == 0) & (np.arange(len(fold.train)) % 2 == 0))]
         tr, va = splits.validation_split(meta, train_idx, fraction=0.25)
-        p = prepare_fold(arrays, tr, va, fold.test, cfg, augmenter, classical=False)
+        p = prepare_fold(arrays, tr, va, cfg, augmenter, classical=False)
         test_sources = set(meta["source_id"].iloc[fold.test])
         used = set(p.meta_train["source_id"]) - {""}
         assert used <= set(meta["source_id"].iloc[tr]), "a training row came from outside train"
@@ -94,14 +94,16 @@ def test_oversampling_augmentation_and_scaling_never_touch_the_test_side(arrays,
         assert (p.meta_train["augment"].fillna("none") != "none").any(), "no augmented rows"
         assert (p.meta_train["source_id"] == "").any(), "SMOTE made no synthetic rows"
         assert np.bincount(p.y_train).min() == np.bincount(p.y_train).max()
-        # The test side is exactly the original rows, normalised with train-side statistics.
+        # The test side is the original rows, normalised on the predict path with train-side
+        # statistics (the ones a saved model dir keeps).
+        from ser_ray.artifact import Predictor
+        pred = Predictor("cnn1d", "torch", None, arrays.labels, arrays.X.shape[1:], normalisation=p.norm)
         Xn = (arrays.X[fold.test] - p.norm["mean"]) / p.norm["std"]
-        np.testing.assert_allclose(p.X_test, Xn, rtol=1e-5, atol=1e-5)
-        assert len(p.X_test) == len(fold.test)
+        np.testing.assert_allclose(pred.prepare(arrays.X[fold.test]), Xn, rtol=1e-5, atol=1e-5)
         # Statistics come from the training rows only: changing the test rows changes nothing.
         poisoned = arrays.subset(np.arange(len(arrays)))
         poisoned.X[fold.test] += 1000.0
-        q = prepare_fold(poisoned, tr, va, fold.test, cfg, augmenter, classical=False)
+        q = prepare_fold(poisoned, tr, va, cfg, augmenter, classical=False)
         np.testing.assert_array_equal(q.norm["mean"], p.norm["mean"])
 
 
@@ -175,6 +177,10 @@ def test_bad_learning_arguments_exit_2_with_a_message(learn_corpus, tmp_path, ca
     assert "speaker" in capsys.readouterr().err
     assert main(base + ["--model", "logreg", "--feature-set", "mfcc"]) == 2
     assert "vector" in capsys.readouterr().err
+    # Two tables and no --feature-set: name both, say how to choose.
+    assert main(base + ["--model", "logreg"]) == 2
+    err = capsys.readouterr().err
+    assert "handcrafted94, mfcc" in err and "--feature-set" in err
 
 
 # Every torch model at a small width: architecture as registered, widths cut so CI can run it.
@@ -237,25 +243,32 @@ def test_cv_scores_noisy_test_sets_at_each_snr(vectors, tmp_path):
     assert "Noisy" in (tmp_path / "cv" / "summary.md").read_text()
 
 
-def test_cross_corpus_cv_trains_on_one_corpus_and_tests_on_another(learn_corpus, tmp_path):
-    """Two prepare outputs; labels only the test corpus has are dropped and counted."""
+def test_cross_corpus_cv_trains_on_one_corpus_and_tests_on_another(learn_corpus, tmp_path, capsys):
+    """Two prepare outputs sharing 3 labels; happy (train side only) and fearful and disgust
+    (test side only) are dropped and counted, and no prediction lands in them."""
     from ser_ray.cli import main
     from ser_ray.synth import synthesize_corpus
 
     tess, prepared = tmp_path / "tess", tmp_path / "tess-prepared"
     synthesize_corpus("tess", tess, per_emotion=3, sr=16000, seed=5,
-                      emotions=["neutral", "happy", "sad", "angry", "fearful"])
+                      emotions=["neutral", "sad", "angry", "fearful", "disgust"])
     assert main(["prepare", "--input", str(tess), "--features", "handcrafted94", "--output",
                  str(prepared), "--set", "audio.trim=true", "--set", "audio.normalise=rms",
                  "--no-progress"]) == 0
     out = tmp_path / "cv"
+    # No --feature-set: handcrafted94 is the one table both folders hold.
     assert main(["cv", "--features", str(learn_corpus["prepared"]), str(prepared),
-                 "--feature-set", "handcrafted94", "--model", "logreg", "--protocol",
+                 "--model", "logreg", "--protocol",
                  "cross-corpus", "--train-corpora", "ravdess", "--test-corpus", "tess",
                  "--set", "normalise=corpus", "--output", str(out)]) == 0
+    assert "feature table 'handcrafted94'" in capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     (fold,) = m["folds"]
     assert fold["test_speakers"] == ["tess:OAF", "tess:YAF"]
     assert all(s.startswith("ravdess:") for s in fold["train_speakers"])
-    assert fold["dropped_labels"] == {"fearful": 6}
-    assert fold["n_test"] == 2 * 4 * 3
+    assert fold["dropped_labels"] == {"disgust": 6, "fearful": 6, "happy": 24}
+    assert fold["n_test"] == 2 * 3 * 3
+    confusion = np.asarray(fold["confusion"])
+    absent = [m["labels"].index(lab) for lab in ("happy", "fearful", "disgust")]
+    assert confusion[:, absent].sum() == 0, confusion
+    assert m["ua_mean"] > 1 / 3 + 0.2, m["ua_mean"]  # 3 tested classes: chance is 1/3
