@@ -77,6 +77,16 @@ def fix_frames(a: np.ndarray, axis: int, frames: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
+def conform(x: np.ndarray, feature_config: dict[str, Any]) -> np.ndarray:
+    """One extracted array -> the model's input shape: a 2-D feature cropped or padded along its
+    time axis to the ``frames`` training used (as :func:`load_features` did to every training
+    row). Augmented copies, noisy test sets and scoring windows all go through here."""
+    frames, axis = feature_config.get("frames"), feature_config.get("time_axis")
+    if frames is not None and axis is not None:
+        return fix_frames(x, axis, frames)
+    return x
+
+
 def _combine(names: Sequence[str], parts: list[tuple[list[np.ndarray], pd.DataFrame]],
              frames: int | None) -> tuple[np.ndarray, pd.DataFrame, int | None]:
     if len(names) == 1:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ser_ray import balance, splits
 from ser_ray.config import LearnConfig
-from ser_ray.data import (FeatureData, NORMALISE_GROUPS, fix_frames,
+from ser_ray.data import (FeatureData, NORMALISE_GROUPS, conform,
                           group_standardise, moments, standardise)
 from ser_ray.metrics import aggregate, compute_metrics
 
@@ -81,9 +81,7 @@ class Augmenter:
             rows, audio_cfg=from_dict(AudioConfig, fc["audio"]),
             extractor=extractor_from_settings(fc["extractors"][name]), chain=chain,
             copies=self.cfg.augment.copies, seed=self.cfg.seed)
-        axis = fc.get("time_axis")
-        if fc.get("frames") is not None and axis is not None:
-            arrays = [fix_frames(a, axis, fc["frames"]) for a in arrays]
+        arrays = [conform(a, fc) for a in arrays]
         self._X = np.stack(arrays).astype(np.float32) if arrays else \
             np.zeros((0, *self.data.X.shape[1:]), np.float32)
         label_of = dict(zip(self.data.meta["utterance_id"], self.data.meta["label"]))
@@ -310,9 +308,7 @@ class NoisySets:
             rows.reset_index(drop=True), audio_cfg=from_dict(AudioConfig, fc["audio"]),
             extractor=extractor_from_settings(fc["extractors"][name]),
             noise=cfg.noise_dir, snr_db=list(cfg.noisy_snr_db), seed=cfg.seed)
-        if fc.get("frames") is not None and fc.get("time_axis") is not None:
-            arrays = [fix_frames(a, fc["time_axis"], fc["frames"]) for a in arrays]
-        X = np.stack(arrays).astype(np.float32)
+        X = np.stack([conform(a, fc) for a in arrays]).astype(np.float32)
         label_of = dict(zip(data.meta["utterance_id"], data.meta["label"]))
         meta = meta.assign(label=meta["utterance_id"].map(label_of)).reset_index(drop=True)
         self.sets = {}

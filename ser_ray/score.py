@@ -105,6 +105,14 @@ class ModelInfo:
                    feature_config=json.loads(files["features.json"]))
 
 
+def training_block_s(fc: dict[str, Any]) -> float | None:
+    """The block length training split clips into (``audio.block_s`` or an extractor's own
+    ``block_s``), or None."""
+    audio = fc.get("audio") or {}
+    return audio.get("block_s") or next(
+        (fc["extractors"][n]["block_s"] for n in fc["features"] if fc["extractors"][n].get("block_s")), None)
+
+
 def model_window(fc: dict[str, Any]) -> tuple[float, str]:
     """The analysis window (seconds) a model was trained on, and where that figure comes from.
 
@@ -115,7 +123,7 @@ def model_window(fc: dict[str, Any]) -> tuple[float, str]:
     audio = fc.get("audio") or {}
     sr = int(audio.get("sample_rate", 16000))
     extractors = [fc["extractors"][n] for n in fc["features"]]
-    block = audio.get("block_s") or next((e["block_s"] for e in extractors if e.get("block_s")), None)
+    block = training_block_s(fc)
     if block:
         return float(block), "training block length"
     if audio.get("duration_s"):
@@ -141,15 +149,15 @@ class WindowFeatures:
         self.audio = from_dict(AudioConfig, dict(fc.get("audio") or {}))
         self.sr = self.audio.sample_rate
         self.extractors = [extractor_from_settings(fc["extractors"][n]) for n in fc["features"]]
-        self.frames, self.time_axis = fc.get("frames"), fc.get("time_axis")
-        block = self.audio.block_s or next((e.block_s for e in self.extractors if e.block_s), None)
+        self.fc, self.time_axis = fc, fc.get("time_axis")
+        block = training_block_s(fc)
         fixed = block or (self.audio.duration_s if self.audio.pad else None)
         self.fixed = int(round(fixed * self.sr)) if fixed else None
         self.min_samples = max(e.min_samples(self.sr) for e in self.extractors)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         from ser_ray import audio
-        from ser_ray.data import fix_frames
+        from ser_ray.data import conform
 
         a = self.audio
         y = audio.normalise(audio.pre_emphasise(y, a.pre_emphasis), a.normalise, a.rms_dbfs)
@@ -160,10 +168,7 @@ class WindowFeatures:
         parts = [np.asarray(e(y.astype(np.float32, copy=False), self.sr)) for e in self.extractors]
         if len(parts) > 1:
             return np.concatenate(parts).astype(np.float32)
-        x = parts[0]
-        if self.frames and self.time_axis is not None:
-            x = fix_frames(x, self.time_axis, self.frames)
-        return x.astype(np.float32, copy=False)
+        return conform(parts[0], self.fc).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,18 +313,20 @@ class UnitScorer:
             rows, windows = self._extract(unit)
         if phase == "extract":
             return self._stage_extract(unit, rows, windows, t0)
+        # A predict unit carries the statistics of its calls' populations.
+        reference = Reference(unit["reference"], self.predictor) if "reference" in unit else self.reference
         seg_tables = []
         groups = unit.get("groups") or {}
         for i, (X, spans) in sorted(windows.items()):
             row = rows[i]
             try:
-                seg_tables.append(self._predict_call(X, spans, row, groups.get(row["call_id"], "")))
+                seg_tables.append(self._predict_call(X, spans, row, reference, groups.get(row["call_id"], "")))
             except Exception as exc:
                 row["status"], row["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
             windows[i] = None
         segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
         calls = pa.Table.from_pylist(rows, self.call_schema)
-        base = unit_dir(self.s["staging"], unit["unit_id"], self.reference.key)
+        base = unit_dir(self.s["staging"], unit["unit_id"], reference.key)
         # Segments first: the calls file marks the unit done.
         self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segs))
         self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls))
@@ -375,8 +382,8 @@ class UnitScorer:
         return X, spans
 
     def _predict_call(self, X: np.ndarray, spans: list[tuple[float, float]], row: dict[str, Any],
-                      group: str) -> pa.Table:
-        X, row["normalised_by"] = self.reference.apply(X, group)
+                      reference: "Reference", group: str) -> pa.Table:
+        X, row["normalised_by"] = reference.apply(X, group)
         p = self.predictor.predict_proba(X)
         start = np.array([s for s, _ in spans])
         end = np.array([e for _, e in spans])
@@ -413,18 +420,13 @@ class UnitScorer:
                  rows=np.array(json.dumps(rows)))
         base = unit_dir(self.s["staging"], unit["unit_id"])
         self.storage.write_bytes(io.join(base, "extract.npz"), buf.getvalue())
-        per_group: dict[str, dict[str, Any]] = {}
-        for i in order:
-            g = groups.get(rows[i]["call_id"], "")
-            m = Moments.of(windows[i][0], self.features.time_axis)
-            d = per_group.setdefault(g, {"calls": 0, "windows": 0, "moments": None})
-            d["calls"] += 1
-            d["windows"] += len(windows[i][0])
-            d["moments"] = m if d["moments"] is None else d["moments"] + m
-        stats = {**self._stats(unit, rows, t0), "phase": "extract",
-                 "groups": {g: {"calls": d["calls"], "windows": d["windows"],
-                                **{k: v.tolist() for k, v in d["moments"].to_arrays().items()}}
-                            for g, d in per_group.items()}}
+        # One entry per call, in the unit's order: the driver adds them up call by call in
+        # listing order, so the statistics do not depend on how calls were cut into units.
+        per_call = [{"group": groups.get(rows[i]["call_id"], ""), "windows": len(windows[i][0]),
+                     **{k: v.tolist() for k, v in
+                        Moments.of(windows[i][0], self.features.time_axis).to_arrays().items()}}
+                    for i in order]
+        stats = {**self._stats(unit, rows, t0), "phase": "extract", "moments": per_call}
         self.storage.write_bytes(io.join(base, "moments.json"), json.dumps(stats).encode())
         return stats
 
@@ -810,28 +812,37 @@ def largest_first(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
 ACTOR_RETRIES = 3
 
 
-def _wave_actors(units: list[dict[str, Any]], n: int, resources: dict[str, float], settings: dict[str, Any],
-                 model_ref, on_done) -> None:
-    """Units on a fixed pool of ``n`` Ray actors, one unit in flight per actor, fed as each finishes.
+class _ActorsEngine:
+    """Units on a fixed pool of Ray actors, one unit in flight per actor, fed as each finishes.
 
     The driver keeps the queue itself (``ray.wait``): on a small node this costs a fraction of
     Ray Data's executor, stats and autoscaling actors, which take CPU from the scoring actors
-    (README, "Scoring throughput")."""
-    import ray
+    (README, "Scoring throughput"). The pool lives for the whole run: every wave of the listing
+    and both passes of a run with reference statistics use the same actors, so start-up is paid
+    once."""
 
-    actor_cls = ray.remote(_ScoreActor).options(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES,
-                                                **resources)
-    queue = iter(units)
-    actors = [actor_cls.remote(settings, [model_ref]) for _ in range(n)]
-    pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
+    def __init__(self, resources: dict[str, float], settings: dict[str, Any], model_ref):
+        import ray
 
-    def feed(actor) -> None:
-        unit = next(queue, None)
-        if unit is not None:
-            pending[actor.score.remote(json.dumps(unit))] = (actor, unit)
+        self.actor_cls = ray.remote(_ScoreActor).options(max_restarts=ACTOR_RETRIES,
+                                                         max_task_retries=ACTOR_RETRIES, **resources)
+        self.settings, self.model_ref = settings, model_ref
+        self.actors: list[Any] = []
 
-    try:
-        for actor in actors:
+    def run(self, units: list[dict[str, Any]], n: int, on_done) -> None:
+        import ray
+
+        while len(self.actors) < n:
+            self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
+        queue = iter(units)
+        pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
+
+        def feed(actor) -> None:
+            unit = next(queue, None)
+            if unit is not None:
+                pending[actor.score.remote(json.dumps(unit))] = (actor, unit)
+
+        for actor in self.actors:
             feed(actor)
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
@@ -839,55 +850,72 @@ def _wave_actors(units: list[dict[str, Any]], n: int, resources: dict[str, float
             try:
                 stats = json.loads(ray.get(ref))
             except ray.exceptions.RayError as exc:
-                calls = ", ".join(c["uri"] for c in unit["calls"][:3])
-                raise RuntimeError(f"unit {unit['unit_id']} ({len(unit['calls'])} calls: {calls}"
-                                   f"{', ...' if len(unit['calls']) > 3 else ''}) could not be scored: "
+                calls = unit.get("calls") or []
+                named = ", ".join(c["uri"] for c in calls[:3])
+                what = f"{len(calls)} calls: {named}{', ...' if len(calls) > 3 else ''}" if calls else \
+                    f"{unit.get('phase')} pass"
+                raise RuntimeError(f"unit {unit['unit_id']} ({what}) could not be scored: "
                                    f"{type(exc).__name__}: {exc}\nAn actor killed mid-unit is restarted "
                                    f"and the unit retried up to {ACTOR_RETRIES} times. Units already done "
                                    "are staged: rerun the same command to resume.") from exc
             on_done(stats)
             feed(actor)
-    finally:
+
+    def close(self) -> None:
+        import ray
+
         try:  # the model's temp folder; a killed actor's is left in the system temp dir
-            ray.get([a.close.remote() for a in actors], timeout=30)
+            ray.get([a.close.remote() for a in self.actors], timeout=30)
         except Exception:
             pass
-        for actor in actors:
+        for actor in self.actors:
             ray.kill(actor)
+        self.actors = []
 
 
-def _wave_ray_data(units: list[dict[str, Any]], n: int, resources: dict[str, float], settings: dict[str, Any],
-                   model_ref, on_done) -> None:
-    """Units through Ray Data: ``map_batches`` over a pool of ``n`` actors, one unit per batch."""
-    import ray
-    from ray.data import ActorPoolStrategy
+class _RayDataEngine:
+    """Units through Ray Data: ``map_batches`` over a pool of ``n`` actors, one unit per batch
+    (a new pool for each wave: a Ray Data pipeline owns its actors)."""
 
-    from ser_ray.training import quiet_data_progress
+    def __init__(self, resources: dict[str, float], settings: dict[str, Any], model_ref):
+        self.resources, self.settings, self.model_ref = resources, settings, model_ref
 
-    quiet_data_progress()
-    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
-    ds = ds.map_batches(_ScoreActor, fn_constructor_kwargs={"settings": settings, "model_ref": [model_ref]},
-                        # Every actor from the start, one unit each at a time: a unit is minutes of
-                        # audio, so queueing a second one on a busy actor only starves the others.
-                        compute=ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1), batch_size=1,
-                        batch_format="numpy", **resources)
-    for row in ds.iter_rows():
-        on_done(json.loads(row["stats"]))
+    def run(self, units: list[dict[str, Any]], n: int, on_done) -> None:
+        import ray
+        from ray.data import ActorPoolStrategy
+
+        from ser_ray.training import quiet_data_progress
+
+        quiet_data_progress()
+        ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
+        ds = ds.map_batches(_ScoreActor,
+                            fn_constructor_kwargs={"settings": self.settings, "model_ref": [self.model_ref]},
+                            # Every actor from the start, one unit each at a time: a unit is minutes of
+                            # audio, so queueing a second one on a busy actor only starves the others.
+                            compute=ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1), batch_size=1,
+                            batch_format="numpy", **self.resources)
+        for row in ds.iter_rows():
+            on_done(json.loads(row["stats"]))
+
+    def close(self) -> None:
+        pass
 
 
-# How a wave of units runs (ScoreConfig.engine). Both give the same rows; see README.
-ENGINES = {"actors": _wave_actors, "ray_data": _wave_ray_data}
+# Who runs the units (ScoreConfig.engine). Both give the same rows; see README.
+ENGINES = {"actors": _ActorsEngine, "ray_data": _RayDataEngine}
 
 
-def _run_wave(cfg: ScoreConfig, units: list[dict[str, Any]], settings: dict[str, Any], model_ref,
-              on_done) -> None:
-    """One wave on the configured engine: pool size, per-actor resources and unit order are the
-    same for every engine."""
+def _engine(cfg: ScoreConfig, settings: dict[str, Any], model_ref):
+    """The configured engine; per-actor resources are the same for every engine."""
     resources = {"num_cpus": cfg.cpus_per_worker}
     if cfg.gpus_per_worker:
         resources["num_gpus"] = cfg.gpus_per_worker
-    ENGINES[cfg.engine](largest_first(units), _pool_size(cfg, len(units)), resources, settings,
-                        model_ref, on_done)
+    return ENGINES[cfg.engine](resources, settings, model_ref)
+
+
+def _run_wave(cfg: ScoreConfig, engine, units: list[dict[str, Any]], on_done) -> None:
+    """One wave: pool size and unit order are the same for every engine."""
+    engine.run(largest_first(units), _pool_size(cfg, len(units)), on_done)
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
@@ -951,22 +979,22 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
             raise ValueError(f"normalisation.group_by={col!r}: --metadata {cfg.metadata} has no such "
                              f"column; it has {list(metadata.columns)}")
         groups = {c: ("" if pd.isna(v) else str(v)) for c, v in zip(metadata["call_id"], metadata[col])}
-    # Extract pass: each unit's moments per group, added up in unit order (the same sums, and so
-    # the same statistics, however units finish or resume).
+    # Extract pass: each call's moments, added up per group in listing order (the same sums, and
+    # so the same statistics, however units are cut, finish or resume).
     order: dict[str, int] = {}
     pending: dict[int, dict[str, Any]] = {}
     populations: dict[str, dict[str, Any]] = {}
     folded = [0]
 
-    def fold(unit_id: str, groups_of_unit: dict[str, Any]) -> None:
+    def fold(unit_id: str, per_call: list[dict[str, Any]]) -> None:
         from ser_ray.data import Moments
 
-        pending[order[unit_id]] = groups_of_unit
+        pending[order[unit_id]] = per_call
         while folded[0] in pending:
-            for g, d in pending.pop(folded[0]).items():
+            for d in pending.pop(folded[0]):
                 m = Moments.from_arrays(d)
-                pop = populations.setdefault(g, {"calls": 0, "windows": 0, "moments": None})
-                pop["calls"] += d["calls"]
+                pop = populations.setdefault(d["group"], {"calls": 0, "windows": 0, "moments": None})
+                pop["calls"] += 1
                 pop["windows"] += d["windows"]
                 pop["moments"] = m if pop["moments"] is None else pop["moments"] + m
             folded[0] += 1
@@ -977,7 +1005,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
             state["workers"].add(st.get("pid"))
         if st.get("phase") == "extract":
             state["extracted"] += 1
-            fold(st["unit_id"], st["groups"])
+            fold(st["unit_id"], st["moments"])
         else:
             counts.update(st["status"])
             state["done"] += 1
@@ -990,59 +1018,65 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
             state["last"] = time.time()
             _progress(state, counts, len(unit_ids))
 
-    def flush(wave_settings: dict[str, Any]) -> None:
-        if todo:
-            _run_wave(cfg, todo, wave_settings, model_ref, record)
-            todo.clear()
+    engine = _engine(cfg, settings, model_ref)
+    try:
+        def flush() -> None:
+            if todo:
+                _run_wave(cfg, engine, todo, record)
+                todo.clear()
 
-    units_bytes: list[tuple[str, int, dict[str, str] | None]] = []
-    for unit in iter_units(fresh_calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20), material,
-                           groups):
-        order[unit["unit_id"]] = len(unit_ids)
-        unit_ids.append(unit["unit_id"])
-        units_bytes.append((unit["unit_id"], unit["bytes"], unit.get("groups")))
-        if two_pass:
-            unit["phase"] = "extract"
-            marker = io.join(unit_dir(staging, unit["unit_id"]), "moments.json")
-            if storage.exists(marker):  # extracted by an earlier, interrupted run of this night
-                record(json.loads(storage.read_bytes(marker)), resumed=True)
-                continue
-        else:
-            staged = io.join(unit_dir(staging, unit["unit_id"]), "calls.parquet")
-            if storage.exists(staged):  # done by an earlier, interrupted run of this night
-                record(_staged_stats(storage, staged), resumed=True)
-                continue
-        todo.append(unit)
-        if len(todo) >= cfg.units_per_wave:
-            flush(settings)
-    flush(settings)
-    ref_key = None
-    norm_record: dict[str, Any] = {"trained_with": trained_normalisation(model),
-                                   "reference": settings["reference"]["mode"]}
-    if settings["reference"]["mode"] == "training":
-        norm_record["statistics"] = "training population (pooled statistics of the training rows)"
-    elif settings["reference"]["mode"] == "model":
-        norm_record["statistics"] = "the model's own training statistics (every call on its own)"
-    elif settings["reference"]["mode"] == "call":
-        norm_record["statistics"] = "each call by itself"
-    if two_pass:
-        table, pops = reference_table(populations, cfg, training_population(model))
-        ref_key = reference_key(table)
-        norm_record.update(group_by=cfg.normalisation.group_by, min_calls=cfg.normalisation.min_calls,
-                           populations=pops, key=ref_key)
-        log(f"reference statistics: " + (", ".join(
-            f"{g or '(all)'}: {p['calls']} calls -> {p['statistics']}" for g, p in pops.items()) or "no calls"))
-        second = dict(settings, reference={"mode": "run", "key": ref_key, "table": table})
-        for unit_id, size, unit_groups in units_bytes:
-            staged = io.join(unit_dir(staging, unit_id, ref_key), "calls.parquet")
-            if storage.exists(staged):
-                record(_staged_stats(storage, staged), resumed=True)
-                continue
-            todo.append({"unit_id": unit_id, "bytes": size, "phase": "predict",
-                         **({"groups": unit_groups} if unit_groups else {})})
+        units_bytes: list[tuple[str, int, dict[str, str] | None]] = []
+        for unit in iter_units(fresh_calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20), material,
+                               groups):
+            order[unit["unit_id"]] = len(unit_ids)
+            unit_ids.append(unit["unit_id"])
+            units_bytes.append((unit["unit_id"], unit["bytes"], unit.get("groups")))
+            if two_pass:
+                unit["phase"] = "extract"
+                marker = io.join(unit_dir(staging, unit["unit_id"]), "moments.json")
+                if storage.exists(marker):  # extracted by an earlier, interrupted run of this night
+                    record(json.loads(storage.read_bytes(marker)), resumed=True)
+                    continue
+            else:
+                staged = io.join(unit_dir(staging, unit["unit_id"]), "calls.parquet")
+                if storage.exists(staged):  # done by an earlier, interrupted run of this night
+                    record(_staged_stats(storage, staged), resumed=True)
+                    continue
+            todo.append(unit)
             if len(todo) >= cfg.units_per_wave:
-                flush(second)
-        flush(second)
+                flush()
+        flush()
+        ref_key = None
+        norm_record: dict[str, Any] = {"trained_with": trained_normalisation(model),
+                                       "reference": settings["reference"]["mode"]}
+        if settings["reference"]["mode"] == "training":
+            norm_record["statistics"] = "training population (pooled statistics of the training rows)"
+        elif settings["reference"]["mode"] == "model":
+            norm_record["statistics"] = "the model's own training statistics (every call on its own)"
+        elif settings["reference"]["mode"] == "call":
+            norm_record["statistics"] = "each call by itself"
+        if two_pass:
+            table, pops = reference_table(populations, cfg, training_population(model))
+            ref_key = reference_key(table)
+            norm_record.update(group_by=cfg.normalisation.group_by, min_calls=cfg.normalisation.min_calls,
+                               populations=pops, key=ref_key)
+            log(f"reference statistics: " + (", ".join(
+                f"{g or '(all)'}: {p['calls']} calls -> {p['statistics']}" for g, p in pops.items()) or "no calls"))
+            for unit_id, size, unit_groups in units_bytes:
+                staged = io.join(unit_dir(staging, unit_id, ref_key), "calls.parquet")
+                if storage.exists(staged):
+                    record(_staged_stats(storage, staged), resumed=True)
+                    continue
+                needed = set((unit_groups or {}).values()) or {""}
+                todo.append({"unit_id": unit_id, "bytes": size, "phase": "predict",
+                             "reference": {"mode": "run", "key": ref_key,
+                                           "table": {g: table[g] for g in needed if g in table}},
+                             **({"groups": unit_groups} if unit_groups else {})})
+                if len(todo) >= cfg.units_per_wave:
+                    flush()
+            flush()
+    finally:
+        engine.close()
     if progress and state["done"]:
         _progress(state, counts, len(unit_ids))
     t_scored = time.time()
