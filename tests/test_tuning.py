@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from ser_ray.tuning import Resources, concurrent_trials, load_space, trial_config
+from ser_ray.tuning import Resources, concurrent_trials, load_space, trial_config, with_feature_set
 
 
 def _write(tmp_path, data) -> str:
@@ -34,6 +34,26 @@ def test_trial_config_merges_model_dicts_and_dotted_keys(tmp_path):
                                "model_options.lr": 0.01, "normalise": "speaker"})
     assert (cfg.model, cfg.features, cfg.frames, cfg.protocol) == ("cnn1d", ("mfcc",), 50, "loso")
     assert cfg.model_options == {"lr": 0.01} and cfg.normalise == "speaker"
+
+
+def test_a_sweep_without_features_uses_the_one_table_there_is(tmp_path):
+    def prepared(name, tables):
+        root = tmp_path / name
+        for t in tables:
+            (root / "features" / t).mkdir(parents=True)
+        (root / "config.yaml").write_text("audio: {}\n")
+        return str(root)
+
+    one, two = prepared("one", ["egemaps"]), prepared("two", ["egemaps", "mfcc"])
+    space = load_space(_write(tmp_path, {"base": {"model": "logreg"},
+                                         "space": {"model_options.C": {"choice": [1, 10]}}}))
+    assert with_feature_set(space, [one]).base["features"] == ["egemaps"]
+    assert trial_config(with_feature_set(space, [one]), {}).features == ("egemaps",)
+    with pytest.raises(ValueError, match=r"2 feature tables \(egemaps, mfcc\)"):
+        with_feature_set(space, [two])
+    named = load_space(_write(tmp_path, {"space": {"model": {"choice": [
+        {"model": "logreg", "features": ["mfcc"]}, {"model": "svm", "features": ["egemaps"]}]}}}))
+    assert with_feature_set(named, [two]) is named  # the space names its features itself
 
 
 def test_concurrent_trials_never_exceed_the_cpus_and_never_reach_zero():
