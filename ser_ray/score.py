@@ -433,9 +433,7 @@ class UnitScorer:
     def _read_extract(self, unit: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, tuple]]:
         data = np.load(_io.BytesIO(self.storage.read_bytes(
             io.join(unit_dir(self.s["staging"], unit["unit_id"]), "extract.npz"))))
-        rows = json.loads(str(data["rows"]))
-        for r in rows:  # staged by the extract pass of this run: the run's own ids
-            r.update(model_id=self.s["model_id"], model_hash=self.s["model_hash"], run_id=self.s["run_id"])
+        rows = json.loads(str(data["rows"]))  # staged by this run's extract pass: its own ids
         call, X = data["call"], data["X"]
         windows = {}
         for i in np.unique(call):
@@ -613,6 +611,10 @@ _MATERIAL = ("model_hash", "window_s", "hop_s", "min_window_s", "max_call_s", "m
              "customer_channel", "vad", "vad_sample_rate", "urgency", "normalisation")
 
 REFERENCES = ("run", "training", "call")
+# What the run record says a one-pass reference standardised windows with.
+ONE_PASS_STATISTICS = {"model": "the model's own training statistics (every call on its own)",
+                       "training": "training population (pooled statistics of the training rows)",
+                       "call": "each call by itself"}
 
 
 def trained_normalisation(model: ModelInfo) -> str:
@@ -1047,20 +1049,16 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
                 flush()
         flush()
         ref_key = None
-        norm_record: dict[str, Any] = {"trained_with": trained_normalisation(model),
-                                       "reference": settings["reference"]["mode"]}
-        if settings["reference"]["mode"] == "training":
-            norm_record["statistics"] = "training population (pooled statistics of the training rows)"
-        elif settings["reference"]["mode"] == "model":
-            norm_record["statistics"] = "the model's own training statistics (every call on its own)"
-        elif settings["reference"]["mode"] == "call":
-            norm_record["statistics"] = "each call by itself"
+        mode = settings["reference"]["mode"]
+        norm_record: dict[str, Any] = {"trained_with": trained_normalisation(model), "reference": mode}
+        if mode in ONE_PASS_STATISTICS:
+            norm_record["statistics"] = ONE_PASS_STATISTICS[mode]
         if two_pass:
             table, pops = reference_table(populations, cfg, training_population(model))
             ref_key = reference_key(table)
             norm_record.update(group_by=cfg.normalisation.group_by, min_calls=cfg.normalisation.min_calls,
                                populations=pops, key=ref_key)
-            log(f"reference statistics: " + (", ".join(
+            log("reference statistics: " + (", ".join(
                 f"{g or '(all)'}: {p['calls']} calls -> {p['statistics']}" for g, p in pops.items()) or "no calls"))
             for unit_id, size, unit_groups in units_bytes:
                 staged = io.join(unit_dir(staging, unit_id, ref_key), "calls.parquet")

@@ -121,3 +121,30 @@ def assert_same(a: dict, b: dict) -> None:
         assert len(a[f][1]) == len(b[f][1])
         for x, y in zip(a[f][1], b[f][1]):
             np.testing.assert_array_equal(x, y)
+
+
+def fake_prepared(root: Path, tables: list[str]) -> str:
+    """A folder shaped like a `ser-ray prepare` output holding empty feature tables ``tables``
+    (enough for the feature-set defaults, which only list them)."""
+    for t in tables:
+        (root / "features" / t).mkdir(parents=True)
+    (root / "config.yaml").write_text("audio: {}\n")
+    return str(root)
+
+
+def kill_cli_once_staged(args: list[str], staged: Path, marker: str, n: int, timeout_s: float = 300) -> int:
+    """Run ``ser-ray ARGS`` in its own process group, SIGKILL the whole group (driver and its
+    Ray) once ``n`` files named ``marker`` are under ``staged``; return how many there were."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ser_ray.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and len(list(staged.rglob(marker))) < n and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list(staged.rglob(marker)))

@@ -20,6 +20,8 @@ from ser_ray.data import FeatureData, Moments, group_standardise, moments, resol
 from ser_ray.experiment import cross_validate, fit, predict_rows, prepare_fold
 from ser_ray.metrics import compute_metrics
 
+from prepare_helpers import fake_prepared
+
 pytestmark = pytest.mark.filterwarnings("ignore:cross-corpus a->b")
 
 LABELS = ["neutral", "happy", "sad", "angry", "fearful", "disgust"]
@@ -134,14 +136,7 @@ def test_moments_of_parts_add_up_to_the_moments_of_the_whole():
 
 
 def test_the_feature_set_defaults_to_the_one_table_there_is(tmp_path):
-    def prepared(name, tables):
-        root = tmp_path / name
-        for t in tables:
-            (root / "features" / t).mkdir(parents=True)
-        (root / "config.yaml").write_text("audio: {}\n")
-        return root
-
-    one, two = prepared("one", ["handcrafted173"]), prepared("two", ["mfcc", "egemaps"])
+    one, two = fake_prepared(tmp_path / "one", ["handcrafted173"]), fake_prepared(tmp_path / "two", ["mfcc", "egemaps"])
     assert resolve_feature_set([one], None) == ("handcrafted173",)
     assert resolve_feature_set([two], ["mfcc"]) == ("mfcc",)
     with pytest.raises(ValueError, match=r"2 feature tables \(egemaps, mfcc\).*--feature-set"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from ser_ray.score import (ModelInfo, WindowFeatures, check_config, iter_calls, 
                            load_metadata,
                            model_window, pick_channel, read_calls, read_segments, resolve_run_date, run_score)
 from ser_ray.synth import synthesize_backlog
+
+from prepare_helpers import kill_cli_once_staged
 
 REPO = Path(__file__).resolve().parent.parent
 NIGHT = "2026-11-22"
@@ -170,15 +171,8 @@ def test_interrupted_run_resumes_to_the_same_rows(scored, score_model, backlog, 
     args = ["score", "--model", str(score_model), "--input", str(backlog["folder"]), "--output", str(out),
             "--run-date", NIGHT, "--customer-channel", "right", "--metadata", str(backlog["metadata"]),
             "--set", "calls_per_task=1", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "ser_ray.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     staged = out / "_staging"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(staged.rglob("calls.parquet"))) < 2 and proc.poll() is None:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(list(staged.rglob("calls.parquet")))
+    done_before = kill_cli_once_staged(args, staged, "calls.parquet", 2)
     assert 2 <= done_before < len(backlog["truth"]), "the kill should land mid-run"
     assert not (out / "calls").exists()  # nothing published by a half-finished run
     r = _cli(*args[:-1])

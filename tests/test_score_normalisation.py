@@ -11,11 +11,8 @@ the ranking depends on the seed for every training mode alike, global included (
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -25,6 +22,8 @@ from ser_ray.config import ScoreConfig, ScoreNormalisation, load
 from ser_ray.data import Moments
 from ser_ray.score import read_calls, read_segments, reference_table, run_score
 from ser_ray.synth import synthesize_backlog, synthesize_corpus
+
+from prepare_helpers import kill_cli_once_staged
 
 pytestmark = [pytest.mark.slow]
 NIGHT = "2026-11-22"
@@ -167,15 +166,8 @@ def test_a_killed_run_and_a_rerun_give_the_same_rows(runs, models, backlog, tmp_
     args = ["score", "--model", str(models["speaker"]), "--input", str(backlog["folder"]), "--output",
             str(out), "--run-date", NIGHT, "--customer-channel", "right", "--set", "calls_per_task=2",
             "--set", "normalisation.min_calls=8", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "ser_ray.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     staged = out / "_staging"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(staged.rglob("moments.json"))) < 2 and proc.poll() is None:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    extracted = len(list(staged.rglob("moments.json")))
+    extracted = kill_cli_once_staged(args, staged, "moments.json", 2)
     assert 2 <= extracted < 8 and not list(staged.rglob("calls.parquet")), "kill mid extract pass"
     r = _cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from prepare_helpers import fake_prepared
 from ser_ray.tuning import Resources, concurrent_trials, load_space, trial_config, with_feature_set
 
 
@@ -37,14 +38,7 @@ def test_trial_config_merges_model_dicts_and_dotted_keys(tmp_path):
 
 
 def test_a_sweep_without_features_uses_the_one_table_there_is(tmp_path):
-    def prepared(name, tables):
-        root = tmp_path / name
-        for t in tables:
-            (root / "features" / t).mkdir(parents=True)
-        (root / "config.yaml").write_text("audio: {}\n")
-        return str(root)
-
-    one, two = prepared("one", ["egemaps"]), prepared("two", ["egemaps", "mfcc"])
+    one, two = fake_prepared(tmp_path / "one", ["egemaps"]), fake_prepared(tmp_path / "two", ["egemaps", "mfcc"])
     space = load_space(_write(tmp_path, {"base": {"model": "logreg"},
                                          "space": {"model_options.C": {"choice": [1, 10]}}}))
     assert with_feature_set(space, [one]).base["features"] == ["egemaps"]
