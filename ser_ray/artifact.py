@@ -4,6 +4,9 @@ A model dir holds::
 
     model.json                 format_version, name, kind, config, input_shape, n_classes, weights, extra
     weights.safetensors        torch state_dict (no pickle)   | model.joblib (classical sklearn pipeline)
+    backbone/                  a fine-tuned encoder's backbone and feature extractor, in Hugging
+                               Face format (save_pretrained, safetensors); weights.safetensors then
+                               holds the rest (pooling, head)
     features.json              extractor configs, audio config, how features were combined
     normalisation.safetensors  optional "mean" / "std" float32 arrays broadcastable to input_shape,
                                applied to every input; a model trained with speaker or corpus
@@ -46,6 +49,11 @@ WEIGHTS = {"torch": "weights.safetensors", "classical": "model.joblib"}
 REQUIRED = ("model.json", "features.json", "normalisation.safetensors", "labels.json", "metrics.json",
             "versions.json")
 NORMALISATION_KEYS = ("mean", "std", "population_mean", "population_std")
+BACKBONE = "backbone"  # a fine-tuned encoder's pretrained part, as a Hugging Face folder
+
+
+def _saves_backbone(model_name: str) -> bool:
+    return getattr(get_model_spec(model_name).config, "saves_backbone", False)
 
 
 @dataclass
@@ -168,6 +176,10 @@ def save_model_dir(
         save_numpy(norm, str(tmp / "normalisation.safetensors"))
         if kind == "torch":
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            if _saves_backbone(model_name):  # the pretrained part in Hugging Face format
+                model.backbone.save_pretrained(tmp / BACKBONE)
+                model.encoder.fe.save_pretrained(tmp / BACKBONE)
+                state = {k: v for k, v in state.items() if not k.startswith(f"{BACKBONE}.")}
             save_torch(state, str(tmp / WEIGHTS[kind]), metadata={"format": "pt"})
         else:
             import joblib  # classical models only: scoring a torch model never imports it
@@ -206,13 +218,20 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor
         )
     name, kind, shape = meta["name"], meta["kind"], tuple(meta["input_shape"])
     if kind == "torch":
-        model = build_model(name, shape, meta["n_classes"], **meta["config"])
+        config = dict(meta["config"])
+        backbone = _saves_backbone(name)
+        if backbone:  # built from the fine-tuned backbone kept in the dir, not the original
+            config["model"] = str(path / BACKBONE)
+        model = build_model(name, shape, meta["n_classes"], **config)
         try:
-            model.load_state_dict(load_torch(str(weights)))
+            missing, unexpected = model.load_state_dict(load_torch(str(weights)), strict=not backbone)
         except RuntimeError as e:
             raise ValueError(
                 f"{weights} does not fit model {name!r} with the stored config: {e}"
             ) from None
+        if backbone and (unexpected or any(not k.startswith(f"{BACKBONE}.") for k in missing)):
+            raise ValueError(f"{weights} does not fit model {name!r}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
         model.to(device).eval()
     else:
         import joblib

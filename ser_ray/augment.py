@@ -553,9 +553,11 @@ class AugmentWorker:
         self.jobs = [(Chain.from_config(j["chain"], name=j.get("label")), j) for j in jobs]
         self.seed = seed
         self.max_bytes = int(self.audio_cfg.max_file_mb * 2**20)
-        # prepare's block splitting + extraction reads only these two attributes.
+        # prepare's block splitting + extraction reads only these attributes (every copy is
+        # extracted on its own here, an encoder included: nothing is deferred).
         self._prep = types.SimpleNamespace(cfg=types.SimpleNamespace(audio=self.audio_cfg),
-                                           extractors={self.extractor.name: self.extractor})
+                                           extractors={self.extractor.name: self.extractor},
+                                           batched=())
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from ser_ray.prepare import UnitProcessor

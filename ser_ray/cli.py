@@ -34,7 +34,9 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="all (default), ravdess8, merged8, ekman7, iemocap4, iemocap4-aesn, "
                         "gender16")
     p.add_argument("--features", type=_csv, help="comma-separated extractors: mfcc, logmel, "
-                                                 "stft, handcrafted173, handcrafted94, egemaps")
+                                                 "stft, handcrafted173, handcrafted94, egemaps, "
+                                                 "encoder (set feature_options.encoder.model), "
+                                                 "waveform")
     p.add_argument("--output", help="output folder (rerun into it to resume)")
     _config_args(p, "YAML config file (see configs/)",
                  "--set audio.trim=true --set feature_options.mfcc.n_mfcc=20")
@@ -104,7 +106,8 @@ def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -
                         "holds; with several, name one); several 1-D vectors are "
                         "concatenated, e.g. egemaps,handcrafted173")
     p.add_argument("--model", required=model_required,
-                   help="registered model (svm, knn, logreg, cnn1d, cnn2d_smote, lstm_v2, ...)")
+                   help="registered model (svm, knn, logreg, cnn1d, cnn2d_smote, lstm_v2, "
+                        "layer_weighted, encoder_finetune, ...)")
     _config_args(p, "YAML LearnConfig (see configs/)", "--set balance=smote "
                  "--set model_options.epochs=20 --set augment.variant=merged")
     p.add_argument("--label-set", dest="label_set")
@@ -134,9 +137,9 @@ def learn_config(args: argparse.Namespace, **extra):
 
 
 def _load_data(args: argparse.Namespace, cfg):
-    from ser_ray.data import load_features
+    from ser_ray.data import load_learn_features
 
-    data = load_features(args.roots, cfg.features, label_set=cfg.label_set, frames=cfg.frames)
+    data = load_learn_features(args.roots, cfg)
     if data.feature_config["dropped_labels"]:
         print(f"ser-ray: labels outside the set dropped: {data.feature_config['dropped_labels']}",
               file=sys.stderr)

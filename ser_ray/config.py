@@ -61,6 +61,8 @@ class PrepareConfig:
     files_per_task: int = 32        # files per work unit: the unit of parallelism and of resume
     num_workers: int | None = None  # None = one per CPU of the cluster
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0    # per encoder actor (engine data), when the cluster has GPUs
+    engine: str = "auto"            # auto (data for encoders, tasks otherwise) | tasks | data
     strict: bool = False            # exit non-zero when any file is quarantined
     seed: int = 0
 
@@ -82,6 +84,7 @@ class LearnConfig:
                                             # or one feature, or several 1-D vectors concatenated
     label_set: str | None = None            # re-map labels at learning time (e.g. iemocap4)
     frames: int | None = None               # time frames of ragged 2-D features; None = median
+    layers: str | int = "auto"              # hidden states of an encoder feature: auto | all | K | A-B
     model: str = "cnn1d"
     model_options: dict[str, Any] = field(default_factory=dict)  # architecture + lr, epochs...
     normalise: str = "global"               # none | global | speaker | corpus
@@ -172,7 +175,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value, where)
+        for arg in args[:-1]:  # the first type the value fits (str | int: "2-4" or 3)
+            try:
+                return _coerce(arg, value, where)
+            except ValueError:
+                pass
+        return _coerce(args[-1], value, where)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

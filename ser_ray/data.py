@@ -23,7 +23,7 @@ from ser_ray.labels import CANONICAL_LABELS, get_label_set
 
 META_COLUMNS = ("utterance_id", "source_id", "block_index", "corpus", "speaker", "sex", "label")
 # Axis of each 2-D feature that grows with the clip; fixed-size features are absent.
-TIME_AXIS = {"mfcc": 0, "logmel": 1, "stft": 1}
+TIME_AXIS = {"mfcc": 0, "logmel": 1, "stft": 1, "waveform": 0}
 
 
 @dataclass
@@ -77,10 +77,58 @@ def fix_frames(a: np.ndarray, axis: int, frames: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
+def layer_selection(spec: str | None, n_states: int, stack: bool) -> dict[str, Any]:
+    """Which hidden states of a layered feature (``encoder``: ``(n_states, 2 x hidden)`` per
+    row) a model reads, from ``LearnConfig.layers``:
+
+    * ``auto``: a model that weighs layers itself (``layer_weighted``) gets all of them; any
+      other the middle hidden state, ``n_states // 2`` (whisper-base: 3 of 0..6). A fixed rule
+      that never looks at test speakers; ``tune`` can search ``layers`` by cross-validation.
+    * ``K``: hidden state K (0 = embeddings, negative counts from the last);
+    * ``A-B``: states A to B inclusive; ``all``: every state.
+
+    ``stack``: keep ``(k, 2 x hidden)`` rows (layer-weighting models), else concatenate them
+    into one vector (classical models, MLPs).
+    """
+    spec = "auto" if spec in (None, "") else str(spec).strip()
+    if spec == "auto":
+        index = list(range(n_states)) if stack else [n_states // 2]
+    elif spec == "all":
+        index = list(range(n_states))
+    else:
+        try:
+            if "-" in spec.lstrip("-"):
+                a, b = spec.lstrip("-").split("-", 1)
+                a = -int(a) if spec.startswith("-") else int(a)
+                index = list(range(a % n_states, int(b) % n_states + 1))
+            else:
+                index = [int(spec) % n_states] if -n_states <= int(spec) < n_states else []
+        except ValueError:
+            index = []
+        if not index:
+            raise ValueError(f"layers={spec!r}: expected auto, all, K or A-B with hidden states "
+                             f"0..{n_states - 1}")
+    return {"spec": spec, "states": n_states, "index": index, "stack": bool(stack)}
+
+
+def select_layers(x: np.ndarray, selection: dict[str, Any] | None) -> np.ndarray:
+    """Rows ``(..., n_states, d)`` -> the selected states, stacked ``(..., k, d)`` or joined
+    ``(..., k * d)``; ``selection`` from :func:`layer_selection` (None: unchanged)."""
+    if not selection:
+        return x
+    if x.shape[-2] != selection["states"]:
+        raise ValueError(f"feature has {x.shape[-2]} hidden states but the model was trained on "
+                         f"{selection['states']}: it was extracted with another encoder")
+    x = x[..., selection["index"], :]
+    return x if selection["stack"] else x.reshape(*x.shape[:-2], -1)
+
+
 def conform(x: np.ndarray, feature_config: dict[str, Any]) -> np.ndarray:
-    """One extracted array -> the model's input shape: a 2-D feature cropped or padded along its
-    time axis to the ``frames`` training used (as :func:`load_features` did to every training
-    row). Augmented copies, noisy test sets and scoring windows all go through here."""
+    """One extracted array -> the model's input shape: the hidden states a model reads of a
+    layered feature, or a 2-D feature cropped or padded along its time axis to the ``frames``
+    training used (as :func:`load_features` did to every training row). Augmented copies, noisy
+    test sets and scoring windows all go through here."""
+    x = select_layers(x, feature_config.get("layers"))
     frames, axis = feature_config.get("frames"), feature_config.get("time_axis")
     if frames is not None and axis is not None:
         return fix_frames(x, axis, frames)
@@ -123,7 +171,8 @@ def _combine(names: Sequence[str], parts: list[tuple[list[np.ndarray], pd.DataFr
 
 def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[str], *,
                   label_set: str | None = None, labels: Sequence[str] | None = None,
-                  frames: int | None = None) -> FeatureData:
+                  frames: int | None = None, layers: str | dict | None = None,
+                  model: str | None = None) -> FeatureData:
     """Feature tables ``features`` of one or more prepare outputs as one :class:`FeatureData`.
 
     ``label_set`` re-maps labels at learning time (rows outside it are dropped and counted in
@@ -147,6 +196,8 @@ def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[s
     if len(shapes) > 1:
         raise ValueError(f"feature shapes differ between folders: {sorted(shapes)}")
     X = np.concatenate(Xs)
+    selection = _layers(features, X, layers, model)
+    X = select_layers(X, selection)
     meta = pd.concat(metas, ignore_index=True)
     meta["block_index"] = meta["block_index"].astype(np.int64)
 
@@ -187,8 +238,34 @@ def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[s
         "extractors": extractors, "audio": prepare_cfgs[0].get("audio", {}),
         "label_set": label_set, "roots": [str(r) for r in roots], "dropped_labels": dropped,
         "clip_s": _median_clip_s(roots, prepare_cfgs[0].get("audio", {})),
+        "layers": selection,
     }
     return FeatureData(X=X, y=y, labels=labels, meta=meta, feature_config=feature_config)
+
+
+def load_learn_features(roots: str | Path | Sequence[str | Path], cfg) -> FeatureData:
+    """The rows a :class:`~ser_ray.config.LearnConfig` learns from (features, label set,
+    frames, layers for its model): what ``cv``, ``train`` and every ``tune`` trial read."""
+    return load_features(roots, cfg.features, label_set=cfg.label_set, frames=cfg.frames,
+                         layers=cfg.layers, model=cfg.model)
+
+
+def _layers(features: Sequence[str], X: np.ndarray, layers, model: str | None):
+    from ser_ray.features.encoder import LAYERED
+
+    if isinstance(layers, dict) or layers is None and model is None:
+        return layers or None
+    if not any(f in LAYERED for f in features):
+        if layers not in (None, "", "auto"):
+            raise ValueError(f"layers={layers!r}: only layered features {list(LAYERED)} have "
+                             f"layers; {list(features)} do not")
+        return None
+    if len(features) > 1:
+        raise ValueError(f"{list(features)}: a layered feature cannot be combined with others")
+    from ser_ray.models import get_model_spec
+
+    stack = bool(model) and getattr(get_model_spec(model).config, "takes_layers", False)
+    return layer_selection(layers, X.shape[1], stack)
 
 
 def _median_clip_s(roots: Sequence[str | Path], audio: dict[str, Any]) -> float | None:
@@ -236,7 +313,10 @@ def manifest(roots: str | Path | Sequence[str | Path]) -> pd.DataFrame:
 
 def _reduce_axes(X: np.ndarray, time_axis: int | None) -> tuple[int, ...]:
     """Axes to average over: rows, plus the time axis of 2-D features (stats per channel)."""
-    return (0,) if time_axis is None or X.ndim < 3 else (0, 1 + time_axis)
+    if time_axis is None:
+        return (0,)
+    # a 1-D signal (waveform): one mean and std; a 2-D feature: one per channel
+    return (0, 1) if X.ndim == 2 else (0, 1 + time_axis)
 
 
 STD_FLOOR = 1e-6

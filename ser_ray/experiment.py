@@ -28,6 +28,13 @@ def log(msg: str) -> None:
     print(f"[ser-ray] {msg}", flush=True)
 
 
+def takes_raw_input(model: str) -> bool:
+    """Models fed the waveform itself, which their pretrained encoder normalises."""
+    from ser_ray.models import get_model_spec
+
+    return getattr(get_model_spec(model).config, "saves_backbone", False)
+
+
 def is_torch(model: str) -> bool:
     from ser_ray.models import get_model_spec
 
@@ -108,6 +115,10 @@ def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
     has too few calls of its own to form a reference population.
     """
     time_axis = data.feature_config.get("time_axis")
+    raw = takes_raw_input(cfg.model)
+    if raw and NORMALISE_GROUPS[cfg.normalise] is not None:
+        raise ValueError(f"{cfg.model} normalises its own input (its encoder's feature "
+                         f"extractor); use normalise=global or none, not {cfg.normalise}")
     X_tr, meta_tr = data.X[train_idx], data.meta.iloc[train_idx].reset_index(drop=True)
     norm: dict[str, np.ndarray] = {}
     if NORMALISE_GROUPS[cfg.normalise] is not None:
@@ -123,7 +134,8 @@ def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
     y_tr = meta_tr["label"].map(index).to_numpy(np.int64)
     X_tr = _group_norm(X_tr, meta_tr, cfg, time_axis)
     X_val = _group_norm(data.X[val_idx], data.meta.iloc[val_idx], cfg, time_axis)
-    if cfg.normalise != "none" and not classical:  # classical pipelines scale inside fit
+    # classical pipelines scale inside fit; a fine-tuned encoder's feature extractor normalises
+    if cfg.normalise != "none" and not classical and not raw:
         norm["mean"], norm["std"] = moments(X_tr, time_axis)
         X_tr, X_val = (standardise(x, norm["mean"], norm["std"]) for x in (X_tr, X_val))
     weights = None
@@ -389,7 +401,7 @@ def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | P
     pred = load_predictor(model_dir)
     fc = pred.feature_config
     data = load_features(roots, fc["features"], label_set=fc.get("label_set"),
-                         labels=pred.labels, frames=fc.get("frames"))
+                         labels=pred.labels, frames=fc.get("frames"), layers=fc.get("layers"))
     if tuple(data.X.shape[1:]) != tuple(pred.input_shape):
         raise ValueError(f"features under {list(roots)} have shape {data.X.shape[1:]} but the "
                          f"model expects {tuple(pred.input_shape)}")

@@ -12,10 +12,17 @@ the driver, cutting units as names stream in, with at most a few units per worke
 extract features in Ray tasks (each worker process builds its extractors once per config) ->
 summarise on the driver from the written tables.
 
-Why Ray tasks and not Ray Data: a Ray Data pipeline (listing stage, repartition, actor pool)
-cost about 5 s of fixed overhead per run, so on a small machine ``prepare`` was slower than a
-single-process loop. Plain tasks keep the same parallel, distributed reads and per-unit resume
-without that overhead.
+Two engines (``engine``, default ``auto``):
+
+* ``tasks``, for the cheap extractors (MFCC, log-mel, eGeMAPS, ...): a Ray Data pipeline
+  (listing stage, repartition, actor pool) cost about 5 s of fixed overhead per run, so on a
+  small machine ``prepare`` was slower than a single-process loop. Plain tasks keep the same
+  parallel, distributed reads and per-unit resume without that overhead.
+* ``data``, for pretrained encoders: decoding and conditioning run as Ray Data CPU tasks, the
+  encoder in a ``map_batches`` actor pool (``ActorPoolStrategy``) that loads the model once per
+  actor, with ``num_gpus`` per actor on a GPU cluster; each unit's clips are encoded in batches
+  grouped by length. Loading a model per task, or running it beside the decoder on a GPU, is
+  what this avoids. Units, parts and markers are the same as the task engine's.
 """
 
 from __future__ import annotations
@@ -196,6 +203,9 @@ class _Rows:
         self.quarantine: list[dict] = []
         self.skipped: list[dict] = []
         self.features: dict[str, list[dict]] = {f: [] for f in features}
+        # batched extractors (encoders) run after the unit's files are decoded, on all of
+        # them together: the conditioned blocks wait here, {name: [(row fields, audio)]}
+        self.deferred: dict[str, list[tuple[dict, np.ndarray]]] = {}
 
 
 def _hidden(rel: str) -> bool:
@@ -215,9 +225,11 @@ class UnitProcessor:
         self.label_set = get_label_set(self.cfg.label_set)
         self.extractors = {name: get_extractor(name, **self.cfg.feature_options.get(name, {}))
                            for name in self.cfg.features}
-        warm_up(self.extractors.values())  # compile librosa's numba kernels one process at a time
+        # compile librosa's numba kernels one process at a time (encoders load at first use)
+        warm_up(e for e in self.extractors.values() if not batched(e))
         self.max_bytes = int(self.cfg.audio.max_file_mb * 2**20)
         self._corpora: dict[tuple[str, str], Any] = {}
+        self.batched = [n for n, e in self.extractors.items() if batched(e)]
 
     def _corpus(self, name: str, root: str):
         if name in ("manifest", "sidecar"):
@@ -230,9 +242,15 @@ class UnitProcessor:
 
     # -- one unit ------------------------------------------------------------------------
     def process(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """Decode, extract, write parts and marker: the whole unit in this process."""
         marker = self.out / "_units" / f"{unit['unit_id']}.json"
         if marker.exists():  # done by an earlier run into this output: resume
             return {**json.loads(marker.read_text()), "resumed": True}
+        return self.finish(unit, *self.decode(unit))
+
+    def decode(self, unit: dict[str, Any]) -> tuple["_Rows", dict[str, Any]]:
+        """A unit's files -> its rows, with batched extractors' blocks left in ``deferred``;
+        and the unit's counts so far."""
         t0 = time.perf_counter()
         rows = _Rows(list(self.extractors))
         kind, root = unit["kind"], unit["root"]
@@ -255,11 +273,19 @@ class UnitProcessor:
                           lambda r, f=fields: _utterance(f))
         else:
             n_files = self._tar(rows, unit, corpus)
+        return rows, {"files": n_files, "seconds": time.perf_counter() - t0}
+
+    def finish(self, unit: dict[str, Any], rows: "_Rows", counts: dict[str, Any]) -> dict[str, Any]:
+        """Run the batched extractors on the unit's blocks, write its parts, then its marker."""
+        t0 = time.perf_counter()
+        self._run_deferred(rows)
         self._write(unit["unit_id"], rows)
+        marker = self.out / "_units" / f"{unit['unit_id']}.json"
+        n_files = counts["files"]
         stats = {
             "unit_id": unit["unit_id"], "files": n_files, "ok": len(rows.manifest),
             "quarantined": len(rows.quarantine), "skipped": len(rows.skipped),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(counts["seconds"] + time.perf_counter() - t0, 3),
             "audio_s": round(sum(r["duration_s"] for r in rows.manifest), 3),
         }
         if stats["ok"] + stats["quarantined"] + stats["skipped"] != n_files:
@@ -375,11 +401,17 @@ class UnitProcessor:
             "extra": json.dumps(utt.extra, sort_keys=True, default=str),
         })
         for name, blocks in feats.items():
+            if name in self.batched:
+                rows.deferred.setdefault(name, []).extend(
+                    ({**common, "block_index": i, "start_s": s, "end_s": e}, y)
+                    for i, (s, e, y) in enumerate(blocks))
+                continue
             rows.features[name] += [{**common, "block_index": i, "start_s": s, "end_s": e,
                                      "array": a} for i, (s, e, a) in enumerate(blocks)]
 
     def _features(self, y: np.ndarray) -> dict[str, list[tuple[float, float, np.ndarray]]]:
-        """Conditioned audio -> per extractor, [(start_s, end_s, array)] over its blocks."""
+        """Conditioned audio -> per extractor, [(start_s, end_s, array)] over its blocks; a
+        batched extractor's entries hold the block's audio, for :meth:`_run_deferred`."""
         a, sr = self.cfg.audio, self.cfg.audio.sample_rate
         out = {}
         for name, ext in self.extractors.items():
@@ -387,11 +419,48 @@ class UnitProcessor:
             hop_s = a.block_hop_s if a.block_s else None
             segs = audio.split_blocks(y, sr, block_s, hop_s) if block_s else [(0, y)]
             try:
+                if name in self.batched:
+                    out[name] = [(st / sr, (st + len(seg)) / sr, ext.check(seg, sr))
+                                 for st, seg in segs]
+                    continue
                 out[name] = [(st / sr, (st + len(seg)) / sr, np.asarray(ext(seg, sr), np.float32))
                              for st, seg in segs]
             except Exception as exc:
                 raise audio.AudioError("feature_error", f"{name}: {type(exc).__name__}: {exc}")
         return out
+
+    def _run_deferred(self, rows: "_Rows") -> None:
+        """The batched extractors over every block of the unit at once (grouped by length by
+        the extractor). A block that fails alone quarantines its file, as any feature error."""
+        for name, items in rows.deferred.items():
+            ext, sr = self.extractors[name], self.cfg.audio.sample_rate
+            try:
+                arrays = ext.many([y for _, y in items], sr)
+            except Exception:  # find the culprits one by one; the rest keep their features
+                arrays = []
+                for fields, y in items:
+                    try:
+                        arrays.append(ext(y, sr))
+                    except Exception as exc:
+                        arrays.append(exc)
+            failed = {}
+            for (fields, _), a in zip(items, arrays):
+                if isinstance(a, Exception):
+                    failed.setdefault(fields["utterance_id"], f"{name}: {type(a).__name__}: {a}")
+                else:
+                    rows.features[name].append({**fields, "array": a})
+            for utt_id, detail in failed.items():
+                self._unlist(rows, utt_id, detail)
+        rows.deferred.clear()
+
+    @staticmethod
+    def _unlist(rows: "_Rows", utt_id: str, detail: str) -> None:
+        """Move a file whose batched feature failed from the manifest to the quarantine."""
+        row = next(r for r in rows.manifest if r["utterance_id"] == utt_id)
+        rows.manifest.remove(row)
+        for frows in rows.features.values():
+            frows[:] = [r for r in frows if r["utterance_id"] != utt_id]
+        _quarantine(rows, row["uri"], utt_id, "feature_error", detail)
 
     def _write(self, uid: str, rows: _Rows) -> None:
         from ser_ray.features.arrays import to_arrow_columns
@@ -412,6 +481,14 @@ class UnitProcessor:
 
 
 _FEATURE_META = pa.schema([f for f in FEATURE_SCHEMA if f.name not in ("values", "shape")])
+
+
+def batched(extractor) -> bool:
+    """Extractors that compute many clips at once (a pretrained encoder): they run on a whole
+    unit's blocks, in the encoder stage of the Ray Data engine."""
+    from ser_ray.features.base import Extractor
+
+    return type(extractor).compute_many is not Extractor.compute_many
 
 
 def _quarantine(rows: _Rows, uri: str, utt_id: str, reason: str, detail: str) -> None:
@@ -505,6 +582,7 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
     for name in cfg.features:  # fail fast on bad names/options, before Ray starts
         get_extractor(name, **cfg.feature_options.get(name, {}))
     get_label_set(cfg.label_set)
+    engine = engine_for(cfg)
     out = Path(cfg.output).absolute()
     out.mkdir(parents=True, exist_ok=True)
     _check_output(cfg, out, overwrite)
@@ -516,7 +594,7 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
 
     init_ray()
     workers, _ = _parallelism(cfg)
-    log(f"units of <= {cfg.files_per_task} files on {workers} worker(s)")
+    log(f"units of <= {cfg.files_per_task} files on {workers} worker(s), engine {engine}")
     units = (u for s in sources for u in iter_units(s, storage, cfg.files_per_task))
     unit_ids, totals = _run_units(cfg, out, units, progress)
     summary = finalize(cfg, out, unit_ids, totals, time.time() - t0, corpora)
@@ -544,6 +622,66 @@ def _parallelism(cfg: PrepareConfig) -> tuple[int, int]:
     return workers, (workers if workers < slots else 2 * workers)
 
 
+class _Tally:
+    """Counts of every unit (resumed ones included) and of this run's own (the rate), with a
+    progress line at most every ``PROGRESS_EVERY_S``."""
+
+    def __init__(self, progress: bool):
+        self.unit_ids: set[str] = set()
+        self.totals: Counter = Counter()
+        self.fresh: Counter = Counter()
+        self.progress, self.listing = progress, True
+        self.t0 = self.last = time.time()
+
+    def record(self, st: dict[str, Any]) -> None:
+        self.totals.update({k: st[k] for k in _COUNTED})
+        if st.get("resumed"):
+            self.totals["resumed"] += 1
+        else:
+            self.fresh.update({k: st[k] for k in _COUNTED})
+        self.totals["done"] += 1
+        if self.progress and time.time() - self.last >= PROGRESS_EVERY_S:
+            self.last = time.time()
+            self.show()
+
+    def show(self) -> None:
+        _progress(self.totals, self.fresh, len(self.unit_ids), self.listing, time.time() - self.t0)
+
+    def new_units(self, out: Path, units: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Units not yet done: a unit listed twice (overlapping inputs) runs once, and one an
+        earlier run into ``out`` marked done is counted without running."""
+        for unit in units:
+            uid = unit["unit_id"]
+            if uid in self.unit_ids:
+                continue
+            self.unit_ids.add(uid)
+            marker = out / "_units" / f"{uid}.json"
+            if marker.exists():
+                self.record({**json.loads(marker.read_text()), "resumed": True})
+                continue
+            yield unit
+
+    def end(self) -> tuple[set[str], Counter]:
+        self.listing = False
+        if self.progress and self.totals["done"]:
+            self.show()
+        return self.unit_ids, self.totals
+
+
+def engine_for(cfg: PrepareConfig) -> str:
+    """``tasks`` or ``data``: ``auto`` runs pretrained encoders on Ray Data (a CPU decoding
+    stage, then an actor pool that loads the model once per actor) and the cheap extractors as
+    plain tasks, which start faster (see the module docstring)."""
+    if cfg.engine not in ("auto", "tasks", "data"):
+        raise ValueError(f"prepare: engine={cfg.engine!r} is not one of ['auto', 'tasks', 'data']")
+    if cfg.engine != "auto":
+        return cfg.engine
+    from ser_ray.features import get_extractor
+
+    exts = [get_extractor(n, **cfg.feature_options.get(n, {})) for n in cfg.features]
+    return "data" if any(batched(e) for e in exts) else "tasks"
+
+
 def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
                progress: bool) -> tuple[set[str], Counter]:
     """Submit units as Ray tasks while they are cut, with a bounded number in flight.
@@ -552,44 +690,23 @@ def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
     """
     import ray
 
+    if engine_for(cfg) == "data":
+        return _run_units_data(cfg, out, units, progress)
     task = ray.remote(process_unit).options(num_cpus=cfg.cpus_per_worker)
     cfg_ref = ray.put(to_dict(cfg))
-    unit_ids: set[str] = set()
-    totals: Counter = Counter()  # every unit, resumed ones included
-    fresh: Counter = Counter()  # units processed by this run: the rate
+    tally = _Tally(progress)
     pending: list = []
-    t0 = last = sized = time.time()
+    sized = time.time()
     max_in_flight = _parallelism(cfg)[1]
-    listing = True
-
-    def record(st: dict[str, Any]) -> None:
-        nonlocal last
-        totals.update({k: st[k] for k in _COUNTED})
-        if st.get("resumed"):
-            totals["resumed"] += 1
-        else:
-            fresh.update({k: st[k] for k in _COUNTED})
-        totals["done"] += 1
-        if progress and time.time() - last >= PROGRESS_EVERY_S:
-            last = time.time()
-            _progress(totals, fresh, len(unit_ids), listing, last - t0)
 
     def collect(block: bool) -> None:
         done, rest = ray.wait(pending, num_returns=1 if block else len(pending),
                               timeout=None if block else 0)
         pending[:] = rest
         for st in ray.get(done):
-            record(st)
+            tally.record(st)
 
-    for unit in units:
-        uid = unit["unit_id"]
-        if uid in unit_ids:  # the same file reached twice (overlapping inputs): once is enough
-            continue
-        unit_ids.add(uid)
-        marker = out / "_units" / f"{uid}.json"
-        if marker.exists():  # done by an earlier run into this output: resume
-            record({**json.loads(marker.read_text()), "resumed": True})
-            continue
+    for unit in tally.new_units(out, units):
         if cfg.num_workers is None and time.time() - sized > 10:
             max_in_flight, sized = _parallelism(cfg)[1], time.time()  # nodes come and go
         while len(pending) >= max_in_flight:
@@ -597,12 +714,96 @@ def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
         pending.append(task.remote(cfg_ref, str(out), unit))
         if len(pending) > 1:
             collect(block=False)
-    listing = False
     while pending:
         collect(block=True)
-    if progress and totals["done"]:
-        _progress(totals, fresh, len(unit_ids), listing, time.time() - t0)
-    return unit_ids, totals
+    return tally.end()
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Data engine: decoding on CPU tasks, the encoder in an actor pool
+# --------------------------------------------------------------------------------------------
+
+DECODE_CPUS = 0.1  # decoding is ~5 % of an encoder's work: it fills the gaps of the actors' CPUs
+
+
+def encoder_pool(cfg: PrepareConfig) -> dict[str, float]:
+    """Encoder actors and the resources of each: one per ``gpus_per_worker`` of the cluster's
+    GPUs when it has them and the config asks, else one per CPU slot (``num_workers`` caps it);
+    on CPU each actor leaves a tenth of its CPU to the decoding tasks."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = res.get("GPU", 0)
+    if cfg.gpus_per_worker > 0 and gpus:
+        n = max(1, int(gpus / cfg.gpus_per_worker))
+        return {"actors": min(n, cfg.num_workers or n), "num_cpus": cfg.cpus_per_worker,
+                "num_gpus": cfg.gpus_per_worker}
+    n = max(1, int(res.get("CPU", 1) / cfg.cpus_per_worker))
+    return {"actors": min(n, cfg.num_workers or n),
+            "num_cpus": cfg.cpus_per_worker * (1 - DECODE_CPUS), "num_gpus": 0}
+
+
+def _decode_row(row: dict[str, Any], cfg: dict[str, Any], output: str) -> dict[str, Any]:
+    """Ray Data map (CPU): a unit -> its decoded rows, batched extractors' audio waiting."""
+    import pickle
+
+    unit = json.loads(row["unit"])
+    return {"unit": row["unit"], "rows": pickle.dumps(_processor(cfg, output).decode(unit))}
+
+
+class EncodeUnits:
+    """Ray Data actor: loads the encoder once, then finishes units (encoder features over all a
+    unit's clips, grouped by length, then the parts and the marker)."""
+
+    def __init__(self, cfg: dict[str, Any], output: str):
+        import torch
+
+        torch.set_num_threads(max(1, int(round(from_dict(PrepareConfig, cfg).cpus_per_worker))))
+        self.proc = _processor(cfg, output)
+        for name in self.proc.batched:  # load the weights now, not in the first unit
+            self.proc.extractors[name].encoder()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pickle
+
+        stats = []
+        for unit, blob in zip(batch["unit"], batch["rows"]):
+            rows, counts = pickle.loads(blob)
+            stats.append(json.dumps(self.proc.finish(json.loads(unit), rows, counts)))
+        return {"stats": np.array(stats, dtype=object)}
+
+
+def _run_units_data(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
+                    progress: bool) -> tuple[set[str], Counter]:
+    """The units not yet done through a Ray Data pipeline: decode (tasks) -> encode (actor
+    pool, ``num_gpus`` per actor on a GPU cluster); Ray Data streams units between the two
+    with backpressure, and each unit's marker is written after its parts, so a killed run
+    resumes unit by unit as the task engine does."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from ser_ray.training import quiet_data_progress
+
+    quiet_data_progress()
+    # its memory "issues" are the decoder's imports (~250 MB per worker), every 30 s in the log
+    ray.data.DataContext.get_current().issue_detectors_config.detectors = []
+    tally = _Tally(progress)
+    todo = [json.dumps(u) for u in tally.new_units(out, units)]
+    if todo:
+        pool = encoder_pool(cfg)
+        log(f"Ray Data: decoding on CPU tasks, encoder on {pool['actors']} actor(s) "
+            f"({pool['num_cpus']:g} CPU, {pool['num_gpus']:g} GPU each)")
+        cfg_d = to_dict(cfg)
+        ds = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
+        ds = ds.map(_decode_row, fn_kwargs={"cfg": cfg_d, "output": str(out)},
+                    num_cpus=DECODE_CPUS)
+        ds = ds.map_batches(EncodeUnits, fn_constructor_kwargs={"cfg": cfg_d, "output": str(out)},
+                            batch_size=1, compute=ActorPoolStrategy(size=pool["actors"],
+                                                    max_tasks_in_flight_per_actor=1),
+                            num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"])
+        for row in ds.iter_rows():
+            tally.record(json.loads(row["stats"]))
+    return tally.end()
 
 
 def _progress(totals: Counter, fresh: Counter, n_units: int, listing: bool,

@@ -95,7 +95,9 @@ class ModelInfo:
         if missing:
             raise FileNotFoundError(f"--model {path}: lacks {missing}; it is not a complete "
                                     "model folder")
-        files = {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+        # relative paths: a fine-tuned encoder's backbone/ folder travels too
+        files = {p.relative_to(root).as_posix(): p.read_bytes()
+                 for p in sorted(root.rglob("*")) if p.is_file()}
         h = hashlib.sha256()
         for name, data in files.items():
             h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -155,9 +157,8 @@ class WindowFeatures:
         self.fixed = int(round(fixed * self.sr)) if fixed else None
         self.min_samples = max(e.min_samples(self.sr) for e in self.extractors)
 
-    def __call__(self, y: np.ndarray) -> np.ndarray:
+    def _condition(self, y: np.ndarray) -> np.ndarray:
         from ser_ray import audio
-        from ser_ray.data import conform
 
         a = self.audio
         y = audio.normalise(audio.pre_emphasise(y, a.pre_emphasis), a.normalise, a.rms_dbfs)
@@ -165,10 +166,21 @@ class WindowFeatures:
             y = audio.window(y, self.sr, 0.0, self.fixed / self.sr, pad=True)
         if y.size < self.min_samples:
             y = np.pad(y, (0, self.min_samples - y.size))
-        parts = [np.asarray(e(y.astype(np.float32, copy=False), self.sr)) for e in self.extractors]
+        return y.astype(np.float32, copy=False)
+
+    def many(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Windows -> model inputs ``(n, *input_shape)``; extractors that batch (a pretrained
+        encoder) run the windows together."""
+        from ser_ray.data import conform
+
+        ys = [self._condition(y) for y in windows]
+        parts = [e.many(ys, self.sr) for e in self.extractors]
         if len(parts) > 1:
-            return np.concatenate(parts).astype(np.float32)
-        return conform(parts[0], self.fc).astype(np.float32, copy=False)
+            return np.stack([np.concatenate(row) for row in zip(*parts)]).astype(np.float32)
+        return np.stack([conform(x, self.fc) for x in parts[0]]).astype(np.float32, copy=False)
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        return self.many([y])[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,7 +390,7 @@ class UnitScorer:
                              f"{self.s['min_window_s']}")
             row["speech_s"] = 0.0
             return None
-        X = np.stack([self.features(y[round(s * self.sr):round(e * self.sr)]) for s, e in spans])
+        X = self.features.many([y[round(s * self.sr):round(e * self.sr)] for s, e in spans])
         return X, spans
 
     def _predict_call(self, X: np.ndarray, spans: list[tuple[float, float]], row: dict[str, Any],
@@ -521,6 +533,7 @@ class _ScoreActor:
         files = ray.get(model_ref[0])
         self._tmp = tempfile.mkdtemp(prefix="ser-ray-model-")
         for name, data in files.items():
+            Path(self._tmp, name).parent.mkdir(parents=True, exist_ok=True)
             Path(self._tmp, name).write_bytes(data)
         self.scorer = UnitScorer(settings, self._tmp)
         self.scorer.warm_up()

@@ -131,13 +131,20 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     module = build_model(cfg["model"], tuple(cfg["input_shape"]), cfg["n_classes"], **cfg["options"])
     model = ray.train.torch.prepare_model(module)
     device = ray.train.torch.get_device()
-    opt = _optimizer(hp["optimizer"], model.parameters(), hp["lr"], hp["weight_decay"])
+    # frozen parts of a pretrained backbone take no optimiser state
+    opt = _optimizer(hp["optimizer"], [p for p in model.parameters() if p.requires_grad],
+                     hp["lr"], hp["weight_decay"])
     weight = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=device) \
         if cfg.get("class_weights") is not None else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     val_loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
     reg = getattr(module, "regularization_loss", None)
 
+    train = _Rows(ray.train.get_dataset_shard("train"), cfg["in_memory_mb"], device)
+    val = _Rows(ray.train.get_dataset_shard("val"), cfg["in_memory_mb"], device)
+    accum = max(1, int(hp.get("grad_accum", 1)))
+    sched = _schedule(opt, hp, cfg["train_rows"], ray.train.get_context().get_world_size())
+    autocast, scaler = _precision(hp.get("precision", "auto"), device)
     start, best, bad, best_epoch, history = 0, float("inf"), 0, -1, []
     best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     ckpt = ray.train.get_checkpoint()
@@ -147,11 +154,11 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             module.load_state_dict(load_file(str(Path(d, "model.safetensors"))))
             best_state = load_file(str(Path(d, "best.safetensors")))
             opt.load_state_dict(torch.load(Path(d, "optimizer.pt"), weights_only=True))
+            if sched is not None:
+                sched.load_state_dict(torch.load(Path(d, "scheduler.pt"), weights_only=True))
         start, best, bad = state["epoch"] + 1, state["best"], state["bad"]
         best_epoch, history = state["best_epoch"], state["history"]
 
-    train = _Rows(ray.train.get_dataset_shard("train"), cfg["in_memory_mb"], device)
-    val = _Rows(ray.train.get_dataset_shard("val"), cfg["in_memory_mb"], device)
     last_report = time.time()
     fail_at = cfg.get("fail_at_epoch")
     if fail_at is None:
@@ -159,21 +166,28 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     for epoch in range(start, hp["epochs"]):
         torch.manual_seed(cfg["seed"] * 1009 + rank * 101 + epoch)  # same dropout on resume
         model.train()
-        total, n = 0.0, 0
+        total, n, waiting = 0.0, 0, 0
+        opt.zero_grad()
         for x, y in train.batches(hp["batch_size"], shuffle_seed=cfg["seed"] * 7919 + epoch):
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            if reg is not None:
-                loss = loss + reg()
-            loss.backward()
-            opt.step()
+            with autocast():
+                loss = loss_fn(model(x), y)
+                if reg is not None:
+                    loss = loss + reg()
+            scaler.scale(loss / accum).backward()
+            waiting += 1
+            if waiting == accum:
+                _step(opt, sched, scaler)
+                waiting = 0
             total += float(loss) * len(y)
             n += len(y)
+        if waiting:  # the epoch's last, partial accumulation
+            _step(opt, sched, scaler)
         model.eval()
         vloss, vcorrect, vn = 0.0, 0, 0
         with torch.no_grad():
             for x, y in val.batches(256):
-                out = model(x)
+                with autocast():
+                    out = model(x).float()
                 vloss += float(val_loss_fn(out, y))
                 vcorrect += int((out.argmax(1) == y).sum())
                 vn += len(y)
@@ -200,6 +214,8 @@ def _train_loop(cfg: dict[str, Any]) -> None:
                     save_file({k: v.contiguous() for k, v in best_state.items()},
                               str(Path(d, "best.safetensors")))
                     torch.save(opt.state_dict(), Path(d, "optimizer.pt"))
+                    if sched is not None:
+                        torch.save(sched.state_dict(), Path(d, "scheduler.pt"))
                     Path(d, "state.json").write_text(json.dumps({
                         "epoch": epoch, "best": best, "bad": bad, "best_epoch": best_epoch,
                         "history": history, "stopped": stop}))
@@ -211,6 +227,48 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             break
 
 
+def _schedule(opt, hp: dict[str, Any], train_rows: int, world: int):
+    """Linear warm-up then linear decay to 0 over the run's optimiser steps, when the model asks
+    for a warm-up; the warm-up is at most a tenth of the steps (a small corpus is not all
+    warm-up). None: a constant learning rate."""
+    import torch
+
+    if not hp.get("warmup_steps"):
+        return None
+    per_epoch = -(-max(1, -(-train_rows // world)) // (hp["batch_size"] * max(1, hp["grad_accum"])))
+    total = max(1, per_epoch * hp["epochs"])
+    warm = max(1, min(int(hp["warmup_steps"]), total // 10))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _precision(precision: str, device):
+    """-> (autocast context factory, grad scaler): mixed precision on GPU (bf16 where the GPU
+    has it, else fp16 with loss scaling); fp32 on CPU or with ``precision=fp32``."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext, torch.amp.GradScaler("cuda", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype),
+            torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
+
+
+def _step(opt, sched, scaler) -> None:
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+    if sched is not None:
+        sched.step()
+
+
 def resolve_hyperparameters(model: str, options: dict[str, Any]) -> dict[str, Any]:
     """Training hyperparameters of a model config (its defaults, overridden by ``options``)."""
     import dataclasses
@@ -219,7 +277,7 @@ def resolve_hyperparameters(model: str, options: dict[str, Any]) -> dict[str, An
 
     mc = dataclasses.asdict(model_config(model, **options))
     return {k: mc[k] for k in ("lr", "batch_size", "epochs", "patience", "optimizer",
-                               "weight_decay")}
+                               "weight_decay", "grad_accum", "warmup_steps", "precision")}
 
 
 def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n_classes: int,
@@ -253,7 +311,7 @@ def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n
             "n_classes": n_classes, "seed": seed, "hp": hp,
             "threads": max(1, int(cpus_per_worker)), "in_memory_mb": in_memory_mb,
             "checkpoint_every_s": checkpoint_every_s,
-            "fail_at_epoch": fail_at_epoch,
+            "fail_at_epoch": fail_at_epoch, "train_rows": int(len(train[1])),
             "class_weights": None if class_weights is None else [float(w) for w in class_weights],
         },
         scaling_config=ray.train.ScalingConfig(

@@ -128,12 +128,11 @@ def concurrent_trials(res: Resources, cluster_cpus: float) -> int:
 def _trainable(config: dict[str, Any], space: SweepSpace, roots: list[str]) -> None:
     from ray import tune
 
-    from ser_ray.data import load_features
+    from ser_ray.data import load_learn_features
     from ser_ray.experiment import cross_validate
 
     cfg = trial_config(space, dict(config))
-    data = load_features(roots, cfg.features, label_set=cfg.label_set,
-                         frames=cfg.frames)
+    data = load_learn_features(roots, cfg)
     work = Path(tune.get_context().get_trial_dir()) / "cv"
 
     def on_fold(d: dict[str, Any]) -> None:
@@ -182,7 +181,7 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from ser_ray.data import load_features
+    from ser_ray.data import load_learn_features
     from ser_ray.experiment import train_model, write_run_files
 
     output = Path(output).resolve()
@@ -229,8 +228,7 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
                                      "config": config_mod.to_dict(best_cfg)}, indent=2,
                                     default=str), output / "best.json")
     if space.export_best:
-        data = load_features(roots, best_cfg.features, label_set=best_cfg.label_set,
-                             frames=best_cfg.frames)
+        data = load_learn_features(roots, best_cfg)
         write_run_files(output, best_cfg, data, {"sweep": True})
         train_model(data, best_cfg, output / "best_model", work_dir=output / "best_model.work",
                     extra={"sweep_metric": {METRIC: float(best[METRIC])}})

@@ -108,9 +108,11 @@ def warm_up(extractors: Iterable, seconds: float = 1.0) -> None:
 def main() -> int:
     """Compile every registered extractor's kernels (run after installing ser-ray)."""
     from ser_ray.features import available, get_extractor
+    from ser_ray.features.base import _REGISTRY
 
     t0 = time.time()
-    names = [n for n in available() if n != "egemaps" or _has_opensmile()]
+    names = [n for n in available() if (n != "egemaps" or _has_opensmile())
+             and _REGISTRY[n].warm_at_install]
     warm_up(get_extractor(n) for n in names)
     print(f"[ser-ray] warmed up extractors {', '.join(names)} in {time.time() - t0:.1f} s "
           f"(numba cache of librosa in {os.path.dirname(__import__('librosa').__file__)})", file=sys.stderr)

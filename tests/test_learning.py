@@ -201,7 +201,9 @@ TINY = {
 def test_every_torch_model_is_covered():
     from ser_ray.models import available_models
 
-    assert set(available_models("torch")) == set(TINY)
+    # the encoder heads learn from encoder/waveform tables, not MFCC: they train through the
+    # CLI in tests/test_encoder_pipeline.py
+    assert set(available_models("torch")) == set(TINY) | {"layer_weighted", "encoder_finetune"}
 
 
 @pytest.mark.parametrize("model", sorted(TINY))

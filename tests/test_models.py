@@ -26,7 +26,10 @@ TINY = {
     "gru": ({"hidden": 8}, [(30,), (20, 6)]),
     "gru_lstm": ({"hidden": 8}, [(30,), (20, 6)]),
     "cnn_bilstm_attn": ({"channels": (4, 4), "hidden": 8, "attention": 8}, [(16, 12), (12, 20)]),
+    "layer_weighted": ({"hidden": (8,)}, [(3, 8)]),
 }
+# torch models on a pretrained encoder: built from a model folder in tests/test_encoders.py
+PRETRAINED = ("encoder_finetune",)
 CLASSICAL = {
     "svm": {},
     "knn": {"k": 3},
@@ -39,8 +42,8 @@ TORCH_CASES = [(n, shape) for n, (_, shapes) in TINY.items() for shape in shapes
 
 
 def test_registry_lists_every_model_with_its_kind():
-    assert available_models() == sorted([*TINY, *CLASSICAL])
-    assert available_models("torch") == sorted(TINY)
+    assert available_models() == sorted([*TINY, *PRETRAINED, *CLASSICAL])
+    assert available_models("torch") == sorted([*TINY, *PRETRAINED])
     assert available_models("classical") == sorted(CLASSICAL)
     for name in available_models():
         spec = get_model_spec(name)

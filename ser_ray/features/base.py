@@ -25,6 +25,8 @@ class Extractor:
     """Base config: subclasses add their parameters and implement :meth:`compute`."""
 
     name: ClassVar[str] = ""
+    # False for extractors that need weights from the user (the install-time warm-up skips them)
+    warm_at_install: ClassVar[bool] = True
     # Split audio into blocks of this many seconds before extraction; the pipeline does the
     # splitting (one output row per block); the extractor only sees one block. None = whole clip.
     block_s: float | None = None
@@ -43,8 +45,8 @@ class Extractor:
     def compute(self, y: np.ndarray, sr: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, y: np.ndarray, sr: int) -> np.ndarray:
-        """Validate mono float audio ``y`` at ``sr`` Hz and return the finite float32 feature."""
+    def check(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """Validate mono float audio ``y`` at ``sr`` Hz; returns it as float32."""
         y = np.asarray(y)
         if y.ndim != 1:
             raise ValueError(
@@ -65,10 +67,27 @@ class Extractor:
             )
         if not np.all(np.isfinite(y)):
             raise ValueError(f"{self.name}: input contains NaN or inf samples")
-        out = np.asarray(self.compute(y.astype(np.float32, copy=False), sr), dtype=np.float32)
+        return y.astype(np.float32, copy=False)
+
+    def _finite(self, out, n: int) -> np.ndarray:
+        out = np.asarray(out, dtype=np.float32)
         if not np.all(np.isfinite(out)):
-            raise ValueError(f"{self.name}: produced non-finite values for a {len(y)}-sample input")
+            raise ValueError(f"{self.name}: produced non-finite values for a {n}-sample input")
         return out
+
+    def __call__(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """Validate mono float audio ``y`` at ``sr`` Hz and return the finite float32 feature."""
+        y = self.check(y, sr)
+        return self._finite(self.compute(y, sr), len(y))
+
+    def compute_many(self, ys: list[np.ndarray], sr: int) -> list[np.ndarray]:
+        """Several clips at once; extractors that batch (a neural encoder) override this."""
+        return [self.compute(y, sr) for y in ys]
+
+    def many(self, ys, sr: int) -> list[np.ndarray]:
+        """``[self(y, sr) for y in ys]``, computed in batches where the extractor can."""
+        ys = [self.check(y, sr) for y in ys]
+        return [self._finite(o, len(y)) for o, y in zip(self.compute_many(ys, sr), ys)]
 
 
 def _check_choice(owner: str, field: str, value, choices) -> None:

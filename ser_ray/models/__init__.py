@@ -14,7 +14,7 @@ from ser_ray.models.base import (
 )
 
 # Imported for their @register_model side effect.
-from ser_ray.models import attention, classical, cnn1d, cnn2d, rnn  # noqa: E402,F401
+from ser_ray.models import attention, classical, cnn1d, cnn2d, encoder, rnn  # noqa: E402,F401
 
 __all__ = [
     "OPTIMIZERS", "ModelConfig", "ModelSpec", "available_models", "build_model", "get_model_spec",

@@ -42,8 +42,12 @@ class AdditivePooling(nn.Module):
             nn.Linear(d, attention), nn.Tanh(), nn.Linear(attention, 1, bias=False)
         )
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        w = torch.softmax(self.score(h), dim=1)  # (batch, time, 1)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (batch, time) bool: the steps that exist (padding gets no weight)."""
+        s = self.score(h)
+        if mask is not None:
+            s = s.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        w = torch.softmax(s, dim=1)  # (batch, time, 1)
         return (w * h).sum(dim=1)
 
 

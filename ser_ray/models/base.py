@@ -37,11 +37,17 @@ class ModelConfig:
     patience: int = 10  # early-stopping patience in epochs; >= epochs means train all epochs
     optimizer: str = "adam"  # one of OPTIMIZERS
     weight_decay: float = 0.0
+    grad_accum: int = 1        # batches per optimiser step
+    warmup_steps: int = 0      # linear warm-up then linear decay (0: constant lr); at most a
+                               # tenth of the run's optimiser steps
+    precision: str = "auto"    # auto: mixed precision (bf16, else fp16) on GPU, fp32 on CPU | fp32
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"{self.name}: optimizer={self.optimizer!r} is not one of {OPTIMIZERS}")
-        for f in ("batch_size", "epochs", "patience"):
+        if self.precision not in ("auto", "fp32"):
+            raise ValueError(f"{self.name}: precision={self.precision!r} is not one of ['auto', 'fp32']")
+        for f in ("batch_size", "epochs", "patience", "grad_accum"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{self.name}: {f} must be >= 1, got {getattr(self, f)}")
         if self.lr <= 0 or self.weight_decay < 0:

@@ -1,0 +1,298 @@
+"""Pretrained speech encoders through transformers: one loader and one forward for every use.
+
+Families:
+
+* **Whisper** (``model_type`` whisper): its encoder only, fed log-mel frames from its own feature
+  extractor. ``whisper_input="unpadded"`` feeds the clip's own frames with the position table cut
+  to them (and masks the padding of shorter clips in a batch); ``"padded"`` pads every chunk to
+  the 30 s the encoder was trained on. Either way pooling covers the clip's frames only.
+* **Waveform encoders** (HuBERT, wav2vec 2.0, WavLM, data2vec-audio): raw 16 kHz input,
+  normalised by their feature extractor, with attention masks when the model was trained with
+  them (``feat_extract_norm == "layer"``); batches are grouped by length, so padding is small.
+
+:class:`SpeechEncoder` is used by the frozen extractor (``features.encoder``), the fine-tuned
+model (``models.encoder``) and, through both, by scoring: one implementation of the forward pass
+and of the pooling.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WHISPER = "whisper"
+WAVEFORM_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+WHISPER_INPUTS = ("unpadded", "padded")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+MIN_SAMPLES = 400  # 25 ms: the receptive field of the waveform encoders' first conv
+
+
+def quiet_transformers() -> None:
+    """transformers' load reports and progress bars would flood every worker's log."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no GPU is visible; use device=auto or cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` -> fp16 on GPU, fp32 on CPU; half precision on a CPU is refused."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {list(DTYPES)}")
+    if dtype == "auto":
+        dtype = "fp16" if device.startswith("cuda") else "fp32"
+    if dtype != "fp32" and not device.startswith("cuda"):
+        raise ValueError(f"dtype={dtype} needs a GPU (device is {device}); use fp32 on CPU")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def _is_local(model: str) -> bool:
+    return os.path.isdir(os.path.expanduser(model))
+
+
+def load_pretrained(model: str, dtype=None) -> tuple[Any, Any, Any]:
+    """``model`` (a local folder, or a hub id) -> (config, backbone module, feature extractor).
+
+    A folder is read with ``local_files_only``; a hub id that cannot be fetched (no network,
+    unknown name) is an error that says how to pass a local folder instead.
+    """
+    import torch
+    from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
+                              WhisperFeatureExtractor, WhisperModel)
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    quiet_transformers()
+    if not model:
+        raise ValueError("encoder: no model given; set model=/path/to/hf-folder (e.g. "
+                         "../shared/models/whisper-base) or a hub id")
+    local = _is_local(model)
+    if not local and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise FileNotFoundError(f"encoder model folder {model!r} does not exist")
+    path = os.path.expanduser(model) if local else model
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"encoder model {model!r}: cannot load it from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Without network access, "
+            f"download the model on a machine that has it (`hf download {model} --local-dir "
+            f"DIR`), copy DIR here and pass model=DIR") from None
+    dtype = dtype or torch.float32
+    kw = {"local_files_only": local, "dtype": dtype}
+    if config.model_type == WHISPER:
+        if (config.architectures or [None])[0] == "WhisperEncoder":  # a fine-tuned ser-ray backbone
+            backbone = WhisperEncoder.from_pretrained(path, **kw)
+        else:  # a full Whisper checkpoint: its weights are named model.encoder.*
+            backbone = WhisperModel.from_pretrained(path, **kw).get_encoder()
+    elif config.model_type in WAVEFORM_TYPES:
+        backbone = AutoModel.from_pretrained(path, **kw)
+    else:
+        raise ValueError(f"encoder model {model!r} is a {config.model_type!r} model; supported: "
+                         f"{[WHISPER, *WAVEFORM_TYPES]}")
+    try:
+        fe = AutoFeatureExtractor.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError):  # a checkpoint without preprocessor_config.json
+        if config.model_type == WHISPER:
+            fe = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+        else:
+            fe = Wav2Vec2FeatureExtractor(
+                do_normalize=True,
+                return_attention_mask=getattr(config, "feat_extract_norm", "") == "layer")
+    return config, backbone, fe
+
+
+@dataclass
+class Batch:
+    """Model inputs of a batch of clips, and each clip's number of output frames."""
+
+    inputs: dict[str, Any]
+    frames: Any  # torch.LongTensor (B,)
+    mel_frames: Any = None  # Whisper unpadded: log-mel frames of each clip (B,)
+
+
+class SpeechEncoder:
+    """A loaded encoder: ``states(batch)`` -> hidden states of every layer (with grads when
+    training), ``pooled(waves)`` -> per clip ``(layers + 1, 2 x hidden)`` mean and std over time.
+    """
+
+    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto",
+                 whisper_input: str = "unpadded", chunk_s: float = 30.0, batch_size: int = 8):
+        if whisper_input not in WHISPER_INPUTS:
+            raise ValueError(f"whisper_input={whisper_input!r} is not one of {list(WHISPER_INPUTS)}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.config, self.backbone, self.fe = load_pretrained(model, self.dtype)
+        self.backbone.to(self.device).eval()
+        self.whisper = self.config.model_type == WHISPER
+        self.whisper_input = whisper_input
+        self.batch_size = max(1, int(batch_size))
+        window = self.window_s
+        self.chunk_s = min(float(chunk_s), window) if window else float(chunk_s)
+        if self.whisper:
+            self.n_layers, self.hidden = self.config.encoder_layers, self.config.d_model
+        else:
+            self.n_layers, self.hidden = self.config.num_hidden_layers, self.config.hidden_size
+
+    @property
+    def window_s(self) -> float | None:
+        """The longest input the encoder takes at once (Whisper: 30 s), or None."""
+        if not self.whisper:
+            return None
+        return self.config.max_source_positions * 2 * self.fe.hop_length / SAMPLE_RATE
+
+    @property
+    def n_states(self) -> int:
+        """Hidden states per clip: the embeddings plus one per transformer layer."""
+        return self.n_layers + 1
+
+    # -- inputs ---------------------------------------------------------------------------
+    def batch(self, waves: Sequence[np.ndarray]) -> Batch:
+        """Clips (16 kHz float32, each at most ``chunk_s``) -> model inputs on the device the
+        backbone is on now (a training worker may have moved it), in its dtype."""
+        import torch
+
+        p = next(self.backbone.parameters())
+        device, dtype = p.device, p.dtype
+
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        waves = [np.asarray(w, dtype=np.float32) for w in waves]
+        if self.whisper:
+            padded = self.whisper_input == "padded"
+            got = self.fe(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                          padding="max_length" if padded else "longest",
+                          truncation=padded)
+            feats = got["input_features"]
+            if not padded:  # the convs then see zeros past each clip, as for a clip alone
+                mel = (lengths // self.fe.hop_length).clamp(min=1)
+                feats = feats.masked_fill(torch.arange(feats.shape[-1])[None, None, :]
+                                          >= mel[:, None, None], 0.0)
+            # frames after the stride-2 conv: one per 2 mel hops, at most the position table
+            frames = torch.clamp((lengths + 2 * self.fe.hop_length - 1) // (2 * self.fe.hop_length),
+                                 1, self.config.max_source_positions)
+            return Batch({"input_features": feats.to(device, dtype)}, frames,
+                         None if padded else mel)
+        got = self.fe(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest",
+                      return_attention_mask=True)
+        inputs = {"input_values": got["input_values"].to(device, dtype)}
+        if getattr(self.fe, "return_attention_mask", False):
+            inputs["attention_mask"] = got["attention_mask"].to(device)
+        frames = self.backbone._get_feat_extract_output_lengths(lengths).long()
+        return Batch(inputs, frames)
+
+    # -- forward --------------------------------------------------------------------------
+    def states(self, batch: Batch) -> list:
+        """Hidden states ``[(B, T, hidden)] * n_states``: the embeddings, then every layer's
+        output (Whisper's last one after its final layer norm, as ``last_hidden_state``)."""
+        if not self.whisper:
+            out = self.backbone(**batch.inputs, output_hidden_states=True)
+            return list(out.hidden_states)
+        return self._whisper_states(batch)
+
+    def _whisper_states(self, batch: Batch) -> list:
+        import torch
+        from torch.nn import functional as F
+
+        enc = self.backbone
+        x = F.gelu(enc.conv1(batch.inputs["input_features"]))
+        if batch.mel_frames is not None:  # conv2 must see zeros past each clip, not gelu(bias)
+            past = torch.arange(x.shape[-1], device=x.device)[None, None, :] \
+                >= batch.mel_frames.to(x.device)[:, None, None]
+            x = x.masked_fill(past, 0.0)
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)
+        T = x.shape[1]
+        x = x + enc.embed_positions.weight[:T].to(x.dtype)
+        x = F.dropout(x, p=enc.dropout, training=enc.training)
+        mask = None
+        if self.whisper_input == "unpadded" and int(batch.frames.min()) < T:
+            # padding of the shorter clips in a batch is masked out of attention, so a clip
+            # gives the same states alone or in a batch (the padded mode attends, as trained)
+            keep = torch.arange(T)[None, :] < batch.frames[:, None]
+            mask = torch.zeros(keep.shape, dtype=x.dtype).masked_fill(~keep, torch.finfo(x.dtype).min)
+            mask = mask[:, None, None, :].to(x.device)
+        states = [x]
+        for layer in enc.layers:
+            x = layer(x, mask)
+            x = x[0] if isinstance(x, tuple) else x
+            states.append(x)
+        states[-1] = enc.layer_norm(x)
+        return states
+
+    @property
+    def masks_padding(self) -> bool:
+        """Whether a clip padded inside a batch gives the states it gives alone: Whisper (its
+        padding is masked, or every clip is padded to 30 s) and models trained with attention
+        masks. A group-norm model (wav2vec 2.0 base, HuBERT) normalises over the padding too."""
+        return self.whisper or bool(getattr(self.fe, "return_attention_mask", False))
+
+    def exact_batches(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+        """Indices of clips in batches of at most ``batch_size``, grouped by length, whose
+        results do not depend on the batch: with a model that cannot mask padding, a batch
+        holds clips of one length only (features never depend on how work was cut)."""
+        order = sorted(range(len(lengths)), key=lambda k: lengths[k])
+        out: list[list[int]] = []
+        for k in order:
+            if out and len(out[-1]) < batch_size and (
+                    self.masks_padding or lengths[out[-1][-1]] == lengths[k]):
+                out[-1].append(k)
+            else:
+                out.append([k])
+        return out
+
+    # -- pooled features -----------------------------------------------------------------
+    def chunks(self, y: np.ndarray) -> list[np.ndarray]:
+        """A clip split into equal pieces of at most ``chunk_s`` (a 70 s call -> 3 x 23.3 s)."""
+        size = int(self.chunk_s * SAMPLE_RATE)
+        n = max(1, -(-len(y) // size))
+        return list(np.array_split(y, n)) if n > 1 else [y]
+
+    def pooled(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Clips (16 kHz float32) -> ``(n_states, 2 x hidden)`` float32 each: per layer the mean
+        and the standard deviation over the clip's frames (over all chunks of a long clip).
+
+        Chunks are batched ``batch_size`` at a time, grouped by length (:meth:`exact_batches`)."""
+        import torch
+
+        pieces = [(i, c) for i, y in enumerate(waves) for c in self.chunks(y)]
+        sums = np.zeros((len(waves), self.n_states, self.hidden), np.float64)
+        sqs = np.zeros_like(sums)
+        counts = np.zeros(len(waves), np.float64)
+        with torch.inference_mode():
+            for idx in self.exact_batches([len(c) for _, c in pieces], self.batch_size):
+                batch = self.batch([pieces[k][1] for k in idx])
+                states = torch.stack(self.states(batch), dim=1).float()  # (B, S, T, H)
+                keep = (torch.arange(states.shape[2], device=states.device)[None, :]
+                        < batch.frames.to(states.device)[:, None]).float()  # (B, T)
+                s = torch.einsum("bsth,bt->bsh", states, keep).double().cpu().numpy()
+                q = torch.einsum("bsth,bt->bsh", states * states, keep).double().cpu().numpy()
+                for j, k in enumerate(idx):
+                    clip = pieces[k][0]
+                    sums[clip] += s[j]
+                    sqs[clip] += q[j]
+                    counts[clip] += float(keep[j].sum())
+        mean = sums / counts[:, None, None]
+        std = np.sqrt(np.maximum(sqs / counts[:, None, None] - mean ** 2, 0.0))
+        return [np.concatenate([m, s], axis=1).astype(np.float32) for m, s in zip(mean, std)]
+
+
+def frame_mask(states, frames):
+    """(B, T) bool: which of the ``T`` output frames belong to each clip."""
+    import torch
+
+    return torch.arange(states.shape[1], device=states.device)[None, :] < frames.to(states.device)[:, None]

@@ -1,0 +1,48 @@
+"""Tiny random pretrained encoders (2 layers, width 32), saved as Hugging Face folders the way a
+downloaded checkpoint is, so tests load them by path through the real code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAMILIES = ("whisper", "hubert", "wav2vec2", "wavlm")
+
+WHISPER_BASE = Path(__file__).resolve().parent.parent.parent / "shared" / "models" / "whisper-base"
+
+
+def _waveform_config(family: str):
+    from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig
+
+    cls = {"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config, "wavlm": WavLMConfig}[family]
+    return cls(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+               conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 4),
+               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+               # wavlm/wav2vec2 "layer" norm: the feature extractor returns attention masks
+               feat_extract_norm="layer" if family == "wavlm" else "group")
+
+
+def make_tiny_encoder(family: str, folder: Path, seed: int = 0) -> Path:
+    """A random ``family`` model with 2 layers of width 32 in ``folder`` (model + preprocessor
+    config, as on the hub); returns the folder."""
+    import torch
+    from transformers import (AutoModel, Wav2Vec2FeatureExtractor, WhisperConfig,
+                              WhisperFeatureExtractor, WhisperModel)
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    if family == "whisper":
+        cfg = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
+                            encoder_attention_heads=2, decoder_attention_heads=2,
+                            encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                            vocab_size=64, max_target_positions=32,
+                            decoder_start_token_id=1, pad_token_id=0, eos_token_id=2,
+                            bos_token_id=1)
+        WhisperModel(cfg).save_pretrained(folder)
+        WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    else:
+        cfg = _waveform_config(family)
+        AutoModel.from_config(cfg).save_pretrained(folder)
+        Wav2Vec2FeatureExtractor(do_normalize=True,
+                                 return_attention_mask=cfg.feat_extract_norm == "layer"
+                                 ).save_pretrained(folder)
+    return folder

@@ -1,0 +1,133 @@
+"""Pretrained encoders end to end through the CLI, with a tiny random Whisper loaded by path:
+prepare on Ray Data (and the task engine, same features; resume) -> cv with a classical head on
+a chosen layer -> train the layer-weighted head and a fine-tuned encoder (killed, resumed) ->
+evaluate -> score a backlog with each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from encoder_helpers import make_tiny_encoder
+
+pytestmark = pytest.mark.slow
+EMOTIONS = ["neutral", "happy", "sad", "angry"]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True,
+                       text=True, timeout=900, env={**os.environ, **(env or {})})
+    return r
+
+
+def _ok(*args: str, **kw) -> subprocess.CompletedProcess:
+    r = _cli(*args, **kw)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from ser_ray.synth import synthesize_backlog, synthesize_corpus
+
+    root = tmp_path_factory.mktemp("encpipe")
+    whisper = make_tiny_encoder("whisper", root / "whisper")
+    synthesize_corpus("ravdess", root / "corpus", n_speakers=4, per_emotion=3, emotions=EMOTIONS,
+                      sr=16000, seed=3)
+    synthesize_backlog(root / "calls", n_calls=2, seed=4, minutes=(0.4, 0.5), sr=8000,
+                       stereo_share=0.5, bad=False)
+    prep = ["prepare", "--input", str(root / "corpus"), "--corpus", "ravdess",
+            "--features", "encoder,waveform", "--set", f"feature_options.encoder.model={whisper}",
+            "--set", "files_per_task=12", "--set", "audio.trim=true", "--no-progress"]
+    r = _ok(*prep, "--output", str(root / "prepared"))
+    return {"root": root, "whisper": whisper, "prepared": root / "prepared", "prep": prep,
+            "log": r.stderr}
+
+
+def test_prepare_runs_the_encoder_on_ray_data_and_matches_the_task_engine(world):
+    from ser_ray.data import load_features
+
+    assert "engine data" in world["log"] and "encoder on" in world["log"]
+    summary = json.loads((world["prepared"] / "summary.json").read_text())
+    assert summary["ok"] == 48 and summary["features"]["encoder"]["shapes"] == {"3x64": 48}
+    tasks = world["root"] / "prepared-tasks"
+    _ok(*world["prep"], "--set", "engine=tasks", "--output", str(tasks))
+    a, b = (load_features(p, ["encoder"]) for p in (world["prepared"], tasks))
+    a_order, b_order = np.argsort(a.meta["utterance_id"]), np.argsort(b.meta["utterance_id"])
+    np.testing.assert_allclose(a.X[a_order], b.X[b_order], rtol=1e-5, atol=1e-5)
+    # a rerun into the same output resumes every unit and changes nothing
+    before = sorted(p.name for p in (world["prepared"] / "features" / "encoder").iterdir())
+    _ok(*world["prep"], "--output", str(world["prepared"]))
+    again = json.loads((world["prepared"] / "summary.json").read_text())
+    assert again["resumed_units"] == again["units"] == summary["units"]
+    assert sorted(p.name for p in (world["prepared"] / "features" / "encoder").iterdir()) == before
+
+
+def test_classical_heads_pick_layers_at_learn_time(world, tmp_path):
+    out = {}
+    for layers in ("1", "0-2"):
+        _ok("cv", "--features", str(world["prepared"]), "--feature-set", "encoder",
+                "--model", "logreg", "--protocol", "loso", "--set", f"layers={layers}",
+                "--output", str(tmp_path / layers))
+        out[layers] = json.loads((tmp_path / layers / "metrics.json").read_text())
+        assert out[layers]["protocol"] == "loso" and out[layers]["n_folds"] == 4
+    # different selections of the same table (one extraction), different results
+    assert len({round(o["ua_mean"], 6) for o in out.values()}) >= 2
+    r = _cli("cv", "--features", str(world["prepared"]), "--feature-set", "encoder",
+             "--model", "logreg", "--set", "layers=7", "--output", str(tmp_path / "bad"))
+    assert r.returncode != 0 and "layers='7'" in r.stderr
+
+
+def test_layer_weighted_head_trains_evaluates_and_scores(world, tmp_path):
+    from ser_ray.artifact import load_predictor
+
+    model = tmp_path / "lw"
+    _ok("train", "--features", str(world["prepared"]), "--feature-set", "encoder",
+        "--model", "layer_weighted", "--set", "cpus_per_worker=0.5",
+        "--set", "model_options={epochs: 4, hidden: [16]}", "--output", str(model))
+    pred = load_predictor(model)
+    assert pred.input_shape == (3, 64)
+    assert pred.feature_config["layers"]["index"] == [0, 1, 2]
+    weights = pred.model.layer_weights()
+    assert weights.shape == (3,) and abs(weights.sum() - 1) < 1e-5
+    _ok("evaluate", "--model", str(model), "--features", str(world["prepared"]),
+        "--output", str(tmp_path / "eval"))
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["shares_speakers"] is True
+    _score(world, model, tmp_path / "reports")
+
+
+def test_finetuned_encoder_resumes_after_a_failure_and_scores(world, tmp_path):
+    from ser_ray.artifact import BACKBONE, load_predictor
+
+    model = tmp_path / "ft"
+    args = ["train", "--features", str(world["prepared"]), "--feature-set", "waveform",
+            "--model", "encoder_finetune", "--set", "cpus_per_worker=0.5",
+            "--set", f"model_options={{model: {world['whisper']}, epochs: 2, batch_size: 8, "
+                     f"grad_accum: 2, warmup_steps: 4, lr: 0.001}}",
+            "--output", str(model)]
+    r = _cli(*args, env={"SER_RAY_FAIL_AT_EPOCH": "0"})
+    assert r.returncode != 0 and not (model / "model.json").exists()
+    _ok(*args)
+    history = json.loads((model / "model.json").read_text())["extra"]["history"]
+    assert [h["epoch"] for h in history] == [0, 1]  # epoch 0 came from the checkpoint
+    assert (model / BACKBONE / "config.json").exists()
+    pred = load_predictor(model)
+    assert pred.input_shape[0] > 16000 * 1.0 and "mean" not in pred.normalisation
+    _score(world, model, tmp_path / "reports")
+
+
+def _score(world, model, out) -> None:
+    from ser_ray.score import read_calls
+
+    _ok("score", "--model", str(model), "--input", str(world["root"] / "calls"),
+        "--output", str(out), "--run-date", "2026-12-01", "--no-progress")
+    calls = read_calls(out)
+    assert len(calls) == 2 and calls["call_id"].is_unique
+    assert (calls["status"] == "scored").all()
+    probs = [c for c in calls.columns if c.startswith("share_")]
+    assert probs and np.allclose(calls[probs].sum(axis=1), 1.0, atol=1e-6)
