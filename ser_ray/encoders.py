@@ -223,9 +223,9 @@ class SpeechEncoder:
         if self.whisper_input == "unpadded" and int(batch.frames.min()) < T:
             # padding of the shorter clips in a batch is masked out of attention, so a clip
             # gives the same states alone or in a batch (the padded mode attends, as trained)
-            keep = torch.arange(T)[None, :] < batch.frames[:, None]
-            mask = torch.zeros(keep.shape, dtype=x.dtype).masked_fill(~keep, torch.finfo(x.dtype).min)
-            mask = mask[:, None, None, :].to(x.device)
+            keep = frame_mask(T, batch.frames, x.device)
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(
+                ~keep, torch.finfo(x.dtype).min)[:, None, None, :]
         states = [x]
         for layer in enc.layers:
             x = layer(x, mask)
@@ -277,8 +277,7 @@ class SpeechEncoder:
             for idx in self.exact_batches([len(c) for _, c in pieces], self.batch_size):
                 batch = self.batch([pieces[k][1] for k in idx])
                 states = torch.stack(self.states(batch), dim=1).float()  # (B, S, T, H)
-                keep = (torch.arange(states.shape[2], device=states.device)[None, :]
-                        < batch.frames.to(states.device)[:, None]).float()  # (B, T)
+                keep = frame_mask(states.shape[2], batch.frames, states.device).float()  # (B, T)
                 s = torch.einsum("bsth,bt->bsh", states, keep).double().cpu().numpy()
                 q = torch.einsum("bsth,bt->bsh", states * states, keep).double().cpu().numpy()
                 for j, k in enumerate(idx):
@@ -291,8 +290,9 @@ class SpeechEncoder:
         return [np.concatenate([m, s], axis=1).astype(np.float32) for m, s in zip(mean, std)]
 
 
-def frame_mask(states, frames):
-    """(B, T) bool: which of the ``T`` output frames belong to each clip."""
+def frame_mask(T: int, frames, device):
+    """(B, T) bool on ``device``: which of ``T`` output frames belong to each clip, from each
+    clip's frame count ``frames`` (B,)."""
     import torch
 
-    return torch.arange(states.shape[1], device=states.device)[None, :] < frames.to(states.device)[:, None]
+    return torch.arange(T, device=device)[None, :] < frames.to(device)[:, None]

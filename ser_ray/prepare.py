@@ -758,8 +758,8 @@ class EncodeUnits:
     def __init__(self, cfg: dict[str, Any], output: str):
         import torch
 
-        torch.set_num_threads(max(1, int(round(from_dict(PrepareConfig, cfg).cpus_per_worker))))
         self.proc = _processor(cfg, output)
+        torch.set_num_threads(max(1, int(round(self.proc.cfg.cpus_per_worker))))
         for name in self.proc.batched:  # load the weights now, not in the first unit
             self.proc.extractors[name].encoder()
 

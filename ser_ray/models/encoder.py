@@ -135,7 +135,7 @@ class EncoderFinetune(nn.Module):
         for idx in self.encoder.exact_batches([len(w) for w in waves], len(waves)):
             batch = self.encoder.batch([waves[k] for k in idx])
             h = self.encoder.states(batch)[-1]  # (b, T, hidden)
-            keep = frame_mask(h, batch.frames)
+            keep = frame_mask(h.shape[1], batch.frames, h.device)
             if self.pool is None:
                 m = keep.unsqueeze(-1).to(h.dtype)
                 p = (h * m).sum(1) / m.sum(1).clamp(min=1)
