@@ -1,7 +1,7 @@
 """Throughput and peak memory of ``prepare`` with a pretrained encoder (whisper-base, frozen,
 every hidden state pooled), printed as ratios from ONE run.
 
-    .venv/bin/python benchmarks/encoder_throughput.py                       # EmoDB, ~5 min on 2 cores
+    .venv/bin/python benchmarks/encoder_throughput.py                       # EmoDB, ~6 min on 2 cores
     .venv/bin/python benchmarks/encoder_throughput.py --files 120 --json /tmp/enc.json
     .venv/bin/python benchmarks/encoder_throughput.py --model DIR --input DIR --gpu   # on a GPU node
 
@@ -11,12 +11,15 @@ model ``../shared/models/whisper-base`` (or ``--model``). Measurements, in this 
       forward pass as ser-ray (``SpeechEncoder.pooled`` on one clip): the seed-style loop;
   (b) ``prepare`` on Ray Data (decode tasks -> encoder actor pool) on a Ray of one CPU: one
       encoder actor, decoding in the tenth of a CPU it leaves;
-  (c) the same with every core (one actor per CPU).
-Ray is started once and warmed up by an untimed ``prepare`` of a few files. Throughput is audio
-seconds encoded per wall second, Ray Data start-up included. Peak memory: driver + Ray workers
-(RSS, sampled every 0.2 s; see ``prepare_throughput.Monitor``). Targets: (c)/(b) >= 1.7 on 2+
-cores; (b)/(a) >= 0.8 (one Ray worker loses at most a fifth to the pipeline). With ``--gpu``, (b)
-runs one actor with one GPU and the GPU busy share is sampled with ``nvidia-smi``.
+  (c) the same with every core (one actor per CPU);
+  (d), (e) the task engine (``engine=tasks``, the CPU default) with one worker and every core.
+Each is preceded by an untimed ``prepare`` of one 4-file unit per CPU, so the task engine's
+workers have the model loaded (Ray Data's actors are fresh processes every run). Throughput is
+audio seconds encoded per wall second, start-up included. Peak memory: driver + Ray workers (RSS,
+sampled every 0.2 s; see ``prepare_throughput.Monitor``). Targets: every core / one worker >= 1.7
+on 2+ cores; one worker / plain loop >= 0.8 (one Ray worker loses at most a fifth to the
+pipeline). With ``--gpu``, (b) runs one actor with one GPU and the GPU busy share is sampled
+with ``nvidia-smi``.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def plain_loop(files: list[Path], model: str) -> tuple[float, float]:
 
 
 def run_prepare(files: list[Path], model: str, out: Path, workers: int | None,
-                gpu: bool) -> tuple[float, float, Monitor]:
+                gpu: bool, engine: str = "data",
+                per_unit: int = 32) -> tuple[float, float, Monitor]:
     from ser_ray.config import PrepareConfig, load
     from ser_ray.prepare import run_prepare as prepare
 
@@ -73,8 +77,8 @@ def run_prepare(files: list[Path], model: str, out: Path, workers: int | None,
         os.symlink(f, src / f.name)
     cfg = load(PrepareConfig, None, inputs=[str(src)], output=str(out), corpus="emodb",
                features=["encoder"], feature_options={"encoder": {"model": model}},
-               num_workers=workers, engine="data", gpus_per_worker=1.0 if gpu else 0.0,
-               audio={"trim": True})
+               num_workers=workers, engine=engine, gpus_per_worker=1.0 if gpu else 0.0,
+               audio={"trim": True}, files_per_task=per_unit)
     with Monitor() as mon:
         summary = prepare(cfg, progress=False)
     return summary["audio_hours"] * 3600, mon.wall, mon
@@ -132,20 +136,23 @@ def main() -> int:
     try:
         audio_s, wall = plain_loop(files, args.model)
         res["plain"] = {"audio_s": audio_s, "wall_s": wall, "rate": audio_s / wall}
-        # (b) on a Ray of one CPU (decoding shares it), (c) on every core; each warmed up by an
-        # untimed prepare of a few files
-        runs = {"one": (1, 1), "every": (None, None)}
-        for name, (workers, ray_cpus) in runs.items():
+        # (b)/(d) on a Ray of one CPU (decoding shares it), (c)/(e) on every core
+        runs = {"one": (1, 1, "data"), "every": (None, None, "data"),
+                "tasks_one": (1, 1, "tasks"), "tasks_every": (None, None, "tasks")}
+        for name, (workers, ray_cpus, engine) in runs.items():
             if ray.is_initialized():
                 ray.shutdown()
             init_ray(num_cpus=ray_cpus)
-            run_prepare(files[:8], args.model, work / f"warm-{name}", None, args.gpu)
+            # a unit of 4 files per worker, so that every worker (tasks) has loaded the model
+            n_warm = 4 * int(ray.cluster_resources().get("CPU", 1))
+            run_prepare(files[:n_warm], args.model, work / f"warm-{name}", None, args.gpu, engine,
+                        per_unit=4)
             if args.gpu:
                 with GpuBusy() as busy:
                     a, w, mon = run_prepare(files, args.model, work / name, workers, True)
                 res[name] = {"gpu_busy": busy.share}
             else:
-                a, w, mon = run_prepare(files, args.model, work / name, workers, False)
+                a, w, mon = run_prepare(files, args.model, work / name, workers, False, engine)
                 res[name] = {}
             res[name].update(audio_s=a, wall_s=w, rate=a / w,
                              peak_mb=mon.peak["driver_workers"] / 2**20)
@@ -164,6 +171,14 @@ def main() -> int:
         print(f"(c) prepare, every core       {ev['rate']:7.1f} audio s/s  peak {ev['peak_mb']:.0f} MB")
         print(f"every core / one worker: {ev['rate'] / one['rate']:.2f} (target >= 1.7)")
     print(f"one worker / plain loop: {one['rate'] / p['rate']:.2f} (target >= 0.8)")
+    if "tasks_every" in res:
+        t1, tn = res["tasks_one"], res["tasks_every"]
+        for label, r in (("(d) engine=tasks, 1 worker", t1), ("(e) engine=tasks, every core", tn)):
+            print(f"{label:30s}{r['rate']:7.1f} audio s/s  peak {r['peak_mb']:.0f} MB")
+        print(f"tasks: every core / one worker: {tn['rate'] / t1['rate']:.2f} (target >= 1.7); "
+              f"one worker / plain loop: {t1['rate'] / p['rate']:.2f} (target >= 0.8); "
+              f"per core / plain loop: {tn['rate'] / cores / p['rate']:.2f}")
+        print(f"every core, tasks / data: {tn['rate'] / ev['rate']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

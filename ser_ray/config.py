@@ -62,7 +62,7 @@ class PrepareConfig:
     num_workers: int | None = None  # None = one per CPU of the cluster
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0    # per encoder actor (engine data), when the cluster has GPUs
-    engine: str = "auto"            # auto (data for encoders, tasks otherwise) | tasks | data
+    engine: str = "auto"            # auto (data for encoders on GPUs, tasks otherwise) | tasks | data
     strict: bool = False            # exit non-zero when any file is quarantined
     seed: int = 0
 

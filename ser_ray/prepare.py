@@ -14,15 +14,19 @@ summarise on the driver from the written tables.
 
 Two engines (``engine``, default ``auto``):
 
-* ``tasks``, for the cheap extractors (MFCC, log-mel, eGeMAPS, ...): a Ray Data pipeline
-  (listing stage, repartition, actor pool) cost about 5 s of fixed overhead per run, so on a
-  small machine ``prepare`` was slower than a single-process loop. Plain tasks keep the same
-  parallel, distributed reads and per-unit resume without that overhead.
-* ``data``, for pretrained encoders: decoding and conditioning run as Ray Data CPU tasks, the
-  encoder in a ``map_batches`` actor pool (``ActorPoolStrategy``) that loads the model once per
-  actor, with ``num_gpus`` per actor on a GPU cluster; each unit's clips are encoded in batches
-  grouped by length. Loading a model per task, or running it beside the decoder on a GPU, is
-  what this avoids. Units, parts and markers are the same as the task engine's.
+* ``tasks``, the default on CPU, pretrained encoders included: one task per unit decodes and
+  extracts, and a worker process keeps its extractors (and an encoder's weights) across units
+  and runs. A Ray Data pipeline pays a fixed start-up per run (fresh actor processes import
+  torch and transformers and load the model, ~10-18 s on 2 cores) and its decoding tasks compete
+  with the encoder actors for the same cores: with whisper-base on 2 cores the task engine was
+  1.9x faster and scaled 1.9x from one worker to two, Ray Data 1.1x
+  (``benchmarks/encoder_throughput.py``).
+* ``data``, for pretrained encoders on GPUs (``auto`` picks it when ``gpus_per_worker`` > 0 and
+  the cluster has GPUs): decoding and conditioning run as Ray Data CPU tasks, the encoder in a
+  ``map_batches`` actor pool (``ActorPoolStrategy``) that loads the model once per actor, with
+  ``num_gpus`` per actor; each unit's clips are encoded in batches grouped by length, so the GPU
+  is not left waiting on the decoder. Units, parts and markers are the same as the task
+  engine's.
 """
 
 from __future__ import annotations
@@ -582,7 +586,8 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
     for name in cfg.features:  # fail fast on bad names/options, before Ray starts
         get_extractor(name, **cfg.feature_options.get(name, {}))
     get_label_set(cfg.label_set)
-    engine = engine_for(cfg)
+    if cfg.engine not in ("auto", "tasks", "data"):  # before Ray starts
+        engine_for(cfg)
     out = Path(cfg.output).absolute()
     out.mkdir(parents=True, exist_ok=True)
     _check_output(cfg, out, overwrite)
@@ -593,6 +598,7 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
     log(f"{len(cfg.inputs)} input(s), corpus {', '.join(corpora)}, {len(sources)} source(s)")
 
     init_ray()
+    engine = engine_for(cfg)
     workers, _ = _parallelism(cfg)
     log(f"units of <= {cfg.files_per_task} files on {workers} worker(s), engine {engine}")
     units = (u for s in sources for u in iter_units(s, storage, cfg.files_per_task))
@@ -669,17 +675,22 @@ class _Tally:
 
 
 def engine_for(cfg: PrepareConfig) -> str:
-    """``tasks`` or ``data``: ``auto`` runs pretrained encoders on Ray Data (a CPU decoding
-    stage, then an actor pool that loads the model once per actor) and the cheap extractors as
-    plain tasks, which start faster (see the module docstring)."""
+    """``tasks`` or ``data``. ``auto`` runs a pretrained encoder on Ray Data (a CPU decoding
+    stage, then an actor pool that loads the model once per actor) when its actors get GPUs
+    (``gpus_per_worker`` > 0 on a cluster with GPUs), and everything else as plain tasks: on
+    CPU the task engine was the faster one for encoders too (1.9x on 2 cores, see the module
+    docstring). Called after ``init_ray`` (it reads the cluster's GPUs)."""
     if cfg.engine not in ("auto", "tasks", "data"):
         raise ValueError(f"prepare: engine={cfg.engine!r} is not one of ['auto', 'tasks', 'data']")
     if cfg.engine != "auto":
         return cfg.engine
+    import ray
+
     from ser_ray.features import get_extractor
 
     exts = [get_extractor(n, **cfg.feature_options.get(n, {})) for n in cfg.features]
-    return "data" if any(batched(e) for e in exts) else "tasks"
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    return "data" if any(batched(e) for e in exts) and cfg.gpus_per_worker > 0 and gpus else "tasks"
 
 
 def _run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],

@@ -1,7 +1,7 @@
 """Pretrained encoders end to end through the CLI, with a tiny random Whisper loaded by path:
-prepare on Ray Data (and the task engine, same features; resume) -> cv with a classical head on
-a chosen layer -> train the layer-weighted head and a fine-tuned encoder (killed, resumed) ->
-evaluate -> score a backlog with each."""
+prepare on Ray Data (and the task engine, the CPU default: same features; resume) -> cv with
+a classical head on a chosen layer -> train the layer-weighted head and a fine-tuned encoder
+(killed, resumed) -> evaluate -> score a backlog with each."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def world(tmp_path_factory):
     prep = ["prepare", "--input", str(root / "corpus"), "--corpus", "ravdess",
             "--features", "encoder,waveform", "--set", f"feature_options.encoder.model={whisper}",
             "--set", "files_per_task=12", "--set", "audio.trim=true", "--no-progress"]
-    r = _ok(*prep, "--output", str(root / "prepared"))
+    r = _ok(*prep, "--set", "engine=data", "--output", str(root / "prepared"))
     return {"root": root, "whisper": whisper, "prepared": root / "prepared", "prep": prep,
             "log": r.stderr}
 
@@ -56,13 +56,14 @@ def test_prepare_runs_the_encoder_on_ray_data_and_matches_the_task_engine(world)
     summary = json.loads((world["prepared"] / "summary.json").read_text())
     assert summary["ok"] == 48 and summary["features"]["encoder"]["shapes"] == {"3x64": 48}
     tasks = world["root"] / "prepared-tasks"
-    _ok(*world["prep"], "--set", "engine=tasks", "--output", str(tasks))
+    r = _ok(*world["prep"], "--output", str(tasks))  # auto, on a CPU-only Ray: the task engine
+    assert "engine tasks" in r.stderr
     a, b = (load_features(p, ["encoder"]) for p in (world["prepared"], tasks))
     a_order, b_order = np.argsort(a.meta["utterance_id"]), np.argsort(b.meta["utterance_id"])
     np.testing.assert_allclose(a.X[a_order], b.X[b_order], rtol=1e-5, atol=1e-5)
     # a rerun into the same output resumes every unit and changes nothing
     before = sorted(p.name for p in (world["prepared"] / "features" / "encoder").iterdir())
-    _ok(*world["prep"], "--output", str(world["prepared"]))
+    _ok(*world["prep"], "--set", "engine=data", "--output", str(world["prepared"]))
     again = json.loads((world["prepared"] / "summary.json").read_text())
     assert again["resumed_units"] == again["units"] == summary["units"]
     assert sorted(p.name for p in (world["prepared"] / "features" / "encoder").iterdir()) == before

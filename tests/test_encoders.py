@@ -91,6 +91,31 @@ def test_bad_models_and_options_are_clear_errors(tiny, tmp_path, monkeypatch):
         get_extractor("encoder", model=str(tmp_path / "bert"))(y, SR)
 
 
+def test_auto_engine_is_ray_data_only_for_encoders_on_gpus(monkeypatch):
+    import ray
+
+    from ser_ray.config import PrepareConfig
+    from ser_ray.prepare import engine_for
+
+    gpus = {"GPU": 0}
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4, **gpus})
+    opts = {"encoder": {"model": "unused"}}
+
+    def cfg(**kw):
+        return PrepareConfig(features=["mfcc", "encoder"], feature_options=opts, **kw)
+
+    assert engine_for(cfg()) == "tasks"  # CPU cluster: the task engine was the faster one
+    assert engine_for(cfg(gpus_per_worker=1.0)) == "tasks"  # asks for GPUs, cluster has none
+    gpus["GPU"] = 2
+    assert engine_for(cfg(gpus_per_worker=1.0)) == "data"
+    assert engine_for(cfg()) == "tasks"  # GPUs there, not asked for
+    assert engine_for(PrepareConfig(features=["mfcc"], gpus_per_worker=1.0)) == "tasks"
+    assert engine_for(cfg(engine="data")) == "data"
+    with pytest.raises(ValueError, match="engine='spark'"):
+        engine_for(cfg(engine="spark"))
+
+
 def test_layer_selection():
     x = np.arange(2 * 7 * 4, dtype=np.float32).reshape(2, 7, 4)
     auto = layer_selection("auto", 7, stack=False)
