@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-output
 
-.PHONY: demo test test-fast install s3-server clean
+.PHONY: demo test test-fast install s3-server browser clean
 
 install: $(STAMP)
 
@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 s3-server:
-	bash tests/s3/install.sh
+	sh tests/s3/install.sh
 
-test: $(STAMP) s3-server
+# Debian's chromium + chromedriver for the report-page tests (tests/test_report_page.py).
+browser:
+	sh tests/browser/install.sh
+
+test: $(STAMP) s3-server browser
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=25
 
 test-fast: $(STAMP)

@@ -113,6 +113,25 @@ class LearnConfig:
 
 
 @dataclass(frozen=True)
+class TranscribeConfig:
+    """``score``'s optional transcripts (off unless ``model`` is set); see ser_ray.transcribe."""
+    model: str | None = None         # Whisper folder or hub id (WhisperForConditionalGeneration)
+    segments: str = "top"            # top: the most negative moments of the top calls | all: all speech
+    top_calls: int = 10              # calls whose moments are transcribed (segments: top)
+    moments_per_call: int = 2        # most negative segments per call, each with context
+    context_s: float = 2.0           # seconds of audio added before and after a moment
+    max_span_s: float = 30.0         # a merged span is cut at this length
+    language: str | None = None      # None: detect per span; else e.g. "de"
+    max_new_tokens: int = 120
+    batch_size: int = 8
+    device: str = "auto"             # auto | cpu | cuda
+    dtype: str = "auto"              # auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16
+    calls_per_task: int = 4
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
 class ScoreNormalisation:
     """How ``score`` standardises windows for a model trained with ``speaker`` or ``corpus``
     normalisation (a ``global`` model uses its training statistics and ignores this).
@@ -154,11 +173,17 @@ class ScoreConfig:
     gpus_per_worker: float = 0.0
     batch_size: int = 256            # analysis windows per forward pass
     units_per_wave: int = 1024       # units per wave of actors (the listing streams in waves)
-    engine: str = "actors"           # actors: a pool of Ray actors | ray_data: map_batches (see README)
+    # auto: staged with GPUs, actors otherwise | actors: one pool of actors that each read and score
+    # | staged: a CPU pool reads, decodes, runs VAD and cuts windows, model actors score them
+    # | ray_data: the actors' work through map_batches (see README, "Engines")
+    engine: str = "auto"
+    read_cpus: float = 1.0           # staged: CPUs per read task
+    read_ahead: int = 2              # staged: units read and waiting, per model actor (backpressure)
     urgency: UrgencyConfig = field(default_factory=UrgencyConfig)
     normalisation: ScoreNormalisation = field(default_factory=ScoreNormalisation)
     rescore: bool = False            # also score calls an earlier night scored with this model
     report_top: int = 20             # calls listed in the human report
+    transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)  # off unless model set
     s3: S3Config = field(default_factory=S3Config)
 
 

@@ -86,6 +86,20 @@ def learn(out: Path) -> None:
 
 
 
+DEMO_NIGHT = "2026-11-22"
+
+
+def demo_backlog(out: Path):
+    """The demo's night: 8 synthetic calls (new voices, stereo and mono, 1-2 min, broken ones
+    among them) in ``out/calls-2026-11-22`` and their metadata beside it -> (folder, metadata
+    file, truth). The report-page browser test scores the same backlog."""
+    from ser_ray.synth import synthesize_backlog
+
+    backlog = out / f"calls-{DEMO_NIGHT}"
+    truth = synthesize_backlog(backlog, n_calls=8, seed=0, minutes=(1.0, 2.0), sr=8000, layout="dated")
+    return backlog, out / f"calls-{DEMO_NIGHT}-metadata.csv", truth
+
+
 def score(out: Path) -> None:
     """Score a synthetic backlog of calls (new voices, broken files among them) and print the
     top of the urgency ranking."""
@@ -95,25 +109,23 @@ def score(out: Path) -> None:
     from ser_ray.data import load_features
     from ser_ray.experiment import train_model
     from ser_ray.score import read_calls, run_score
-    from ser_ray.synth import synthesize_backlog
 
     model = LearnConfig(features=("handcrafted94",), model="logreg")
     train_model(load_features(out / "prepared", model.features), model, out / "model-logreg")
-    backlog = out / "calls-2026-11-22"
-    truth = synthesize_backlog(backlog, n_calls=8, seed=0, minutes=(1.0, 2.0), sr=8000, layout="dated")
+    backlog, metadata, truth = demo_backlog(out)
     print(f"[demo] wrote a synthetic backlog of {len(truth)} calls ({int(truth['negative'].notna().sum())} "
           f"good, {int(truth['negative'].isna().sum())} broken) to {backlog}", file=sys.stderr)
     run = run_score(ScoreConfig(model=str(out / "model-logreg"), inputs=(str(backlog),),
-                                output=str(out / "scored"), run_date="2026-11-22", customer_channel="right",
-                                metadata=str(out / "calls-2026-11-22-metadata.csv")))
-    calls = read_calls(out / "scored", "2026-11-22").merge(truth[["call_id", "kind"]], on="call_id")
+                                output=str(out / "scored"), run_date=DEMO_NIGHT, customer_channel="right",
+                                metadata=str(metadata)))
+    calls = read_calls(out / "scored", DEMO_NIGHT).merge(truth[["call_id", "kind"]], on="call_id")
     top = calls.sort_values("urgency_rank").head(10)
     with pd.option_context("display.width", 120, "display.max_columns", 10):
         print(top[["urgency_rank", "call_id", "status", "urgency_score", "agent", "queue", "kind"]]
               .to_string(index=False))
     print(f"[demo] {run['calls']} calls scored into {out / 'scored'} (calls/, segments/, runs/, reports/); "
           f"the column 'kind' is the synthetic truth, not something the model saw. Report: "
-          f"{run['outputs']['report']}", file=sys.stderr)
+          f"{run['outputs']['report']}; page for a browser: {run['outputs']['report_html']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,32 @@ def _is_local(model: str) -> bool:
     return os.path.isdir(os.path.expanduser(model))
 
 
+def pretrained_config(model: str, what: str = "encoder") -> tuple[str, bool, Any]:
+    """``model`` (a local folder, or a hub id) -> (path to pass to ``from_pretrained``, whether
+    it is local, its ``AutoConfig``). A folder is read with ``local_files_only``; a missing folder
+    is a ``FileNotFoundError``; a hub id that cannot be fetched (no network, unknown name) is an
+    error that says how to pass a local folder instead. ``what`` names the user in messages."""
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    if not model:
+        raise ValueError(f"{what}: no model given; set model=/path/to/hf-folder (e.g. "
+                         "../shared/models/whisper-base) or a hub id")
+    local = _is_local(model)
+    if not local and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise FileNotFoundError(f"{what} model folder {model!r} does not exist")
+    path = os.path.expanduser(model) if local else model
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{what} model {model!r}: cannot load it from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Without network access, "
+            f"download the model on a machine that has it (`hf download {model} --local-dir "
+            f"DIR`), copy DIR here and pass model=DIR") from None
+    return path, local, config
+
+
 def load_pretrained(model: str, dtype=None) -> tuple[Any, Any, Any]:
     """``model`` (a local folder, or a hub id) -> (config, backbone module, feature extractor).
 
@@ -74,26 +100,11 @@ def load_pretrained(model: str, dtype=None) -> tuple[Any, Any, Any]:
     unknown name) is an error that says how to pass a local folder instead.
     """
     import torch
-    from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
+    from transformers import (AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor,
                               WhisperFeatureExtractor, WhisperModel)
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    quiet_transformers()
-    if not model:
-        raise ValueError("encoder: no model given; set model=/path/to/hf-folder (e.g. "
-                         "../shared/models/whisper-base) or a hub id")
-    local = _is_local(model)
-    if not local and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise FileNotFoundError(f"encoder model folder {model!r} does not exist")
-    path = os.path.expanduser(model) if local else model
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=local)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"encoder model {model!r}: cannot load it from the Hugging Face hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Without network access, "
-            f"download the model on a machine that has it (`hf download {model} --local-dir "
-            f"DIR`), copy DIR here and pass model=DIR") from None
+    path, local, config = pretrained_config(model)
     dtype = dtype or torch.float32
     kw = {"local_files_only": local, "dtype": dtype}
     if config.model_type == WHISPER:

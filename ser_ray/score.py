@@ -226,50 +226,33 @@ def _read_parquet(storage: io.Storage, uri: str, columns: list[str] | None = Non
 # Worker side: one unit of calls -> staged segments + calls
 # --------------------------------------------------------------------------------------------
 
-class UnitScorer:
-    """Scores units of calls with one loaded model; used inside each Ray actor.
+class CallReader:
+    """The CPU side of scoring: a unit's calls -> call rows and, per readable call, its
+    conditioned signal and analysis windows over speech (read, decode, channel, resample, VAD).
 
-    ``settings`` is plain data (see :func:`worker_settings`); ``model_dir`` a local model folder.
+    ``settings`` is plain data (see :func:`worker_settings`); ``sample_rate`` the rate the model
+    reads (the transcripts stage reads at Whisper's 16 kHz with the same code).
     """
 
-    def __init__(self, settings: dict[str, Any], model_dir: str | os.PathLike):
-        from ser_ray.artifact import load_predictor
-
-        import torch
-        try:  # one worker per CPU: torch's inter-op pool would only compete with the next worker
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set, or parallel work already ran in this process
-            pass
-        device = "cuda" if settings["gpus_per_worker"] > 0 and torch.cuda.is_available() else "cpu"
+    def __init__(self, settings: dict[str, Any], sample_rate: int | None = None):
         self.s = settings
-        self.predictor = load_predictor(model_dir, device=device)
-        self.predictor.batch_size = settings["batch_size"]
-        self.labels = list(self.predictor.labels)
-        self.features = WindowFeatures(self.predictor.feature_config)
-        self.sr = self.features.sr
-        self.detector = vad.get_detector(**settings["vad"])
-        # silero takes 8 or 16 kHz; the energy detector any rate, so it reads the model-rate signal.
-        self.vad_sr = settings["vad_sample_rate"] if self.detector.name == "silero" else self.sr
+        self.sr = int(sample_rate or settings["sample_rate"])
+        self.labels = list(settings["labels"])
         self.storage = io.Storage(from_dict(S3Config, settings["s3"]))
-        self.urgency = from_dict(UrgencyConfig, settings["urgency"])
-        self.reference = Reference(settings["reference"], self.predictor)
-        self.seg_schema, self.call_schema = segments_schema(self.labels), calls_schema(self.labels)
+        self._detector = None
 
-    def warm_up(self) -> None:
-        """Run one second of noise through VAD, features and model: lazy imports and JIT
-        compilation happen at actor start rather than inside the first unit's timing."""
-        from ser_ray.warmup import extractors_key, first_use
+    @property
+    def detector(self) -> vad.Detector:
+        if self._detector is None:
+            self._detector = vad.get_detector(**self.s["vad"])
+        return self._detector
 
-        y = np.random.default_rng(0).normal(0, 0.05, self.sr).astype(np.float32)
-        # librosa's numba kernels are compiled and cached one process at a time (ser_ray.warmup);
-        # silero and the model are torch only, so actors warm those up side by side.
-        with first_use(extractors_key(self.features.extractors)):
-            x = self.features(y)
-        detect_speech([y[: self.vad_sr]], self.vad_sr, self.detector)
-        self.predictor.predict_proba(x[None])
+    @property
+    def vad_sr(self) -> int:
+        # silero takes 8 or 16 kHz; the energy detector any rate, so it reads the model-rate signal.
+        return self.s["vad_sample_rate"] if self.detector.name == "silero" else self.sr
 
-    # -- one call -------------------------------------------------------------------------
-    def _row(self, call: dict[str, Any]) -> dict[str, Any]:
+    def row(self, call: dict[str, Any]) -> dict[str, Any]:
         return {"call_id": call["call_id"], "uri": call["uri"], "size_bytes": call["size"],
                 "status": None, "reason": None, "duration_s": None, "sample_rate": None,
                 "channels": None, "format": None, "channel": None, "n_segments": 0,
@@ -278,7 +261,7 @@ class UnitScorer:
                 "model_hash": self.s["model_hash"], "run_id": self.s["run_id"]}
 
     def load(self, call: dict[str, Any], row: dict[str, Any]) -> np.ndarray | None:
-        """Read, decode and condition one call -> mono float32 at the model's rate, or None with
+        """Read, decode and condition one call -> mono float32 at ``self.sr``, or None with
         ``row["status"]`` / ``row["reason"]`` saying why not."""
         from ser_ray import audio
 
@@ -308,54 +291,12 @@ class UnitScorer:
         y, row["channel"] = pick_channel(decoded.samples, self.s["customer_channel"])
         return audio.resample(y, decoded.sample_rate, self.sr)
 
-    # -- one unit -------------------------------------------------------------------------
-    def score_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
-        """Score every call of ``unit``, stage its rows, return counts (status -> n, audio_s,
-        seconds of work, worker pid).
-
-        ``unit["phase"]``: ``score`` (default) does it all in one go; a run whose model needs
-        the statistics of the run's calls (``Reference``) does ``extract`` first (windows and
-        features staged with each call's moments) and ``predict`` once every unit is extracted.
-        """
-        t0 = time.perf_counter()
-        phase = unit.get("phase", "score")
-        if phase == "predict":
-            rows, windows = self._read_extract(unit)
-        else:
-            rows, windows = self._extract(unit)
-        if phase == "extract":
-            return self._stage_extract(unit, rows, windows, t0)
-        # A predict unit carries the statistics of its calls' populations.
-        reference = Reference(unit["reference"], self.predictor) if "reference" in unit else self.reference
-        seg_tables = []
-        groups = unit.get("groups") or {}
-        for i, (X, spans) in sorted(windows.items()):
-            row = rows[i]
-            try:
-                seg_tables.append(self._predict_call(X, spans, row, reference, groups.get(row["call_id"], "")))
-            except Exception as exc:
-                row["status"], row["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
-            windows[i] = None
-        segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
-        calls = pa.Table.from_pylist(rows, self.call_schema)
-        base = unit_dir(self.s["staging"], unit["unit_id"], reference.key)
-        # Segments first: the calls file marks the unit done.
-        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segs))
-        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls))
-        return self._stats(unit, rows, t0)
-
-    def _stats(self, unit: dict[str, Any], rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
-        status = Counter(r["status"] for r in rows)
-        return {"unit_id": unit["unit_id"], "calls": len(rows), "status": dict(status),
-                "audio_s": float(sum(r["duration_s"] or 0.0 for r in rows if r["status"] in (SCORED, NO_SPEECH))),
-                "seconds": time.perf_counter() - t0, "pid": os.getpid()}
-
-    def _extract(self, unit: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, tuple]]:
-        """Decode, VAD, windows and features of a unit's calls -> (call rows, {call position:
-        (X, spans)}); a call without windows has its status set in its row already."""
+    def read(self, unit: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, tuple]]:
+        """A unit's calls -> (call rows, {call position: (signal, window spans)}); a call without
+        windows has its status set in its row already."""
         from ser_ray import audio
 
-        rows = [self._row(c) for c in unit["calls"]]
+        rows = [self.row(c) for c in unit["calls"]]
         signals: list[np.ndarray | None] = []
         for call, row in zip(unit["calls"], rows):
             try:
@@ -367,20 +308,18 @@ class UnitScorer:
         vad_input = [signals[i] if self.vad_sr == self.sr else audio.resample(signals[i], self.sr, self.vad_sr)
                      for i in live]
         found = dict(zip(live, detect_speech(vad_input, self.vad_sr, self.detector))) if live else {}
-        windows: dict[int, tuple] = {}
+        calls: dict[int, tuple] = {}
         for i in live:
             try:
-                got = self._windows(signals[i], found[i], rows[i])
-                if got is not None:
-                    windows[i] = got
+                spans = self._spans(found[i], rows[i])
+                if spans:
+                    calls[i] = (signals[i], spans)
             except Exception as exc:
                 rows[i]["status"], rows[i]["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
-            signals[i] = None  # free each call's audio as soon as its features are out
-        return rows, windows
+        return rows, calls
 
-    def _windows(self, y: np.ndarray, speech: list[tuple[float, float]], row: dict[str, Any]):
-        """One call's analysis windows over speech -> (X (n, *input_shape), spans), or None
-        with the row marked ``no_speech``."""
+    def _spans(self, speech: list[tuple[float, float]], row: dict[str, Any]) -> list[tuple[float, float]]:
+        """One call's analysis windows over speech, or none with the row marked ``no_speech``."""
         spans = vad.windows(speech, self.s["window_s"], self.s["hop_s"], self.s["min_window_s"])
         if not spans:
             talk = sum(e - s for s, e in speech)
@@ -389,14 +328,150 @@ class UnitScorer:
                              f"{talk:.2f} s of speech, in stretches shorter than min_window_s="
                              f"{self.s['min_window_s']}")
             row["speech_s"] = 0.0
-            return None
-        X = self.features.many([y[round(s * self.sr):round(e * self.sr)] for s, e in spans])
-        return X, spans
+        return spans
 
-    def _predict_call(self, X: np.ndarray, spans: list[tuple[float, float]], row: dict[str, Any],
-                      reference: "Reference", group: str) -> pa.Table:
-        X, row["normalised_by"] = reference.apply(X, group)
-        p = self.predictor.predict_proba(X)
+
+class UnitScorer:
+    """Scores units of calls with one loaded model; used inside each Ray actor.
+
+    The model side (features, encoder and head, batched over a unit's calls) runs here; the read
+    side is a :class:`CallReader`, run in this process (engine ``actors``, ``ray_data``) or in a
+    CPU pool of its own (``staged``), whose output :meth:`score_unit` then takes as ``read``.
+    ``settings`` is plain data (see :func:`worker_settings`); ``model_dir`` a local model folder.
+    """
+
+    def __init__(self, settings: dict[str, Any], model_dir: str | os.PathLike):
+        from ser_ray.artifact import load_predictor
+
+        import torch
+        try:  # one worker per CPU: torch's inter-op pool would only compete with the next worker
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set, or parallel work already ran in this process
+            pass
+        device = "cuda" if settings["gpus_per_worker"] > 0 and torch.cuda.is_available() else "cpu"
+        self.s = settings
+        self.predictor = load_predictor(model_dir, device=device)
+        self.predictor.batch_size = settings["batch_size"]
+        self.labels = list(self.predictor.labels)
+        self.features = WindowFeatures(self.predictor.feature_config)
+        self.sr = self.features.sr
+        self.reader = CallReader({**settings, "labels": self.labels}, self.sr)
+        self.storage = self.reader.storage
+        self.urgency = from_dict(UrgencyConfig, settings["urgency"])
+        self.reference = Reference(settings["reference"], self.predictor)
+        self.seg_schema, self.call_schema = segments_schema(self.labels), calls_schema(self.labels)
+
+    def warm_up(self) -> None:
+        """Run one second of noise through VAD, features and model: lazy imports and JIT
+        compilation happen at actor start rather than inside the first unit's timing."""
+        from ser_ray.warmup import extractors_key, first_use
+
+        y = np.random.default_rng(0).normal(0, 0.05, self.sr).astype(np.float32)
+        # librosa's numba kernels are compiled and cached one process at a time (ser_ray.warmup);
+        # silero and the model are torch only, so actors warm those up side by side.
+        with first_use(extractors_key(self.features.extractors)):
+            x = self.features(y)
+        if not self.s.get("staged"):
+            detect_speech([y[: self.reader.vad_sr]], self.reader.vad_sr, self.reader.detector)
+        self.predictor.predict_proba(x[None])
+
+    # -- one unit -------------------------------------------------------------------------
+    def score_unit(self, unit: dict[str, Any], read: tuple | None = None) -> dict[str, Any]:
+        """Score every call of ``unit``, stage its rows, return counts (status -> n, audio_s,
+        seconds of work, of which ``model_s`` on the model side, worker pid).
+
+        ``read`` is the unit's :meth:`CallReader.read` from the CPU pool (engine ``staged``,
+        with its seconds of work as a third item); without it the unit is read here.
+        ``unit["phase"]``: ``score`` (default) does it all in one go; a run whose model needs
+        the statistics of the run's calls (``Reference``) does ``extract`` first (windows and
+        features staged with each call's moments) and ``predict`` once every unit is extracted.
+        """
+        t0 = time.perf_counter()
+        phase = unit.get("phase", "score")
+        read_s = 0.0
+        if phase == "predict":
+            rows, windows = self._read_extract(unit)
+        else:
+            if read is None:
+                read = self.reader.read(unit)
+                read_s = time.perf_counter() - t0
+            rows, calls = read[0], read[1]
+            extra = read[2] if len(read) > 2 else 0.0
+            t0 -= extra  # the unit's seconds of work include its read in the CPU pool
+            read_s += extra
+            windows = self._featurise(calls, rows)
+        if phase == "extract":
+            return {**self._stage_extract(unit, rows, windows, t0), "read_s": read_s}
+        # A predict unit carries the statistics of its calls' populations.
+        reference = Reference(unit["reference"], self.predictor) if "reference" in unit else self.reference
+        seg_tables = self._predict(windows, rows, reference, unit.get("groups") or {})
+        segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
+        calls_t = pa.Table.from_pylist(rows, self.call_schema)
+        base = unit_dir(self.s["staging"], unit["unit_id"], reference.key)
+        # Segments first: the calls file marks the unit done.
+        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segs))
+        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls_t))
+        return {**self._stats(unit, rows, t0), "read_s": read_s}
+
+    def _stats(self, unit: dict[str, Any], rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+        status = Counter(r["status"] for r in rows)
+        return {"unit_id": unit["unit_id"], "calls": len(rows), "status": dict(status),
+                "audio_s": float(sum(r["duration_s"] or 0.0 for r in rows if r["status"] in (SCORED, NO_SPEECH))),
+                "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+
+    def _featurise(self, calls: dict[int, tuple], rows: list[dict[str, Any]]) -> dict[int, tuple]:
+        """{call position: (signal, spans)} -> {call position: (X, spans)}: every window of the
+        unit's calls through the features in one batch (a pretrained encoder batches across
+        calls); should that fail, call by call, so one bad call cannot take the others down."""
+        order = sorted(calls)
+        cuts = [[calls[i][0][round(s * self.sr):round(e * self.sr)] for s, e in calls[i][1]]
+                for i in order]
+        try:
+            X = self.features.many([w for ws in cuts for w in ws]) if order else None
+            edges = np.cumsum([0] + [len(ws) for ws in cuts])
+            return {i: (X[edges[k]:edges[k + 1]], calls[i][1]) for k, i in enumerate(order)}
+        except Exception:
+            pass
+        out = {}
+        for i, ws in zip(order, cuts):
+            try:
+                out[i] = (self.features.many(ws), calls[i][1])
+            except Exception as exc:
+                rows[i]["status"], rows[i]["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
+        return out
+
+    def _predict(self, windows: dict[int, tuple], rows: list[dict[str, Any]],
+                 reference: "Reference", groups: dict[str, str]) -> list[pa.Table]:
+        """Every call's windows, standardised per call, through the model in one batch (call by
+        call should that fail) -> one segments table per scored call, rows updated."""
+        order, Xs = [], []
+        for i in sorted(windows):
+            try:
+                X, rows[i]["normalised_by"] = reference.apply(windows[i][0],
+                                                              groups.get(rows[i]["call_id"], ""))
+            except Exception as exc:
+                rows[i]["status"], rows[i]["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
+                continue
+            order.append(i)
+            Xs.append(X)
+        try:
+            P = self.predictor.predict_proba(np.concatenate(Xs)) if Xs else None
+            edges = np.cumsum([0] + [len(x) for x in Xs])
+            probs = {i: P[edges[k]:edges[k + 1]] for k, i in enumerate(order)}
+        except Exception:
+            probs = {}
+        tables = []
+        for k, i in enumerate(order):
+            try:
+                p = probs[i] if i in probs else self.predictor.predict_proba(Xs[k])
+                tables.append(self._call_segments(p, windows[i][1], rows[i]))
+            except Exception as exc:
+                rows[i]["status"], rows[i]["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
+            windows[i] = None
+        return tables
+
+    def _call_segments(self, p: np.ndarray, spans: list[tuple[float, float]],
+                       row: dict[str, Any]) -> pa.Table:
         start = np.array([s for s, _ in spans])
         end = np.array([e for _, e in spans])
         best = p.argmax(axis=1)
@@ -547,6 +622,10 @@ class _ScoreActor:
         """One unit as JSON -> its stats as JSON."""
         return json.dumps(self.scorer.score_unit(json.loads(unit)))
 
+    def score_read(self, unit: str, read: tuple) -> str:
+        """One unit as JSON and its read from the CPU pool (engine ``staged``) -> stats as JSON."""
+        return json.dumps(self.scorer.score_unit(json.loads(unit), read))
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"stats": np.array([self.score(u) for u in batch["unit"]], dtype=object)}
 
@@ -586,8 +665,11 @@ def check_config(cfg: ScoreConfig) -> None:
             raise ValueError(f"{name}={v} must be a positive number of seconds")
     if cfg.vad_sample_rate not in (8000, 16000):
         raise ValueError(f"vad_sample_rate={cfg.vad_sample_rate}: silero runs at 8000 or 16000 Hz")
-    if cfg.engine not in ENGINES:
-        raise ValueError(f"engine={cfg.engine!r}: choose {' or '.join(ENGINES)}")
+    if cfg.engine not in ("auto", *ENGINES):
+        raise ValueError(f"engine={cfg.engine!r}: choose auto, {', '.join(ENGINES)}")
+    if cfg.read_cpus <= 0 or cfg.read_ahead < 1:
+        raise ValueError(f"score: read_cpus must be > 0 (got {cfg.read_cpus}) and read_ahead >= 1 "
+                         f"(got {cfg.read_ahead})")
     if cfg.cpus_per_worker <= 0 or cfg.gpus_per_worker < 0:
         raise ValueError("score: cpus_per_worker must be > 0 and gpus_per_worker >= 0")
     opts = dict(cfg.vad)
@@ -600,6 +682,11 @@ def check_config(cfg: ScoreConfig) -> None:
     if n.group_by and not cfg.metadata:
         raise ValueError(f"normalisation.group_by={n.group_by!r} needs --metadata (a table with "
                          f"call_id and {n.group_by} columns)")
+    if cfg.transcribe.model:  # a bad transcripts model fails now, not after the night's scoring
+        from ser_ray import transcribe
+
+        transcribe.check(cfg.transcribe)
+        transcribe.whisper_checkpoint(cfg.transcribe.model)
 
 
 def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: str) -> dict[str, Any]:
@@ -613,7 +700,9 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
             "min_window_s": min(cfg.min_window_s, window_s), "max_call_s": cfg.max_call_s,
             "max_bytes": int(cfg.max_file_mb * 2 ** 20), "customer_channel": cfg.customer_channel,
             "vad": vad.detector_config(detector), "vad_sample_rate": cfg.vad_sample_rate,
-            "batch_size": cfg.batch_size,
+            "batch_size": cfg.batch_size, "labels": list(model.labels),
+            "sample_rate": int(from_dict(AudioConfig, dict(model.feature_config.get("audio") or {}))
+                               .sample_rate),
             "gpus_per_worker": cfg.gpus_per_worker, "urgency": to_dict(cfg.urgency),
             "normalisation": to_dict(cfg.normalisation),
             "reference": reference_settings(cfg, model), "s3": to_dict(cfg.s3)}
@@ -801,11 +890,11 @@ def previously_scored(storage: io.Storage, output: str, run_date: str, model_has
     return done
 
 
-def _pool_size(cfg: ScoreConfig, n_units: int) -> int:
+def _pool_size(cfg: ScoreConfig, n_units: int, reserve_cpus: float = 0.0) -> int:
     import ray
 
     res = ray.cluster_resources()
-    slots = int(res.get("CPU", 0) / cfg.cpus_per_worker)
+    slots = int(max(0.0, res.get("CPU", 0) - reserve_cpus) / cfg.cpus_per_worker)
     if cfg.gpus_per_worker > 0:
         slots = min(slots, int(res.get("GPU", 0) / cfg.gpus_per_worker))
         if slots < 1:
@@ -844,6 +933,9 @@ class _ActorsEngine:
         self.settings, self.model_ref = settings, model_ref
         self.actors: list[Any] = []
 
+    def pool(self, cfg: ScoreConfig, n_units: int) -> int:
+        return _pool_size(cfg, n_units)
+
     def run(self, units: list[dict[str, Any]], n: int, on_done) -> None:
         import ray
 
@@ -862,19 +954,24 @@ class _ActorsEngine:
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             actor, unit = pending.pop(ref)
-            try:
-                stats = json.loads(ray.get(ref))
-            except ray.exceptions.RayError as exc:
-                calls = unit.get("calls") or []
-                named = ", ".join(c["uri"] for c in calls[:3])
-                what = f"{len(calls)} calls: {named}{', ...' if len(calls) > 3 else ''}" if calls else \
-                    f"{unit.get('phase')} pass"
-                raise RuntimeError(f"unit {unit['unit_id']} ({what}) could not be scored: "
-                                   f"{type(exc).__name__}: {exc}\nAn actor killed mid-unit is restarted "
-                                   f"and the unit retried up to {ACTOR_RETRIES} times. Units already done "
-                                   "are staged: rerun the same command to resume.") from exc
-            on_done(stats)
+            on_done(self._result(ref, unit))
             feed(actor)
+
+    @staticmethod
+    def _result(ref, unit: dict[str, Any]) -> dict[str, Any]:
+        import ray
+
+        try:
+            return json.loads(ray.get(ref))
+        except ray.exceptions.RayError as exc:
+            calls = unit.get("calls") or []
+            named = ", ".join(c["uri"] for c in calls[:3])
+            what = f"{len(calls)} calls: {named}{', ...' if len(calls) > 3 else ''}" if calls else \
+                f"{unit.get('phase')} pass"
+            raise RuntimeError(f"unit {unit['unit_id']} ({what}) could not be scored: "
+                               f"{type(exc).__name__}: {exc}\nA worker killed mid-unit is restarted "
+                               f"and the unit retried up to {ACTOR_RETRIES} times. Units already done "
+                               "are staged: rerun the same command to resume.") from exc
 
     def close(self) -> None:
         import ray
@@ -894,6 +991,9 @@ class _RayDataEngine:
 
     def __init__(self, resources: dict[str, float], settings: dict[str, Any], model_ref):
         self.resources, self.settings, self.model_ref = resources, settings, model_ref
+
+    def pool(self, cfg: ScoreConfig, n_units: int) -> int:
+        return _pool_size(cfg, n_units)
 
     def run(self, units: list[dict[str, Any]], n: int, on_done) -> None:
         import ray
@@ -916,21 +1016,135 @@ class _RayDataEngine:
         pass
 
 
-# Who runs the units (ScoreConfig.engine). Both give the same rows; see README.
-ENGINES = {"actors": _ActorsEngine, "ray_data": _RayDataEngine}
+def _read_unit(settings: dict[str, Any], unit: str) -> tuple:
+    """The CPU pool's task (engine ``staged``): one unit as JSON -> (call rows, {call position:
+    (signal, spans)}, seconds of work); its signals go to a model actor through the object store."""
+    t0 = time.perf_counter()
+    rows, calls = _call_reader(settings).read(json.loads(unit))
+    return rows, calls, time.perf_counter() - t0
 
 
-def _engine(cfg: ScoreConfig, settings: dict[str, Any], model_ref):
-    """The configured engine; per-actor resources are the same for every engine."""
+_READERS: dict[str, CallReader] = {}
+
+
+def _call_reader(settings: dict[str, Any]) -> CallReader:
+    """One reader per worker process and run (the VAD model loads once, not once per unit)."""
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    if key not in _READERS:
+        _READERS.clear()
+        _READERS[key] = CallReader(settings)
+    return _READERS[key]
+
+
+class _StagedEngine(_ActorsEngine):
+    """Two pools with their own resources: Ray tasks on CPUs read, decode, pick the channel,
+    resample, run VAD and cut windows (``read_cpus`` each); a fixed pool of model actors
+    (``cpus_per_worker``/``gpus_per_worker`` each) computes features, encoder and head over each
+    unit's windows, batched across its calls.
+
+    Backpressure: at most ``read_slots`` units are being read and ``read_ahead`` per model actor
+    are read and waiting, so memory is bounded by units in flight, not by the backlog; a model
+    actor is handed the next read unit the moment it finishes one, so it waits only when the
+    CPU pool has nothing ready. Units read first go to the model first (listing order within a
+    wave), and a unit's rows are staged by the model actor exactly as in the other engines."""
+
+    def __init__(self, resources: dict[str, float], settings: dict[str, Any], model_ref,
+                 read_cpus: float = 1.0, read_ahead: int = 2):
+        import ray
+
+        super().__init__(resources, settings, model_ref)
+        self.read_task = ray.remote(_read_unit).options(num_cpus=read_cpus, max_retries=ACTOR_RETRIES)
+        self.read_ahead, self.read_slots = read_ahead, 1
+
+    def pool(self, cfg: ScoreConfig, n_units: int) -> int:
+        n, self.read_slots = staged_pools(cfg, n_units)
+        return n
+
+    def run(self, units: list[dict[str, Any]], n: int, on_done) -> None:
+        import ray
+
+        while len(self.actors) < n:
+            self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
+        queue = iter(units)
+        reading: dict[Any, dict[str, Any]] = {}
+        ready: list[tuple[dict[str, Any], Any]] = []
+        busy: dict[Any, tuple[Any, dict[str, Any]]] = {}
+        idle = list(self.actors)
+        settings_ref = ray.put(self.settings)
+        exhausted = False
+        while True:
+            while not exhausted and len(reading) < self.read_slots and \
+                    len(reading) + len(ready) < self.read_slots + self.read_ahead * len(self.actors):
+                unit = next(queue, None)
+                if unit is None:
+                    exhausted = True
+                elif unit.get("phase") == "predict":  # reads its staged features, not audio
+                    ready.append((unit, None))
+                else:
+                    reading[self.read_task.remote(settings_ref, json.dumps(unit))] = unit
+            while idle and ready:
+                actor = idle.pop(0)
+                unit, read_ref = ready.pop(0)
+                ref = actor.score.remote(json.dumps(unit)) if read_ref is None else \
+                    actor.score_read.remote(json.dumps(unit), read_ref)
+                busy[ref] = (actor, unit)
+            if not reading and not busy:
+                break
+            done, _ = ray.wait(list(reading) + list(busy), num_returns=1)
+            ref = done[0]
+            if ref in reading:
+                ready.append((reading.pop(ref), ref))  # the ref, not the audio: the actor fetches it
+                continue
+            actor, unit = busy.pop(ref)
+            on_done(self._result(ref, unit))
+            idle.append(actor)
+
+
+# Who runs the units (ScoreConfig.engine). All give the same rows; see README.
+ENGINES = {"actors": _ActorsEngine, "ray_data": _RayDataEngine, "staged": _StagedEngine}
+
+
+def engine_for(cfg: ScoreConfig) -> str:
+    """``auto``: the staged pools when the model actors have GPUs (the GPU never waits on
+    decoding), otherwise one pool of actors that each do it all (on CPUs a separate read pool
+    only takes cores from the model; README, "Engines"). Call after Ray is up."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return "staged" if cfg.gpus_per_worker > 0 and gpus > 0 else "actors"
+
+
+def _engine(cfg: ScoreConfig, settings: dict[str, Any], model_ref, name: str):
+    """The engine ``name``; per-model-actor resources are the same for every engine."""
     resources = {"num_cpus": cfg.cpus_per_worker}
     if cfg.gpus_per_worker:
         resources["num_gpus"] = cfg.gpus_per_worker
-    return ENGINES[cfg.engine](resources, settings, model_ref)
+    if name == "staged":
+        return _StagedEngine(resources, settings, model_ref, cfg.read_cpus, cfg.read_ahead)
+    return ENGINES[name](resources, settings, model_ref)
+
+
+def staged_pools(cfg: ScoreConfig, n_units: int) -> tuple[int, int]:
+    """(model actors, concurrent read tasks) for the staged engine: model actors as for the
+    other engines, but on CPUs alone leaving ``read_cpus`` for at least one read task; the
+    read pool gets every CPU the model actors do not hold."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    n = _pool_size(cfg, n_units, reserve_cpus=cfg.read_cpus)
+    left = cpus - n * cfg.cpus_per_worker
+    if left < cfg.read_cpus:
+        raise ValueError(f"engine=staged: {n} model actor(s) x cpus_per_worker={cfg.cpus_per_worker} "
+                         f"leave {left:g} of {cpus:g} CPUs, less than read_cpus={cfg.read_cpus}; "
+                         "lower num_workers, cpus_per_worker or read_cpus")
+    return n, max(1, int(left / cfg.read_cpus))
 
 
 def _run_wave(cfg: ScoreConfig, engine, units: list[dict[str, Any]], on_done) -> None:
     """One wave: pool size and unit order are the same for every engine."""
-    engine.run(largest_first(units), _pool_size(cfg, len(units)), on_done)
+    engine.run(largest_first(units), engine.pool(cfg, len(units)), on_done)
 
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
@@ -985,7 +1199,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     unit_ids: list[str] = []
     todo: list[dict[str, Any]] = []
     state = {"done": 0, "resumed": 0, "audio_s": 0.0, "fresh_audio_s": 0.0, "last": time.time(),
-             "t_scoring": time.time(), "unit_s": 0.0, "workers": set(), "extracted": 0}
+             "t_scoring": time.time(), "unit_s": 0.0, "read_s": 0.0, "workers": set(), "extracted": 0}
     two_pass = settings["reference"]["mode"] == "run"
     groups = None
     if two_pass and cfg.normalisation.group_by:
@@ -1017,6 +1231,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     def record(st: dict[str, Any], resumed: bool = False) -> None:
         if not resumed:
             state["unit_s"] += st.get("seconds", 0.0)
+            state["read_s"] += st.get("read_s", 0.0)
             state["workers"].add(st.get("pid"))
         if st.get("phase") == "extract":
             state["extracted"] += 1
@@ -1033,7 +1248,9 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
             state["last"] = time.time()
             _progress(state, counts, len(unit_ids))
 
-    engine = _engine(cfg, settings, model_ref)
+    engine_name = engine_for(cfg)
+    settings["staged"] = engine_name == "staged"  # not material: the rows are the same
+    engine = _engine(cfg, settings, model_ref, engine_name)
     try:
         def flush() -> None:
             if todo:
@@ -1095,6 +1312,13 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
                       metadata, versions(), ref_key)
     timings = {"wall_s": time.time() - t0, "scoring_s": t_scored - state["t_scoring"],
                "publish_s": time.time() - t_scored}
+    transcripts, tx_record = None, None
+    if cfg.transcribe.model:
+        t_tx = time.time()
+        transcripts, tx_record = _transcribe(cfg, storage, output, run_date, run_id, model,
+                                             record_, settings, progress)
+        timings["transcribe_s"] = time.time() - t_tx
+        timings["wall_s"] = time.time() - t0
     run = {"run_id": run_id, "run_date": run_date, "model_id": model.model_id,
            "model_hash": model.model_hash, "model_path": model.path,
            "window_s": settings["window_s"], "window_from": "config" if cfg.window_s else window_from,
@@ -1106,9 +1330,15 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
            "metadata_rows_without_call": record_["metadata_unmatched"],
            "audio_s": state["audio_s"], "fresh_audio_s": state["fresh_audio_s"],
            "unit_seconds": state["unit_s"], "worker_processes": len(state["workers"] - {None}),
+           # Seconds of unit work on the read side (decode, VAD, windows) and on the model side.
+           "engine": engine_name, "read_seconds": state["read_s"],
+           "model_seconds": state["unit_s"] - state["read_s"],
            "started_at": started.isoformat(timespec="seconds"),
            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            **timings, "outputs": record_["outputs"]}
+    if tx_record:
+        run["transcripts"] = tx_record
+        run["outputs"]["transcripts"] = tx_record.pop("uri")
     scored = record_["calls_df"]
     scored = scored[scored["status"] == SCORED].head(10)
     run["top_calls"] = [{"urgency_rank": int(r.urgency_rank), "call_id": r.call_id,
@@ -1116,9 +1346,12 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     run["real_time_factor"] = run["fresh_audio_s"] / max(timings["scoring_s"], 1e-9)
     # Audio seconds per second of a worker's own unit work: the per-core rate without start-up.
     run["real_time_factor_per_worker"] = run["fresh_audio_s"] / max(state["unit_s"], 1e-9)
-    _write_report(storage, output, run, record_["calls_df"], model.labels, cfg.report_top)
+    _write_report(storage, output, run, record_["calls_df"], model.labels, cfg.report_top,
+                  transcripts)
+    run["outputs"]["report_index"] = io.join(output, "reports/index.html")
     storage.write_bytes(io.join(output, f"runs/{run_id}.json"),
                         (json.dumps(run, indent=2, default=str) + "\n").encode())
+    write_index(storage, output)
     storage.delete_tree(staging)
     log(f"done: {run['calls']} calls ({', '.join(f'{k} {v}' for k, v in sorted(run['counts'].items()))}), "
         f"{skipped} skipped as already scored, {run['audio_s'] / 3600:.2f} h audio in "
@@ -1227,26 +1460,97 @@ def publish(cfg: ScoreConfig, storage: io.Storage, output: str, staging: str, ru
             "outputs": {"calls": calls_uri, "segments": written}}
 
 
+def _transcribe(cfg: ScoreConfig, storage: io.Storage, output: str, run_date: str, run_id: str,
+                model: ModelInfo, published: dict[str, Any], settings: dict[str, Any],
+                progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The night's transcripts (``cfg.transcribe``), after publishing: the spans chosen from the
+    published segments, transcribed in Ray tasks, written whole to
+    ``transcripts/run_date=D/<run_id>.parquet``."""
+    from ser_ray import transcribe
+
+    calls = published["calls_df"]
+    wanted = set(transcribe.chosen_calls(calls, cfg.transcribe)["call_id"])
+    parts = [_read_parquet(storage, uri).to_pandas() for uri in published["outputs"]["segments"]]
+    segs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["call_id"])
+    segs = segs[segs["call_id"].isin(wanted)]
+    jobs = transcribe.plan(calls, segs, model.labels, cfg.transcribe, cfg.urgency)
+    log(f"transcribing {sum(len(j['spans']) for j in jobs)} span(s) of {len(jobs)} call(s) "
+        f"with {cfg.transcribe.model}")
+
+    def show(done: int, total: int) -> None:
+        if progress:
+            log(f"transcripts: {done}/{total} calls")
+
+    df = transcribe.run_transcripts(cfg.transcribe, jobs, settings, run_id, show)
+    uri = io.join(output, f"transcripts/run_date={run_date}/{run_id}.parquet")
+    storage.write_bytes(uri, _parquet_bytes(pa.Table.from_pandas(
+        df, schema=transcribe.transcripts_schema(), preserve_index=False)))
+    return df, {"model": cfg.transcribe.model, "segments": cfg.transcribe.segments,
+                "calls": len(jobs), "spans": int(df["start_s"].notna().sum()),
+                "errors": int(df["error"].notna().sum()),
+                "languages": dict(Counter(df["language"].dropna())), "uri": uri}
+
+
 def _write_report(storage: io.Storage, output: str, run: dict[str, Any], calls: pd.DataFrame,
-                  labels: list[str], top: int) -> None:
-    """The human report: Markdown listing the most urgent calls, with a chart beside it."""
-    try:
-        from ser_ray.score_report import render
-    except ImportError:  # pragma: no cover - the renderer ships with ser_ray
-        return
+                  labels: list[str], top: int, transcripts: pd.DataFrame | None = None) -> None:
+    """The human report: Markdown listing the most urgent calls with a chart beside it, and the
+    night's self-contained HTML page (timelines of the top calls, transcripts when made)."""
+    from ser_ray.score_html import render_html
+    from ser_ray.score_report import render
+
     base = f"reports/run_date={run['run_date']}/{run['run_id']}"
-    chart = f"{run['run_id']}.png"
+    chart, page = f"{run['run_id']}.png", f"{run['run_id']}.html"
     known = set(calls_schema(labels).names) | {"urgency_rank"}
     extra = [c for c in calls.columns if c not in known]
-    md, png = render(calls, labels, run, top=top, chart_name=chart, extra_columns=extra)
+    md, png = render(calls, labels, run, top=top, chart_name=chart, extra_columns=extra,
+                     transcripts=transcripts, html_name=page)
+    wanted = set(calls.loc[calls["status"] == SCORED].sort_values("urgency_rank")["call_id"].head(top))
+    segs = [t.to_pandas() for t in (_read_parquet(storage, uri) for uri in run["outputs"]["segments"])]
+    segs = [s[s["call_id"].isin(wanted)] for s in segs]
+    segments = pd.concat(segs, ignore_index=True) if segs else None
+    doc = render_html(calls, labels, run, segments=segments, transcripts=transcripts, top=top,
+                      extra_columns=extra, index_href="../index.html")
     storage.write_bytes(io.join(output, f"{base}.png"), png)
     storage.write_bytes(io.join(output, f"{base}.md"), md.encode())
+    storage.write_bytes(io.join(output, f"{base}.html"), doc.encode())
     run["outputs"]["report"] = io.join(output, f"{base}.md")
+    run["outputs"]["report_html"] = io.join(output, f"{base}.html")
+
+
+def write_index(storage: io.Storage, output: str) -> str:
+    """``reports/index.html``: every night with a page, from the run records in ``runs/``."""
+    from ser_ray.score_html import render_index
+
+    nights = []
+    runs_dir = io.join(output, "runs")
+    for uri in sorted(storage.walk(runs_dir)) if storage.exists_dir(runs_dir) else []:
+        if not uri.endswith(".json"):
+            continue
+        try:
+            run = json.loads(storage.read_bytes(uri))
+        except (ValueError, OSError):  # a record being written: listed next night
+            continue
+        page = (run.get("outputs") or {}).get("report_html")
+        if not page:
+            continue
+        top = (run.get("top_calls") or [{}])[0].get("call_id")
+        nights.append({"run_date": run.get("run_date"), "run_id": run.get("run_id"),
+                       "href": f"run_date={run.get('run_date')}/{page.rsplit('/', 1)[-1]}",
+                       "counts": run.get("counts"), "calls": run.get("calls"), "top_call": top})
+    uri = io.join(output, "reports/index.html")
+    storage.write_bytes(uri, render_index(nights).encode())
+    return uri
 
 
 def read_calls(output: str | os.PathLike, run_date: str | None = None, storage: io.Storage | None = None) -> pd.DataFrame:
     """Every published call row under ``output`` (one night with ``run_date``), with run_date."""
     return _read_table(output, "calls", run_date, storage)
+
+
+def read_transcripts(output: str | os.PathLike, run_date: str | None = None,
+                     storage: io.Storage | None = None) -> pd.DataFrame:
+    """Every published transcript row under ``output`` (one night with ``run_date``)."""
+    return _read_table(output, "transcripts", run_date, storage)
 
 
 def read_segments(output: str | os.PathLike, run_date: str | None = None,

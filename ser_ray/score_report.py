@@ -153,6 +153,23 @@ def dominant_negative(row: Mapping[str, Any], labels: Sequence[str],
     return best, best_share
 
 
+def peak_snippet(transcripts: pd.DataFrame | None, call_id: str, peak_s: Any) -> str | None:
+    """What was said at a call's worst moment: the text of its transcribed span that holds
+    ``peak_s`` (else the nearest one); None without a transcript."""
+    if transcripts is None or transcripts.empty:
+        return None
+    rows = transcripts[(transcripts["call_id"] == call_id) & transcripts["text"].notna()]
+    rows = rows[rows["text"].astype(str).str.strip() != ""]
+    if rows.empty:
+        return None
+    if _missing(peak_s):
+        return str(rows.iloc[0]["text"])
+    p = float(peak_s)
+    dist = np.maximum(rows["start_s"].to_numpy(float) - p, 0) + np.maximum(
+        p - rows["end_s"].to_numpy(float), 0)
+    return str(rows.iloc[int(np.argmin(dist))]["text"])
+
+
 def _status_counts(calls: pd.DataFrame, run: Mapping[str, Any]) -> dict[str, int]:
     counts = run.get("counts")
     if counts is None:
@@ -187,9 +204,11 @@ def _header(calls: pd.DataFrame, run: Mapping[str, Any]) -> list[str]:
 
 
 def _top_table(top_calls: pd.DataFrame, labels: Sequence[str], extra_columns: Sequence[str],
-               cfg: UrgencyConfig) -> list[str]:
+               cfg: UrgencyConfig, transcripts: pd.DataFrame | None = None) -> list[str]:
     header = ["rank", "call", "urgency", "dominant negative emotion", "negative peak",
               "longest negative run (s)", "peak at", "duration", *map(_esc, extra_columns)]
+    if transcripts is not None:
+        header.append("said at the peak")
     rows = []
     for _, row in top_calls.iterrows():
         label, share = dominant_negative(row, labels, cfg)
@@ -202,6 +221,9 @@ def _top_table(top_calls: pd.DataFrame, labels: Sequence[str], extra_columns: Se
             _clock(row["peak_start_s"]), _clock(row["duration_s"]),
             *(_cell(row[c]) for c in extra_columns),
         ])
+        if transcripts is not None:
+            said = peak_snippet(transcripts, row["call_id"], row["peak_start_s"])
+            rows[-1].append(f"“{_oneline(said)}”" if said else "–")
     return _table(header, rows)
 
 
@@ -345,7 +367,8 @@ def _png(fig: Any) -> bytes:
 
 # ----------------------------------------------------------------------------- entry point
 def render(calls: pd.DataFrame, labels: list[str], run: dict, *, top: int = 20,
-           chart_name: str = "urgent_calls.png", extra_columns: Sequence[str] = ()
+           chart_name: str = "urgent_calls.png", extra_columns: Sequence[str] = (),
+           transcripts: pd.DataFrame | None = None, html_name: str | None = None
            ) -> tuple[str, bytes]:
     """(Markdown text, PNG bytes) of the morning report of one scoring run; writes no files.
 
@@ -357,7 +380,9 @@ def render(calls: pd.DataFrame, labels: list[str], run: dict, *, top: int = 20,
     started_at, finished_at, wall_s, audio_s (seconds scored), optionally
     skipped_previously_scored. The table lists the ``top`` ranked calls (status "scored" with a
     finite score) by urgency_rank; every other call is listed below it with its reason. The
-    Markdown links the chart as ``chart_name``, which the caller writes next to it.
+    Markdown links the chart as ``chart_name``, which the caller writes next to it, and the
+    night's page as ``html_name`` when given. With ``transcripts`` (the run's transcripts
+    table) the table says what the caller said at the worst moment (:func:`peak_snippet`).
     """
     if top < 0:
         raise ValueError(f"score_report.render: top must be >= 0, got {top}")
@@ -382,10 +407,12 @@ def render(calls: pd.DataFrame, labels: list[str], run: dict, *, top: int = 20,
                   "emotion predicted for the largest share of the call's speech; *negative "
                   "peak*: how upset the caller sounded at the worst moment (0 to 1); *peak at*: "
                   "where that moment starts in the call (m:ss).", ""]
-        lines += _top_table(top_calls, labels, extra_columns, cfg)
+        lines += _top_table(top_calls, labels, extra_columns, cfg, transcripts)
         lines.append("")
     lines += [f"![urgency score and emotion shares of the most urgent calls]"
               f"({_link_target(chart_name)})", ""]
+    if html_name:
+        lines += [f"Timelines of each call: [the night's page]({_link_target(html_name)}).", ""]
 
     lines += ["## Calls not scored", ""]
     if unscored.empty:

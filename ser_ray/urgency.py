@@ -83,6 +83,14 @@ class UrgencyConfig:
         return float(self.weights.get(rest, 0.0)) if sex in SEXES else 0.0
 
 
+def negative_emotion(probs: np.ndarray, labels: Sequence[str], cfg: UrgencyConfig | None = None
+                     ) -> np.ndarray:
+    """``n_t`` of each window: ``probs`` (windows x labels, in ``labels`` order) -> (windows,)."""
+    cfg = UrgencyConfig() if cfg is None else cfg
+    w = np.array([cfg.weight(label) for label in labels], dtype=float)
+    return np.asarray(probs, dtype=float).reshape(-1, len(labels)) @ np.clip(w, 0, None)
+
+
 def call_summary(segments: pd.DataFrame, labels: Sequence[str], cfg: UrgencyConfig | None = None, *,
                  prob_prefix: str = PROB_PREFIX) -> dict[str, float]:
     """Summary of one call's scored windows.
@@ -116,8 +124,8 @@ def call_summary(segments: pd.DataFrame, labels: Sequence[str], cfg: UrgencyConf
         raise ValueError(f"call_summary: probability columns {prob_cols} contain NaN or inf")
     seg_labels = seg["label"].astype(str).to_numpy()
 
+    negative = negative_emotion(probs, labels, cfg)  # n_t
     w = np.array([cfg.weight(label) for label in labels])
-    negative = probs @ np.clip(w, 0, None)           # n_t
     calm = probs @ np.clip(-w, 0, None)              # k_t
     label_w = np.array([cfg.weight(label) for label in seg_labels])
     # Time each window adds beyond the windows before it: overlapping hops are counted once.

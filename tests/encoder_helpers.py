@@ -46,3 +46,51 @@ def make_tiny_encoder(family: str, folder: Path, seed: int = 0) -> Path:
                                  return_attention_mask=cfg.feat_extract_norm == "layer"
                                  ).save_pretrained(folder)
     return folder
+
+
+WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>",
+                    "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                    "<|notimestamps|>")
+
+
+def make_tiny_whisper_asr(folder: Path, seed: int = 0) -> Path:
+    """A random ``WhisperForConditionalGeneration`` (2+1 layers of width 32) with a byte-level
+    tokenizer, the processor and a generation config that knows English and German, in
+    ``folder`` as on the hub: what ``transcribe.model`` loads. Its text is noise; its shapes,
+    special tokens and language detection are Whisper's."""
+    import json
+
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = sorted(ByteLevel.alphabet())  # the 256 byte-level symbols
+    vocab = {c: i for i, c in enumerate(chars)}
+    ids = {tok: len(vocab) + k for k, tok in enumerate(WHISPER_SPECIALS)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                 unk_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                 eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
+    assert all(tokenizer.convert_tokens_to_ids(t) == i for t, i in ids.items()), "token ids moved"
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    cfg = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        num_mel_bins=80, vocab_size=len(vocab) + len(ids), max_target_positions=64,
+                        decoder_start_token_id=sot, pad_token_id=eot, eos_token_id=eot,
+                        bos_token_id=eot, suppress_tokens=[], begin_suppress_tokens=[])
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"], "<|de|>": ids["<|de|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        max_length=48)
+    model.save_pretrained(folder)
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(folder)
+    return folder

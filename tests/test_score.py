@@ -185,30 +185,38 @@ def test_interrupted_run_resumes_to_the_same_rows(scored, score_model, backlog, 
                                   _frame(read_segments(scored["out"]), ["call_id", "start_s"]))
 
 
-def test_a_killed_worker_loses_and_duplicates_nothing(scored, score_model, backlog, tmp_path):
-    """SIGKILL one scoring actor's process mid-run: Ray restarts it, the unit is retried, and the
-    published rows equal an undisturbed run's."""
+@pytest.mark.parametrize("engine", ["actors", "staged"])
+def test_a_killed_worker_loses_and_duplicates_nothing(scored, score_model, backlog, tmp_path, engine):
+    """SIGKILL a scoring actor's process mid-run (and, with the staged pools, a read task's worker
+    too): Ray restarts it, the unit is retried, and the published rows equal an undisturbed run's."""
     import psutil
 
     out = tmp_path / "killed-worker"
     args = ["score", "--model", str(score_model), "--input", str(backlog["folder"]), "--output", str(out),
             "--run-date", NIGHT, "--customer-channel", "right", "--metadata", str(backlog["metadata"]),
-            "--set", "calls_per_task=1", "--num-workers", "1"]
+            "--set", "calls_per_task=1", "--num-workers", "1", "--set", f"engine={engine}"]
+    if engine == "staged":
+        args += ["--set", "read_cpus=0.5", "--set", "cpus_per_worker=1"]
     proc = subprocess.Popen([sys.executable, "-m", "ser_ray.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    killed = None
+    targets = ["_ScoreActor"] + (["_read_unit"] if engine == "staged" else [])
+    killed: dict[str, int] = {}
     deadline = time.time() + 300
-    while killed is None and time.time() < deadline and proc.poll() is None:
-        if list((out / "_staging").rglob("calls.parquet")):
-            for p in psutil.process_iter(["cmdline"]):
-                if "_ScoreActor" in " ".join(p.info["cmdline"] or []):
+    while len(killed) < len(targets) and time.time() < deadline and proc.poll() is None:
+        staged = bool(list((out / "_staging").rglob("calls.parquet")))
+        for p in psutil.process_iter(["cmdline"]):
+            line = " ".join(p.info["cmdline"] or [])
+            for t in targets:
+                # A read worker as soon as one runs; the model actor once a unit is staged.
+                if t not in killed and t in line and (staged or t == "_read_unit"):
                     p.kill()
-                    killed = p.pid
-                    break
+                    killed[t] = p.pid
         time.sleep(0.02)
     log, _ = proc.communicate(timeout=600)
-    assert killed is not None, "no scoring actor was found to kill"
+    assert sorted(killed) == sorted(targets), f"killed {killed}, wanted {targets}"
     assert proc.returncode == 0, log[-3000:]
+    run = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert run["engine"] == engine
     calls = read_calls(out)
     assert calls["call_id"].is_unique and len(calls) == len(backlog["truth"])
     pd.testing.assert_frame_equal(_frame(calls, SORT), _frame(read_calls(scored["out"]), SORT))
@@ -222,18 +230,48 @@ def test_the_ray_data_engine_publishes_the_same_rows(scored, score_model, backlo
     import glob
     import tempfile
 
-    assert scored["run"]["config"]["engine"] == "actors"
+    assert scored["run"]["config"]["engine"] == "auto" and scored["run"]["engine"] == "actors"
     models = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "ser-ray-model-*")))  # noqa: E731
     before = models()
     out = tmp_path / "ray-data"
     run = run_score(_config(score_model, [backlog["folder"]], out, metadata=str(backlog["metadata"]),
                             engine="ray_data"), progress=False)
-    assert run["config"]["engine"] == "ray_data" and run["counts"] == scored["run"]["counts"]
+    assert run["engine"] == "ray_data" and run["counts"] == scored["run"]["counts"]
     pd.testing.assert_frame_equal(_frame(read_calls(out), SORT), _frame(read_calls(scored["out"]), SORT))
     pd.testing.assert_frame_equal(_frame(read_segments(out), ["call_id", "start_s"]),
                                   _frame(read_segments(scored["out"]), ["call_id", "start_s"]))
     run_score(_config(score_model, [backlog["folder"]], tmp_path / "actors"), progress=False)
     assert models() <= before
+
+
+def test_the_staged_engine_publishes_the_same_rows(scored, score_model, backlog, tmp_path):
+    """engine=staged (a CPU pool reads and cuts windows, model actors score them) gives the same
+    rows as the one-pool default, and its run record splits the work between the two sides."""
+    out = tmp_path / "staged"
+    run = run_score(_config(score_model, [backlog["folder"]], out, metadata=str(backlog["metadata"]),
+                            engine="staged", read_cpus=0.5, calls_per_task=1, read_ahead=1),
+                    progress=False)
+    assert run["engine"] == "staged" and run["counts"] == scored["run"]["counts"]
+    assert run["read_seconds"] > 0 and run["model_seconds"] > 0
+    pd.testing.assert_frame_equal(_frame(read_calls(out), SORT), _frame(read_calls(scored["out"]), SORT))
+    pd.testing.assert_frame_equal(_frame(read_segments(out), ["call_id", "start_s"]),
+                                  _frame(read_segments(scored["out"]), ["call_id", "start_s"]))
+
+
+def test_staged_pools_leave_cpus_for_reading(ray_session, score_model, tmp_path):
+    """The model pool never takes the CPUs the read pool needs, and a config that leaves none is
+    refused with the knobs to turn."""
+    from ser_ray.score import staged_pools
+
+    import ray
+
+    cpus = ray.cluster_resources()["CPU"]
+    n, slots = staged_pools(_config(score_model, [tmp_path], tmp_path / "o", read_cpus=0.5,
+                                    cpus_per_worker=0.5), 100)
+    assert n * 0.5 + slots * 0.5 <= cpus and n >= 1 and slots >= 1
+    with pytest.raises(ValueError, match="read_cpus"):
+        staged_pools(_config(score_model, [tmp_path], tmp_path / "o", num_workers=int(cpus),
+                             cpus_per_worker=1.0), 100)
 
 
 def test_a_model_the_actors_cannot_load_fails_the_run_naming_the_unit(ray_session, score_model, backlog,
@@ -280,7 +318,7 @@ def test_bad_arguments_are_clear_errors(score_model, tmp_path):
         check_config(_config(score_model, [tmp_path], tmp_path / "o", customer_channel="middle"))
     with pytest.raises(ValueError, match="unknown vad"):
         check_config(_config(score_model, [tmp_path], tmp_path / "o", vad={"name": "webrtc"}))
-    with pytest.raises(ValueError, match="engine='spark': choose actors or ray_data"):
+    with pytest.raises(ValueError, match="engine='spark': choose auto, actors, ray_data, staged"):
         check_config(_config(score_model, [tmp_path], tmp_path / "o", engine="spark"))
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         resolve_run_date("22/11/2026")
