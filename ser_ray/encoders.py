@@ -247,10 +247,15 @@ class SpeechEncoder:
 
     @property
     def masks_padding(self) -> bool:
-        """Whether a clip padded inside a batch gives the states it gives alone: Whisper (its
-        padding is masked, or every clip is padded to 30 s) and models trained with attention
-        masks. A group-norm model (wav2vec 2.0 base, HuBERT) normalises over the padding too."""
-        return self.whisper or bool(getattr(self.fe, "return_attention_mask", False))
+        """Whether a clip padded inside a batch gives the states it gives alone: Whisper with
+        ``padded`` input (every clip is padded to 30 s anyway) and models trained with attention
+        masks. Unpadded Whisper does not: the log-mel frames at a clip's end and the convolutions
+        over them see the batch's padding (whisper-base: up to 2e-3 on states of size ~50,
+        against 4e-5 between batch sizes), so it batches clips of one length only. A group-norm
+        model (wav2vec 2.0 base, HuBERT) normalises over the padding too."""
+        if self.whisper:
+            return self.whisper_input == "padded"
+        return bool(getattr(self.fe, "return_attention_mask", False))
 
     def exact_batches(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
         """Indices of clips in batches of at most ``batch_size``, grouped by length, whose

@@ -250,7 +250,14 @@ def run_transcripts(cfg: TranscribeConfig, jobs: list[dict[str, Any]], settings:
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        results[index[done[0]]] = ray.get(done[0])
+        k = index[done[0]]
+        try:
+            results[k] = ray.get(done[0])
+        except ray.exceptions.RayError as exc:  # the night's scores are published: keep them,
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"  # say why
+            results[k] = [{"call_id": j["call_id"], "channel": j["channel"], "start_s": None,
+                           "end_s": None, "text": None, "language": None, "error": why}
+                          for j in groups[k]]
         if progress:
             progress(sum(len(g) for g, r in zip(groups, results) if r is not None), len(jobs))
     rows = [{**r, "run_id": run_id} for part in results for r in part or []]

@@ -37,7 +37,8 @@ def test_every_layer_is_pooled_and_a_batch_matches_one_clip_at_a_time(tiny, fami
     assert alone[0].shape == (3, 64)  # embeddings + 2 layers, mean and std of width 32
     for a, b in zip(alone, together):
         assert np.all(np.isfinite(b))
-        np.testing.assert_allclose(a, b, atol=2e-2 * np.abs(a).max())
+        # the same to float noise: a clip's features never depend on what it was batched with
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(a).max())
     # the std half is a spread, and the layers differ from one another
     assert np.all(together[1][:, 32:] >= 0)
     assert not np.allclose(together[1][0], together[1][2])

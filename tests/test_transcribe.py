@@ -189,3 +189,18 @@ def test_score_refuses_a_transcripts_model_that_is_not_whisper_before_scoring(sc
                output=str(tmp_path / "out"), transcribe={"model": str(hubert)})
     with pytest.raises(ValueError, match="transcripts need a Whisper checkpoint"):
         check_config(cfg)
+
+
+def test_a_transcripts_task_that_fails_leaves_error_rows_not_a_failed_night(ray_session, tmp_path):
+    """A worker that cannot transcribe (here: its model folder vanished after the check) gives
+    each of its calls a row naming the error; the run goes on to its report."""
+    from ser_ray.transcribe import run_transcripts
+
+    cfg = TranscribeConfig(model=str(tmp_path / "gone"), calls_per_task=2)
+    jobs = [{"call_id": f"c{i}", "uri": "x.wav", "channel": "mono", "spans": [(0.0, 1.0)]}
+            for i in range(3)]
+    settings = {"s3": {}, "max_bytes": 2 ** 20, "max_call_s": 60.0, "customer_channel": "mono",
+                "labels": ["angry"], "model_id": "m", "model_hash": "h", "run_id": "r"}
+    df = run_transcripts(cfg, jobs, settings, "r")
+    assert list(df["call_id"]) == ["c0", "c1", "c2"] and df["text"].isna().all()
+    assert df["error"].str.contains("gone").all()
