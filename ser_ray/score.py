@@ -331,6 +331,20 @@ class CallReader:
         return spans
 
 
+def _in_one_batch(parts: list, fn, join) -> list | None:
+    """``fn`` over every part joined into one batch -> its output cut back into one piece per
+    part (row counts as the parts' lengths), or None when it fails (the caller then goes part by
+    part, so one bad part cannot take the others down)."""
+    if not parts:
+        return []
+    try:
+        out = fn(join(parts))
+    except Exception:
+        return None
+    edges = np.cumsum([0] + [len(p) for p in parts])
+    return [out[edges[k]:edges[k + 1]] for k in range(len(parts))]
+
+
 class UnitScorer:
     """Scores units of calls with one loaded model; used inside each Ray actor.
 
@@ -355,7 +369,7 @@ class UnitScorer:
         self.labels = list(self.predictor.labels)
         self.features = WindowFeatures(self.predictor.feature_config)
         self.sr = self.features.sr
-        self.reader = CallReader({**settings, "labels": self.labels}, self.sr)
+        self.reader = CallReader(settings, self.sr)
         self.storage = self.reader.storage
         self.urgency = from_dict(UrgencyConfig, settings["urgency"])
         self.reference = Reference(settings["reference"], self.predictor)
@@ -400,6 +414,7 @@ class UnitScorer:
             t0 -= extra  # the unit's seconds of work include its read in the CPU pool
             read_s += extra
             windows = self._featurise(calls, rows)
+            read = calls = None  # the unit's audio is not needed past its features
         if phase == "extract":
             return {**self._stage_extract(unit, rows, windows, t0), "read_s": read_s}
         # A predict unit carries the statistics of its calls' populations.
@@ -426,12 +441,9 @@ class UnitScorer:
         order = sorted(calls)
         cuts = [[calls[i][0][round(s * self.sr):round(e * self.sr)] for s, e in calls[i][1]]
                 for i in order]
-        try:
-            X = self.features.many([w for ws in cuts for w in ws]) if order else None
-            edges = np.cumsum([0] + [len(ws) for ws in cuts])
-            return {i: (X[edges[k]:edges[k + 1]], calls[i][1]) for k, i in enumerate(order)}
-        except Exception:
-            pass
+        together = _in_one_batch(cuts, self.features.many, lambda ps: [w for p in ps for w in p])
+        if together is not None:
+            return {i: (X, calls[i][1]) for i, X in zip(order, together)}
         out = {}
         for i, ws in zip(order, cuts):
             try:
@@ -454,16 +466,11 @@ class UnitScorer:
                 continue
             order.append(i)
             Xs.append(X)
-        try:
-            P = self.predictor.predict_proba(np.concatenate(Xs)) if Xs else None
-            edges = np.cumsum([0] + [len(x) for x in Xs])
-            probs = {i: P[edges[k]:edges[k + 1]] for k, i in enumerate(order)}
-        except Exception:
-            probs = {}
+        together = _in_one_batch(Xs, self.predictor.predict_proba, np.concatenate)
         tables = []
         for k, i in enumerate(order):
             try:
-                p = probs[i] if i in probs else self.predictor.predict_proba(Xs[k])
+                p = together[k] if together is not None else self.predictor.predict_proba(Xs[k])
                 tables.append(self._call_segments(p, windows[i][1], rows[i]))
             except Exception as exc:
                 rows[i]["status"], rows[i]["reason"] = "internal_error", f"{type(exc).__name__}: {exc}"
@@ -1470,9 +1477,7 @@ def _transcribe(cfg: ScoreConfig, storage: io.Storage, output: str, run_date: st
 
     calls = published["calls_df"]
     wanted = set(transcribe.chosen_calls(calls, cfg.transcribe)["call_id"])
-    parts = [_read_parquet(storage, uri).to_pandas() for uri in published["outputs"]["segments"]]
-    segs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["call_id"])
-    segs = segs[segs["call_id"].isin(wanted)]
+    segs = published_segments(storage, published["outputs"]["segments"], wanted)
     jobs = transcribe.plan(calls, segs, model.labels, cfg.transcribe, cfg.urgency)
     log(f"transcribing {sum(len(j['spans']) for j in jobs)} span(s) of {len(jobs)} call(s) "
         f"with {cfg.transcribe.model}")
@@ -1491,6 +1496,13 @@ def _transcribe(cfg: ScoreConfig, storage: io.Storage, output: str, run_date: st
                 "languages": dict(Counter(df["language"].dropna())), "uri": uri}
 
 
+def published_segments(storage: io.Storage, uris: Sequence[str], call_ids: set[str]) -> pd.DataFrame:
+    """The rows of ``call_ids`` in the night's published segment parts (``uris``)."""
+    parts = [t[t["call_id"].isin(call_ids)] for t in
+             (_read_parquet(storage, uri).to_pandas() for uri in uris)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["call_id"])
+
+
 def _write_report(storage: io.Storage, output: str, run: dict[str, Any], calls: pd.DataFrame,
                   labels: list[str], top: int, transcripts: pd.DataFrame | None = None) -> None:
     """The human report: Markdown listing the most urgent calls with a chart beside it, and the
@@ -1505,9 +1517,7 @@ def _write_report(storage: io.Storage, output: str, run: dict[str, Any], calls: 
     md, png = render(calls, labels, run, top=top, chart_name=chart, extra_columns=extra,
                      transcripts=transcripts, html_name=page)
     wanted = set(calls.loc[calls["status"] == SCORED].sort_values("urgency_rank")["call_id"].head(top))
-    segs = [t.to_pandas() for t in (_read_parquet(storage, uri) for uri in run["outputs"]["segments"])]
-    segs = [s[s["call_id"].isin(wanted)] for s in segs]
-    segments = pd.concat(segs, ignore_index=True) if segs else None
+    segments = published_segments(storage, run["outputs"]["segments"], wanted)
     doc = render_html(calls, labels, run, segments=segments, transcripts=transcripts, top=top,
                       extra_columns=extra, index_href="../index.html")
     storage.write_bytes(io.join(output, f"{base}.png"), png)
