@@ -42,7 +42,8 @@ from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 import ser_ray
-from ser_ray.models import ModelConfig, build_model, get_model_spec, model_config as make_config
+from ser_ray.models import (ModelConfig, build_model, get_model_spec, model_config as make_config,
+                            rebuild_options)
 
 FORMAT_VERSION = 1
 WEIGHTS = {"torch": "weights.safetensors", "classical": "model.joblib"}
@@ -218,7 +219,7 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor
         )
     name, kind, shape = meta["name"], meta["kind"], tuple(meta["input_shape"])
     if kind == "torch":
-        config = dict(meta["config"])
+        config = rebuild_options(name, dict(meta["config"]))
         backbone = _saves_backbone(name)
         if backbone:  # built from the fine-tuned backbone kept in the dir, not the original
             config["model"] = str(path / BACKBONE)

@@ -97,7 +97,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 # Learning plane: train, cv, tune, evaluate
 # --------------------------------------------------------------------------------------------
 
-def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+def add_learn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", nargs="+", required=True, metavar="DIR", dest="roots",
                    help="output folder(s) of `ser-ray prepare`; several are concatenated "
                         "(e.g. one per corpus for --protocol cross-corpus)")
@@ -105,9 +105,10 @@ def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -
                    help="feature table(s) to learn from (default: the one table the folder "
                         "holds; with several, name one); several 1-D vectors are "
                         "concatenated, e.g. egemaps,handcrafted173")
-    p.add_argument("--model", required=model_required,
+    p.add_argument("--model",
                    help="registered model (svm, knn, logreg, cnn1d, cnn2d_smote, lstm_v2, "
-                        "layer_weighted, encoder_finetune, ...)")
+                        "layer_weighted, encoder_finetune, imagenet_cnn, ...); required unless "
+                        "--config names one")
     _config_args(p, "YAML LearnConfig (see configs/)", "--set balance=smote "
                  "--set model_options.epochs=20 --set augment.variant=merged")
     p.add_argument("--label-set", dest="label_set")
@@ -115,6 +116,17 @@ def add_learn_args(p: argparse.ArgumentParser, *, model_required: bool = True) -
     p.add_argument("--num-workers", type=int, dest="num_workers",
                    help="Ray Train workers per fit (DDP)")
     p.add_argument("--gpu", action="store_true", default=None, dest="use_gpu")
+
+
+def _names_model(args: argparse.Namespace) -> bool:
+    import yaml
+
+    if any(s.split("=", 1)[0].strip() == "model" for s in args.set):
+        return True
+    if not args.config:
+        return False
+    with open(args.config) as f:
+        return "model" in (yaml.safe_load(f) or {})
 
 
 def learn_config(args: argparse.Namespace, **extra):
@@ -125,6 +137,8 @@ def learn_config(args: argparse.Namespace, **extra):
     from ser_ray.config import LearnConfig
     from ser_ray.data import resolve_feature_set
 
+    if args.model is None and not _names_model(args):
+        raise ValueError("give --model NAME (or model: in the --config file, or --set model=NAME)")
     cfg = config_mod.load(
         LearnConfig, args.config, args.set, features=args.features, model=args.model,
         label_set=args.label_set, seed=args.seed, num_workers=args.num_workers,
@@ -182,6 +196,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_model(args.model, args.roots, args.output)
     print(json.dumps({k: metrics[k] for k in ("protocol", "ua_mean", "wa_mean",
                                               "shares_speakers")}, indent=2))
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from ser_ray.fusion import save_late_fusion
+
+    weights = [float(w) for w in _csv(args.weights)] if args.weights else None
+    out = save_late_fusion(args.models, args.output, weights)
+    print(json.dumps({"late_fusion": str(out), "members": args.models}, indent=2))
     return 0
 
 
@@ -270,10 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_tune)
 
     e = sub.add_parser("evaluate", help="score a saved model on prepared features")
-    e.add_argument("--model", required=True, help="model folder written by train or tune")
+    e.add_argument("--model", required=True, help="model folder written by train, tune or fuse")
     e.add_argument("--features", nargs="+", required=True, metavar="DIR", dest="roots")
     e.add_argument("--output", required=True)
     e.set_defaults(func=cmd_evaluate)
+
+    f = sub.add_parser("fuse", help="late fusion: average the probabilities of saved models",
+                       epilog="example: ser-ray fuse --model runs/audio-model --model "
+                              "runs/text-model --weights 0.6,0.4 --output runs/late")
+    f.add_argument("--model", action="append", required=True, dest="models", metavar="DIR",
+                   help="a model folder written by train or tune; give two or more")
+    f.add_argument("--weights", help="comma-separated, one per --model (default: equal)")
+    f.add_argument("--output", required=True, help="fusion folder to write (for evaluate)")
+    f.set_defaults(func=cmd_fuse)
 
     sc = sub.add_parser("score", help="score a backlog of call recordings into ranked Parquet reports")
     sc.add_argument("--model", help="model folder written by train or tune")

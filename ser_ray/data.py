@@ -185,19 +185,25 @@ def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[s
         raise ValueError("no --features folder given")
     if not features:
         raise ValueError("no feature names given (e.g. --feature-set egemaps)")
-    Xs, metas, prepare_cfgs = [], [], []
-    for root in map(Path, roots):
+    _check_needs(features, model)
+    Xs, metas, prepare_cfgs, selection = [], [], [], None
+    for k, root in enumerate(map(Path, roots)):
         pcfg = read_prepare_config(root)
         prepare_cfgs.append(pcfg)
-        X, meta, frames = _combine(features, [_read_feature(root, n) for n in features], frames)
+        parts = [_read_feature(root, n) for n in features]
+        if k == 0:
+            selection = _layers(features, parts, layers, model)
+        if len(features) > 1:  # the layered one's chosen states, joined, before the join
+            parts = [(select_part(n, a, selection), m) for n, (a, m) in zip(features, parts)]
+        X, meta, frames = _combine(features, parts, frames)
         Xs.append(X)
         metas.append(meta)
     shapes = {x.shape[1:] for x in Xs}
     if len(shapes) > 1:
         raise ValueError(f"feature shapes differ between folders: {sorted(shapes)}")
     X = np.concatenate(Xs)
-    selection = _layers(features, X, layers, model)
-    X = select_layers(X, selection)
+    if len(features) == 1:
+        X = select_layers(X, selection)
     meta = pd.concat(metas, ignore_index=True)
     meta["block_index"] = meta["block_index"].astype(np.int64)
 
@@ -250,22 +256,67 @@ def load_learn_features(roots: str | Path | Sequence[str | Path], cfg) -> Featur
                          layers=cfg.layers, model=cfg.model)
 
 
-def _layers(features: Sequence[str], X: np.ndarray, layers, model: str | None):
+def _layers(features: Sequence[str], parts: list[tuple[list[np.ndarray], pd.DataFrame]],
+            layers, model: str | None):
     from ser_ray.features.encoder import LAYERED
 
     if isinstance(layers, dict) or layers is None and model is None:
         return layers or None
-    if not any(f in LAYERED for f in features):
+    layered = [f for f in features if f in LAYERED]
+    if not layered:
         if layers not in (None, "", "auto"):
             raise ValueError(f"layers={layers!r}: only layered features {list(LAYERED)} have "
                              f"layers; {list(features)} do not")
         return None
-    if len(features) > 1:
-        raise ValueError(f"{list(features)}: a layered feature cannot be combined with others")
+    if len(layered) > 1:
+        raise ValueError(f"{list(features)}: at most one layered feature can be combined")
     from ser_ray.models import get_model_spec
 
     stack = bool(model) and getattr(get_model_spec(model).config, "takes_layers", False)
-    return layer_selection(layers, X.shape[1], stack)
+    if stack and len(features) > 1:
+        raise ValueError(f"{model} weighs the hidden states of one feature; train it on "
+                         f"{layered[0]} alone, not {list(features)}")
+    arrays = parts[list(features).index(layered[0])][0]
+    selection = layer_selection(layers, arrays[0].shape[0], stack)
+    if len(features) > 1:  # joined into a vector beside the others (select_part)
+        selection["feature"] = layered[0]
+    return selection
+
+
+def _check_needs(features: Sequence[str], model: str | None) -> None:
+    """A model that fuses modalities (``needs_features``) gets them and one more."""
+    if not model:
+        return
+    from ser_ray.models import get_model_spec
+
+    needs = getattr(get_model_spec(model).config, "needs_features", ())
+    missing = [f for f in needs if f not in features]
+    if missing or (needs and len(features) <= len(needs)):
+        raise ValueError(f"{model} fuses {', '.join(needs)} with an audio feature; got "
+                         f"{list(features)}: use e.g. --feature-set encoder,{','.join(needs)}")
+
+
+def extractor_models(feature_config: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The pretrained models a model's features come from, per extractor (an encoder's
+    ``model``, Whisper's ``asr``, the ``text_model``): what a run record names."""
+    keys = ("model", "asr", "text_model")
+    out = {}
+    for name, settings in (feature_config.get("extractors") or {}).items():
+        params = settings.get("params", settings) if isinstance(settings, dict) else {}
+        found = {k: params[k] for k in keys if isinstance(params.get(k), str) and params[k]}
+        if found:
+            out[name] = found
+    return out
+
+
+def select_part(name: str, arrays: list[np.ndarray], selection: dict[str, Any] | None
+                ) -> list[np.ndarray]:
+    """Rows of feature ``name`` as a model on several features reads them: the layered one's
+    chosen hidden states joined into one vector, the others as they are. Training, evaluation
+    and scoring windows all go through here."""
+    if selection and selection.get("feature") == name:
+        return [select_layers(a, selection) for a in arrays]
+    return arrays
 
 
 def _median_clip_s(roots: Sequence[str | Path], audio: dict[str, Any]) -> float | None:

@@ -62,6 +62,18 @@ class Prepared:
     class_weights: np.ndarray | None
 
 
+def with_noise_dir(cfg: LearnConfig) -> list[dict[str, Any]]:
+    """The training chain (``augment.steps``, else METHODS.md's); a ``background_noise`` step
+    that names no ``noise`` draws from ``noise_dir``, the bank the noisy test sets use."""
+    from ser_ray import augment
+
+    steps = [dict(s) for s in cfg.augment.steps] or list(augment.DEFAULT_CHAIN)
+    for s in steps:
+        if s.get("name") == "background_noise" and not s.get("noise") and cfg.noise_dir:
+            s["noise"] = [cfg.noise_dir]
+    return steps
+
+
 class Augmenter:
     """Augmented copies of recordings, computed once per run and reused by every fold."""
 
@@ -81,7 +93,7 @@ class Augmenter:
         name = fc["features"][0]
         rows = manifest(self.roots)
         rows = rows[rows["utterance_id"].isin(utterance_ids)].reset_index(drop=True)
-        chain = augment.Chain.from_config(list(self.cfg.augment.steps) or augment.DEFAULT_CHAIN)
+        chain = augment.Chain.from_config(with_noise_dir(self.cfg))
         log(f"augmenting {len(rows)} training recordings x {self.cfg.augment.copies} "
             f"({chain.name})")
         arrays, meta = augment.augmented_features(
@@ -272,6 +284,7 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
                "train_speakers": list(fold.train_speakers),
                "test_speakers": list(fold.test_speakers), "n_train": int(len(p.y_train)),
+               "n_train_clean": int(len(tr)),  # before augmented copies and balancing
                "n_test": int(len(y_true)), "best_epoch": best_epoch(fitted.history),
                "confusion": m["confusion"]}
         if noisy is not None:
@@ -391,29 +404,64 @@ def predict_rows(predictor, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
     return predictor.predict_proba(X)
 
 
-def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | Path
-                   ) -> dict[str, Any]:
-    """Score a saved model on the feature tables under ``roots``; write a report folder."""
-    from ser_ray.artifact import load_predictor
+def _utterances(pred, roots: Sequence[str]):
+    """A saved model on the rows of its own feature table under ``roots`` -> utterance ids,
+    their class probabilities (``pred.labels`` order), label indices and the loaded data."""
     from ser_ray.data import load_features
-    from ser_ray.report import write_report
 
-    pred = load_predictor(model_dir)
     fc = pred.feature_config
     data = load_features(roots, fc["features"], label_set=fc.get("label_set"),
                          labels=pred.labels, frames=fc.get("frames"), layers=fc.get("layers"))
     if tuple(data.X.shape[1:]) != tuple(pred.input_shape):
         raise ValueError(f"features under {list(roots)} have shape {data.X.shape[1:]} but the "
                          f"model expects {tuple(pred.input_shape)}")
-    proba = predict_rows(pred, data.X, data.meta)
-    _, proba, y_true = utterance_level(data.meta, proba, data.y)
-    m = compute_metrics(y_true, proba.argmax(1), data.labels)
+    ids, proba, y = utterance_level(data.meta, predict_rows(pred, data.X, data.meta), data.y)
+    return ids, proba, y, data
+
+
+def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | Path
+                   ) -> dict[str, Any]:
+    """Score a saved model on the feature tables under ``roots``; write a report folder."""
+    from ser_ray.artifact import load_predictor
+    from ser_ray.fusion import is_late_fusion, load_late_fusion
+    from ser_ray.report import write_report
+
+    extra_metrics: dict[str, Any] = {}
+    if is_late_fusion(model_dir):
+        fusion = load_late_fusion(model_dir)
+        per = [_utterances(p, roots) for p in fusion.members]
+        common = sorted(set.intersection(*(set(ids) for ids, *_ in per)))
+        if not common:
+            raise ValueError(f"the late-fusion members share no utterance under {list(roots)}")
+        probas, y_true = [], None
+        for k, (ids, proba, y, data) in enumerate(per):
+            at = pd.Series(np.arange(len(ids)), index=ids)[common].to_numpy()
+            probas.append(proba[at][:, fusion.columns(k)])
+            names = np.asarray(data.labels)[y[at]]
+            y_k = np.array([fusion.labels.index(n) for n in names])
+            if y_true is not None and not np.array_equal(y_true, y_k):
+                raise ValueError("the late-fusion members' feature tables disagree on labels")
+            y_true = y_k
+        proba = fusion.combine(probas)
+        labels, data = fusion.labels, per[0][3]
+        pred = fusion.members[0]
+        extra_metrics = {"late_fusion": {"members": fusion.paths, "weights": list(fusion.weights),
+                                         "utterances_left_out": int(
+                                             len(set().union(*(set(i) for i, *_ in per)))
+                                             - len(common))}}
+        name, features = "late_fusion", [p.feature_config["features"] for p in fusion.members]
+    else:
+        pred = load_predictor(model_dir)
+        _, proba, y_true, data = _utterances(pred, roots)
+        labels, name, features = data.labels, pred.model_name, pred.feature_config["features"]
+    m = compute_metrics(y_true, proba.argmax(1), labels)
     trained_on = set((pred.extra or {}).get("train_speakers", []))
     test_speakers = sorted(set(data.meta["speaker"]))
     shared = sorted(trained_on & set(test_speakers))
     metrics = {"protocol": "held-out", "shares_speakers": bool(shared),
                "shared_speakers": shared, "model_dir": str(model_dir), "n_folds": 1,
-               "labels": data.labels, "dropped_labels": data.feature_config["dropped_labels"],
+               "labels": labels, "dropped_labels": data.feature_config["dropped_labels"],
+               **extra_metrics,
                **aggregate([m]),
                "folds": [{"name": "held-out", "index": 0, "ua": m["ua"], "wa": m["wa"],
                           "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
@@ -421,8 +469,8 @@ def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | P
                           "n_test": int(len(y_true)), "confusion": m["confusion"]}]}
     if shared:
         log(f"warning: {len(shared)} test speaker(s) were in the training data: {shared[:5]}")
-    write_report(out_dir, metrics, labels=data.labels, seed=(pred.extra or {}).get("seed", 0),
-                 config={"model": pred.model_name, "features": fc["features"]})
+    write_report(out_dir, metrics, labels=labels, seed=(pred.extra or {}).get("seed", 0),
+                 config={"model": name, "features": features})
     log(f"UA {m['ua']:.3f} WA {m['wa']:.3f} on {len(y_true)} utterances -> {out_dir}")
     return metrics
 

@@ -171,11 +171,13 @@ class WindowFeatures:
     def many(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """Windows -> model inputs ``(n, *input_shape)``; extractors that batch (a pretrained
         encoder) run the windows together."""
-        from ser_ray.data import conform
+        from ser_ray.data import conform, select_part
 
         ys = [self._condition(y) for y in windows]
         parts = [e.many(ys, self.sr) for e in self.extractors]
         if len(parts) > 1:
+            parts = [select_part(n, p, self.fc.get("layers"))
+                     for n, p in zip(self.fc["features"], parts)]
             return np.stack([np.concatenate(row) for row in zip(*parts)]).astype(np.float32)
         return np.stack([conform(x, self.fc) for x in parts[0]]).astype(np.float32, copy=False)
 
@@ -653,6 +655,11 @@ def resolve_run_date(value: str | None) -> str:
 def check_config(cfg: ScoreConfig) -> None:
     if not cfg.model:
         raise ValueError("score: give --model MODEL_DIR")
+    from ser_ray.fusion import is_late_fusion
+
+    if not io.is_s3(cfg.model) and is_late_fusion(cfg.model):
+        raise ValueError(f"score: {cfg.model} is a late-fusion folder, which `evaluate` reads; "
+                         "score one model (an audio_text model fuses audio and text itself)")
     if not cfg.inputs:
         raise ValueError("score: give --input URI (a folder or s3:// prefix of recordings)")
     if not cfg.output:
@@ -1156,6 +1163,7 @@ def _run_wave(cfg: ScoreConfig, engine, units: list[dict[str, Any]], on_done) ->
 
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     """Score the backlog and publish the run; returns the run record (also ``runs/<run_id>.json``)."""
+    from ser_ray.data import extractor_models
     from ser_ray.prepare import versions
     from ser_ray.runtime import init_ray
 
@@ -1328,6 +1336,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
         timings["wall_s"] = time.time() - t0
     run = {"run_id": run_id, "run_date": run_date, "model_id": model.model_id,
            "model_hash": model.model_hash, "model_path": model.path,
+           # the pretrained models its features come from (an encoder, Whisper, a text encoder)
+           "feature_models": extractor_models(model.feature_config),
            "window_s": settings["window_s"], "window_from": "config" if cfg.window_s else window_from,
            "vad": settings["vad"], "normalisation": norm_record, "config": to_dict(cfg),
            "versions": versions(),

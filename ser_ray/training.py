@@ -336,8 +336,8 @@ def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n
 
 def load_torch_model(model: str, options: dict[str, Any], input_shape: Sequence[int],
                      n_classes: int, state_dict: dict[str, Any]):
-    from ser_ray.models import build_model
+    from ser_ray.models import build_model, rebuild_options
 
-    module = build_model(model, tuple(input_shape), n_classes, **options)
+    module = build_model(model, tuple(input_shape), n_classes, **rebuild_options(model, options))
     module.load_state_dict(state_dict)
     return module.eval()

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import ser_ray  # noqa: F401 - before any test imports transformers (ser_ray.compat)
 from s3.server import INSTALL_SCRIPT, S3Server, missing_binaries
 
 

@@ -94,3 +94,25 @@ def make_tiny_whisper_asr(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(folder)
     return folder
+
+
+def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A random BERT (2 layers of width 32) with a WordPiece vocabulary of letters, digits and
+    punctuation (German umlauts included), saved as on the hub: what ``text.text_model``
+    loads."""
+    import string
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation + "äöüß")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars]]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=160)).save_pretrained(folder)
+    return folder

@@ -332,3 +332,32 @@ def test_augmented_features_names_a_file_that_no_longer_decodes(ray_session, tin
     with pytest.raises(AugmentError, match=r"broken.wav \(demo/spk0_utt0\) no longer decodes"):
         augmented_features(rows, audio_cfg=AudioConfig(), extractor=get_extractor("mfcc"),
                            chain=[{"name": "gain"}], seed=0)
+
+
+def test_babble_mixes_voices_into_a_noise_bank(tmp_path):
+    import soundfile as sf
+
+    from ser_ray.augment import babble, noise_bank
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "speech"
+    src.mkdir()
+    for k in range(3):  # three "talkers" at very different levels
+        t = np.arange(8000 + 4000 * k) / 16000
+        y = (10.0 ** -k) * np.sin(2 * np.pi * (150 + 50 * k) * t) * (1 + rng.random(t.size))
+        sf.write(src / f"v{k}.wav", (0.5 * y / np.abs(y).max() * 10.0 ** -k).astype(np.float32),
+                 16000)
+    paths = babble([str(src)], str(tmp_path / "bank"), files=2, voices=3, seconds=2.0, seed=1)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["babble-00.wav", "babble-01.wav"]
+    bank = noise_bank((str(tmp_path / "bank"),), 16000)
+    assert [len(y) for y in bank] == [32000, 32000]
+    assert all(abs(np.abs(y).max() - 0.9) < 1e-3 for y in bank)
+    spec = np.abs(np.fft.rfft(bank[0]))
+    # every voice at the same RMS: the quietest talker's tone is as strong as the loudest's
+    f = np.fft.rfftfreq(32000, 1 / 16000)
+    peaks = [spec[np.argmin(np.abs(f - hz))] for hz in (150, 200, 250)]
+    assert max(peaks) / min(peaks) < 10  # at their own levels they would differ 100x
+    again = babble([str(src)], str(tmp_path / "bank2"), files=2, voices=3, seconds=2.0, seed=1)
+    assert np.array_equal(sf.read(again[0])[0], sf.read(paths[0])[0])
+    with pytest.raises(ValueError, match="voices"):
+        babble([str(src)], str(tmp_path / "x"), voices=0)

@@ -221,6 +221,10 @@ def test_shipped_presets_load(request):
         if path.name == "score.yaml":  # the scoring job's settings
             assert isinstance(config_mod.load(config_mod.ScoreConfig, path), config_mod.ScoreConfig)
             continue
+        if path.name == "noise_protocol.yaml":  # a cv configuration
+            cfg = config_mod.load(config_mod.LearnConfig, path)
+            assert cfg.model == "imagenet_cnn" and cfg.noisy_snr_db == (15, 20, 40), cfg
+            continue
         cfg = config_mod.load(PrepareConfig, path)
         assert isinstance(cfg, PrepareConfig), path
 

@@ -45,7 +45,8 @@ EXPECTED_SHAPES = {
     "waveform": (32000,),  # the conditioned 2 s clip itself
 }
 # extractors that need pretrained weights: tested with tiny models in tests/test_encoders.py
-NEEDS_WEIGHTS = ("encoder",)
+# (encoder) and tests/test_fusion.py (transcript, text)
+NEEDS_WEIGHTS = ("encoder", "transcript", "text")
 
 
 def test_registry_lists_every_extractor():

@@ -202,8 +202,10 @@ def test_every_torch_model_is_covered():
     from ser_ray.models import available_models
 
     # the encoder heads learn from encoder/waveform tables, not MFCC: they train through the
-    # CLI in tests/test_encoder_pipeline.py
-    assert set(available_models("torch")) == set(TINY) | {"layer_weighted", "encoder_finetune"}
+    # CLI in tests/test_encoder_pipeline.py; imagenet_cnn on spectrogram blocks in
+    # tests/test_imagenet.py; audio_text on encoder + text in tests/test_fusion.py
+    assert set(available_models("torch")) == set(TINY) | {"layer_weighted", "encoder_finetune",
+                                                          "imagenet_cnn", "audio_text"}
 
 
 @pytest.mark.parametrize("model", sorted(TINY))

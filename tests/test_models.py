@@ -27,6 +27,8 @@ TINY = {
     "gru_lstm": ({"hidden": 8}, [(30,), (20, 6)]),
     "cnn_bilstm_attn": ({"channels": (4, 4), "hidden": 8, "attention": 8}, [(16, 12), (12, 20)]),
     "layer_weighted": ({"hidden": (8,)}, [(3, 8)]),
+    "imagenet_cnn": ({"arch": "resnet18"}, [(32, 32), (40, 36)]),  # each arch: test_imagenet
+    "audio_text": ({"hidden": (8,)}, [(30,), (12,)]),  # audio + text vectors: test_fusion
 }
 # torch models on a pretrained encoder: built from a model folder in tests/test_encoders.py
 PRETRAINED = ("encoder_finetune",)

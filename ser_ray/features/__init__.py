@@ -8,6 +8,6 @@
 from ser_ray.features.base import Extractor, available, extractor_config, get_extractor, register
 
 # Imported for their @register side effect.
-from ser_ray.features import egemaps, encoder, handcrafted, spectral  # noqa: E402,F401
+from ser_ray.features import egemaps, encoder, handcrafted, spectral, text  # noqa: E402,F401
 
 __all__ = ["Extractor", "available", "extractor_config", "get_extractor", "register"]

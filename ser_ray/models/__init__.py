@@ -10,13 +10,15 @@ Torch models may define ``regularization_loss()``; the trainer adds it to the lo
 
 from ser_ray.models.base import (
     OPTIMIZERS, ModelConfig, ModelSpec, available_models, build_model, get_model_spec, model_config,
-    register_model,
+    register_model, rebuild_options,
 )
 
 # Imported for their @register_model side effect.
-from ser_ray.models import attention, classical, cnn1d, cnn2d, encoder, rnn  # noqa: E402,F401
+from ser_ray.models import (  # noqa: E402,F401
+    attention, classical, cnn1d, cnn2d, encoder, fusion, imagenet, rnn,
+)
 
 __all__ = [
     "OPTIMIZERS", "ModelConfig", "ModelSpec", "available_models", "build_model", "get_model_spec",
-    "model_config", "register_model",
+    "model_config", "rebuild_options", "register_model",
 ]

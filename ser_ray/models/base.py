@@ -125,6 +125,13 @@ def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, **overr
     return cfg.build(shape, int(n_classes))
 
 
+def rebuild_options(name: str, options: dict) -> dict:
+    """``options`` for building model ``name`` only to load a trained state dict into it: a
+    model whose build would fetch pretrained weights declares ``state_dict_overrides`` (e.g.
+    ``{"weights": ""}``), since the state dict holds every weight."""
+    return {**options, **getattr(get_model_spec(name).config, "state_dict_overrides", {})}
+
+
 def check_rank(cfg: ModelConfig, input_shape: tuple[int, ...], ranks: tuple[int, ...], hint: str):
     """Reject an ``input_shape`` whose rank is not in ``ranks``; ``hint`` says what to do."""
     if len(input_shape) not in ranks:
@@ -145,6 +152,20 @@ class TorchConfig(ModelConfig):
         super().__post_init__()
         if getattr(self, "time_axis", 0) not in (0, 1):
             raise ValueError(f"{self.name}: time_axis must be 0 (time, features) or 1 (features, time)")
+
+
+@dataclass(frozen=True)
+class EmbeddingHeadConfig(TorchConfig):
+    """Base of small heads on pretrained embeddings: an MLP of widths ``hidden`` (``()``: one
+    linear layer) with dropout, trained with AdamW and early stopping."""
+
+    hidden: tuple[int, ...] = (256,)
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    epochs: int = 60
+    patience: int = 10
 
 
 def probe(net: nn.Module, shape: tuple[int, ...], owner: str) -> tuple[int, ...]:

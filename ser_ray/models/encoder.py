@@ -11,24 +11,18 @@ import torch
 from torch import nn
 
 from ser_ray.models.attention import AdditivePooling
-from ser_ray.models.base import TorchConfig, check_rank, dense_head, register_model
+from ser_ray.models.base import (EmbeddingHeadConfig, TorchConfig, check_rank, dense_head,
+                                 register_model)
 
 
 @register_model("layer_weighted")
 @dataclass(frozen=True)
-class LayerWeightedConfig(TorchConfig):
+class LayerWeightedConfig(EmbeddingHeadConfig):
     """SUPERB-style head on an ``encoder`` feature: learned softmax weights over the hidden
     states, their weighted sum, then a small MLP. Input (states, 2 x hidden): all states by
     default, ``layers`` picks a range; ``layer_weights()`` gives the learned weights."""
 
     takes_layers: ClassVar[bool] = True
-    hidden: tuple[int, ...] = (256,)
-    dropout: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    epochs: int = 60
-    patience: int = 10
 
     def build(self, input_shape, n_classes):
         check_rank(self, input_shape, (2,), "use the encoder feature (states, 2 x hidden) with "
