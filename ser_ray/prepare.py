@@ -772,7 +772,7 @@ class EncodeUnits:
         self.proc = _processor(cfg, output)
         torch.set_num_threads(max(1, int(round(self.proc.cfg.cpus_per_worker))))
         for name in self.proc.batched:  # load the weights now, not in the first unit
-            self.proc.extractors[name].encoder()
+            self.proc.extractors[name].load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pickle

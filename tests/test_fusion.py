@@ -112,9 +112,12 @@ def world(tiny, tmp_path_factory):
            "--set", f"feature_options.text.asr={tiny['asr']}",
            "--set", "feature_options.text.max_new_tokens=8",
            "--set", f"feature_options.text.text_model={tiny['bert']}"]
-    _cli("prepare", "--input", str(root / "corpus"), "--corpus", "ravdess", "--features",
-         "encoder,transcript,text", "--set", f"feature_options.encoder.model={tiny['whisper']}",
-         *asr, "--set", "audio.trim=true", "--output", str(root / "prepared"), "--no-progress")
+    prep = ["prepare", "--input", str(root / "corpus"), "--corpus", "ravdess", "--features",
+            "encoder,transcript,text", "--set", f"feature_options.encoder.model={tiny['whisper']}",
+            *asr, "--set", "audio.trim=true", "--no-progress"]
+    _cli(*prep, "--output", str(root / "prepared"))
+    # the same on Ray Data (where prepare runs batched extractors on GPU actors)
+    _cli(*prep, "--set", "engine=data", "--output", str(root / "prepared-data"))
     return root
 
 
@@ -133,6 +136,12 @@ def test_prepare_writes_transcripts_and_text_embeddings(world):
     # encoder's middle state (mean + std of width 32) joined with the 32-wide text embedding
     assert data.X.shape == (32, 64 + 32)
     assert data.feature_config["layers"]["feature"] == "encoder"
+    on_data = load_features(world / "prepared-data", ["encoder", "text"], model="audio_text")
+    at = {u: i for i, u in enumerate(on_data.meta["utterance_id"])}
+    np.testing.assert_allclose(on_data.X[[at[u] for u in data.meta["utterance_id"]]], data.X,
+                               rtol=1e-4, atol=1e-5)
+    assert read_transcripts(world / "prepared-data").set_index("utterance_id")["text"].equals(
+        tx.set_index("utterance_id")["text"])
     alone = load_features(world / "prepared", ["encoder"], model="logreg")
     order = {u: i for i, u in enumerate(alone.meta["utterance_id"])}
     idx = [order[u] for u in data.meta["utterance_id"]]

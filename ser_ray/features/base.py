@@ -42,6 +42,10 @@ class Extractor:
         """Shortest input, in samples at ``sr``, that yields a meaningful output."""
         return 1
 
+    def load(self) -> None:
+        """Load what the extractor computes with (pretrained weights) now rather than on its
+        first clip; a no-op for extractors without weights."""
+
     def compute(self, y: np.ndarray, sr: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -71,6 +71,9 @@ class Encoder(Extractor):
             self.__dict__["_encoder"] = enc  # frozen dataclass: a cache, not config
         return enc
 
+    def load(self) -> None:
+        self.encoder()
+
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_encoder"}
 

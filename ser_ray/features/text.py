@@ -61,6 +61,14 @@ class _Speech(Extractor):
 
         return MIN_SAMPLES
 
+    def transcriber(self):
+        """The loaded :class:`~ser_ray.transcribe.Transcriber`, one per process and model."""
+        return _transcriber(self.asr, self.language, self.max_new_tokens, self.batch_size,
+                            self.device, self.dtype)
+
+    def load(self) -> None:
+        self.transcriber()
+
     def transcripts(self, ys) -> list[tuple[str, str | None]]:
         """``(text, language)`` per clip; clips this process transcribed lately are not sent
         to Whisper again."""
@@ -69,8 +77,7 @@ class _Speech(Extractor):
         todo = [k for k in dict.fromkeys(keys) if k not in _MEMO]
         if todo:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            model = _transcriber(self.asr, self.language, self.max_new_tokens, self.batch_size,
-                                 self.device, self.dtype)
+            model = self.transcriber()
             for k, out in zip(todo, model.transcribe([ys[first[k]] for k in todo])):
                 _MEMO[k] = out
                 while len(_MEMO) > MEMO_SIZE:
@@ -122,6 +129,10 @@ class Text(_Speech):
                              "text_model=bert-base-german-cased (a folder or hub id)")
         if self.max_tokens < 2:
             raise ValueError("text: max_tokens must be >= 2")
+
+    def load(self) -> None:
+        super().load()
+        _text_encoder(self.text_model, self.device)
 
     def compute_many(self, ys, sr):
         return list(self.embed([t for t, _ in self.transcripts(ys)]))
