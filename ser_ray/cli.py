@@ -248,9 +248,45 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+# Every subcommand's --help ends with one of these.
+EXAMPLES = {
+    "prepare": "ser-ray prepare --input ../shared/data/emodb --features mfcc,egemaps "
+               "--set audio.trim=true --output runs/emodb",
+    "synth": "ser-ray synth --layout ravdess --speakers 4 --output runs/synthetic",
+    "train": "ser-ray train --features runs/emodb --feature-set egemaps --model logreg "
+             "--output runs/emodb-logreg",
+    "cv": "ser-ray cv --features runs/emodb --feature-set egemaps --model logreg --protocol loso "
+          "--output runs/emodb-cv",
+    "tune": "ser-ray tune --features runs/emodb --space configs/tune_emodb.yaml "
+            "--output runs/emodb-tune",
+    "evaluate": "ser-ray evaluate --model runs/emodb-logreg --features runs/ravdess "
+                "--output runs/logreg-on-ravdess",
+    "fuse": "ser-ray fuse --model runs/audio-model --model runs/text-model --weights 0.6,0.4 "
+            "--output runs/late",
+    "score": "ser-ray score --model runs/emodb-logreg --input calls/2026-11-22 "
+             "--output reports --run-date 2026-11-22",
+    "list": "ser-ray list models",
+}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ser_ray.catalog import KINDS, render
+
+    print(render([args.kind] if args.kind else KINDS), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ser_ray import __version__
+    from ser_ray.catalog import KINDS
+
     parser = argparse.ArgumentParser(prog="ser-ray", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ser-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="extractors, models, label sets, corpora and protocols, "
+                                     "each with its one-line doc")
+    ls.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
+    ls.set_defaults(func=cmd_list)
     p = sub.add_parser("prepare", help="audio -> manifest, features, quarantine, summary")
     add_prepare_args(p)
     p.set_defaults(func=cmd_prepare)
@@ -298,9 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", required=True)
     e.set_defaults(func=cmd_evaluate)
 
-    f = sub.add_parser("fuse", help="late fusion: average the probabilities of saved models",
-                       epilog="example: ser-ray fuse --model runs/audio-model --model "
-                              "runs/text-model --weights 0.6,0.4 --output runs/late")
+    f = sub.add_parser("fuse", help="late fusion: average the probabilities of saved models")
     f.add_argument("--model", action="append", required=True, dest="models", metavar="DIR",
                    help="a model folder written by train or tune; give two or more")
     f.add_argument("--weights", help="comma-separated, one per --model (default: equal)")
@@ -325,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score calls an earlier night scored with this model")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_score)
+    for name, sp in sub.choices.items():
+        sp.formatter_class = argparse.RawDescriptionHelpFormatter
+        sp.epilog = f"example:\n  {EXAMPLES[name]}"
     return parser
 
 

@@ -108,6 +108,13 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def extractor_doc(name: str) -> str:
+    """The docstring of extractor ``name``'s config class (what it computes, its shape)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown extractor {name!r}; available: {available()}")
+    return _REGISTRY[name].__doc__ or ""
+
+
 def get_extractor(name: str, **overrides) -> Extractor:
     """Build the extractor registered as ``name`` with config fields replaced by ``overrides``."""
     if name not in _REGISTRY:
