@@ -178,7 +178,7 @@ def _train_loop(cfg: dict[str, Any]) -> None:
             if waiting == accum:
                 _step(opt, sched, scaler)
                 waiting = 0
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             n += len(y)
         if waiting:  # the epoch's last, partial accumulation
             _step(opt, sched, scaler)
