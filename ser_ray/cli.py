@@ -118,17 +118,6 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", default=None, dest="use_gpu")
 
 
-def _names_model(args: argparse.Namespace) -> bool:
-    import yaml
-
-    if any(s.split("=", 1)[0].strip() == "model" for s in args.set):
-        return True
-    if not args.config:
-        return False
-    with open(args.config) as f:
-        return "model" in (yaml.safe_load(f) or {})
-
-
 def learn_config(args: argparse.Namespace, **extra):
     """The resolved LearnConfig; ``features`` left unset becomes the one table ``--features``
     holds (several tables: an error naming them)."""
@@ -137,12 +126,13 @@ def learn_config(args: argparse.Namespace, **extra):
     from ser_ray.config import LearnConfig
     from ser_ray.data import resolve_feature_set
 
-    if args.model is None and not _names_model(args):
-        raise ValueError("give --model NAME (or model: in the --config file, or --set model=NAME)")
-    cfg = config_mod.load(
-        LearnConfig, args.config, args.set, features=args.features, model=args.model,
+    data = config_mod.merged(
+        args.config, args.set, features=args.features, model=args.model,
         label_set=args.label_set, seed=args.seed, num_workers=args.num_workers,
         use_gpu=args.use_gpu, **extra)
+    if not data.get("model"):
+        raise ValueError("give --model NAME (or model: in the --config file, or --set model=NAME)")
+    cfg = config_mod.from_dict(LearnConfig, data)
     if not cfg.features:
         cfg = dataclasses.replace(cfg, features=resolve_feature_set(args.roots, cfg.features))
         print(f"ser-ray: learning from feature table {cfg.features[0]!r} (the only one in "

@@ -262,6 +262,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,
          **values: Any) -> Any:
     """Resolve a config: YAML file, then explicit ``values`` (non-None), then ``overrides``."""
+    return from_dict(cls, merged(path, overrides, **values))
+
+
+def merged(path: str | Path | None = None, overrides: list[str] | None = None,
+           **values: Any) -> dict[str, Any]:
+    """The plain data :func:`load` builds its config from (what was given, no defaults)."""
     data: dict[str, Any] = {}
     if path:
         text = Path(path).read_text()
@@ -271,8 +277,7 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
     for k, v in values.items():
         if v is not None:
             data[k] = list(v) if isinstance(v, tuple) else v
-    apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
+    return apply_overrides(data, overrides or [])
 
 
 def dump(cfg: Any, path: str | Path) -> None:

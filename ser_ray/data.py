@@ -302,8 +302,7 @@ def extractor_models(feature_config: dict[str, Any]) -> dict[str, dict[str, str]
     keys = ("model", "asr", "text_model")
     out = {}
     for name, settings in (feature_config.get("extractors") or {}).items():
-        params = settings.get("params", settings) if isinstance(settings, dict) else {}
-        found = {k: params[k] for k in keys if isinstance(params.get(k), str) and params[k]}
+        found = {k: settings[k] for k in keys if isinstance(settings.get(k), str) and settings[k]}
         if found:
             out[name] = found
     return out

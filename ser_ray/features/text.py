@@ -21,8 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from ser_ray.features.base import Extractor, register
-
-SAMPLE_RATE = 16000
+from ser_ray.transcribe import MIN_SAMPLES, SAMPLE_RATE
 _MEMO: "OrderedDict[tuple, tuple[str, str | None]]" = OrderedDict()
 MEMO_SIZE = 4096
 
@@ -57,8 +56,6 @@ class _Speech(Extractor):
                              f"audio.sample_rate={SAMPLE_RATE}")
 
     def min_samples(self, sr: int) -> int:
-        from ser_ray.transcribe import MIN_SAMPLES
-
         return MIN_SAMPLES
 
     def transcriber(self):
