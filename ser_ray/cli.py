@@ -174,7 +174,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
                        test_corpus=args.test_corpus)
     data = _load_data(args, cfg)
     init_ray()
-    metrics = run_cv(data, cfg, args.output)
+    metrics = run_cv(data, cfg, args.output, progress=not args.no_progress)
     print(json.dumps({k: metrics[k] for k in ("protocol", "ua_mean", "ua_std", "wa_mean",
                                               "wa_std", "n_folds")}, indent=2))
     return 0
@@ -204,7 +204,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     init_ray()
-    table = run_sweep(args.roots, space, args.output, resume=not args.restart)
+    table = run_sweep(args.roots, space, args.output, resume=not args.restart,
+                      progress=not args.no_progress)
     best = table.iloc[0].to_dict() if len(table) else {}
     print(json.dumps({"best": best}, indent=2, default=str))
     return 0
@@ -349,16 +350,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score calls an earlier night scored with this model")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_score)
+    for name in JOBS:
+        sub.choices[name].add_argument(
+            "--verbose", action="store_true",
+            help="show Ray's and the libraries' logs here instead of in <output>/logs/")
+    for name in ("train", "cv", "tune"):
+        sub.choices[name].add_argument("--no-progress", action="store_true")
     for name, sp in sub.choices.items():
         sp.formatter_class = argparse.RawDescriptionHelpFormatter
         sp.epilog = f"example:\n  {EXAMPLES[name]}"
     return parser
 
 
+# Commands that run jobs on Ray: quiet by default (ser_ray.console), --verbose to see it all.
+JOBS = ("prepare", "train", "cv", "tune", "evaluate", "score")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ser_ray.console import session
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with session(getattr(args, "output", None), args.command,
+                     verbose=args.command not in JOBS or args.verbose):
+            return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser-ray {args.command}: {exc}", file=sys.stderr)
         return 2

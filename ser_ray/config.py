@@ -77,6 +77,20 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking of ``cv``, ``train`` and ``tune`` (off unless switched on)."""
+
+    mlflow: bool = False             # log params, per-fold and final metrics, the report folder
+    tracking_uri: str | None = None  # None: a local file store, <output>/mlruns
+    experiment: str = "ser-ray"      # MLflow experiment name
+    tensorboard: bool = False        # event files in <output>/tensorboard (tune: per trial)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow or self.tensorboard
+
+
+@dataclass(frozen=True)
 class LearnConfig:
     """One training configuration: data, model, training-side treatment, protocol, resources."""
 
@@ -101,12 +115,16 @@ class LearnConfig:
     num_workers: int = 1                    # Ray Train workers per fit (DDP)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    trainer: str = "auto"                   # auto (local for 1 CPU worker) | local | ray_train
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
 
     def __post_init__(self):
         from ser_ray.data import check_normalise
+        from ser_ray.training import pick_trainer
 
         check_normalise(self.normalise)
+        pick_trainer(self.trainer, self.num_workers, self.use_gpu)
         if self.augment.variant not in ("none", "augmented", "merged"):
             raise ValueError(f"augment.variant={self.augment.variant!r} is not one of "
                              "['none', 'augmented', 'merged']")

@@ -8,13 +8,13 @@ prosody; no real speech), seeds it with the kinds of broken files real archives 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from ser_ray import config as config_mod
 from ser_ray.config import PrepareConfig
+from ser_ray.console import session
 from ser_ray.prepare import run_prepare
 from ser_ray.runtime import init_ray
 from ser_ray.synth import synthesize_corpus
@@ -39,9 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="demo-output")
     ap.add_argument("--speakers", type=int, default=4)
     ap.add_argument("--config", default=str(Path(__file__).parent.parent / "configs" / "demo.yaml"))
+    ap.add_argument("--verbose", action="store_true",
+                    help="show Ray's and the libraries' logs here instead of in OUTPUT/logs/")
     args = ap.parse_args(argv)
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)
+    with session(str(out), "demo", verbose=args.verbose):
+        return run(out, args)
+
+
+def run(out: Path, args: argparse.Namespace) -> int:
     corpus = out / "corpus-synthetic-ravdess"
     rows = synthesize_corpus("ravdess", corpus, n_speakers=args.speakers, per_emotion=2, seed=0)
     bad = seed_bad_files(corpus)
@@ -51,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
                           output=str(out / "prepared"))
     init_ray()
     summary = run_prepare(cfg)
-    print(json.dumps({k: summary[k] for k in ("input_files", "ok", "quarantined",
-                                              "quarantine_reasons", "speakers", "labels")},
-                     indent=2))
     assert summary["ok"] + summary["quarantined"] == summary["input_files"]
-    print(f"[demo] tables in {out / 'prepared'}: manifest/, features/, quarantine/, "
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["quarantine_reasons"].items()))
+    print(f"[demo] 1. prepare: {summary['input_files']} files -> {summary['ok']} ok, "
+          f"{summary['quarantined']} quarantined ({reasons}); {summary['speakers']} "
+          f"speakers, labels {', '.join(summary['labels'])}", file=sys.stderr)
+    print(f"[demo]    tables in {out / 'prepared'}: manifest/, features/, quarantine/, "
           f"summary.json", file=sys.stderr)
     learn(out)
     score(out)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def learn(out: Path) -> None:
-    """Cross-validate a classical baseline, train a 1-D CNN on Ray Train, evaluate it."""
+    """Cross-validate a classical baseline, train a 1-D CNN, evaluate it."""
     from ser_ray.config import LearnConfig
     from ser_ray.data import load_features
     from ser_ray.experiment import evaluate_model, run_cv, train_model
@@ -72,7 +80,7 @@ def learn(out: Path) -> None:
     cfg = LearnConfig(features=("handcrafted94",), model="logreg", protocol="speaker-kfold",
                       folds=2)
     cv = run_cv(load_features(prepared, cfg.features), cfg, out / "cv")
-    print(f"[demo] speaker-independent 2-fold cv, logreg on handcrafted94: UA "
+    print(f"[demo] 2. cv: speaker-independent 2-fold cv, logreg on handcrafted94: UA "
           f"{cv['ua_mean']:.3f} WA {cv['wa_mean']:.3f} (chance {1 / len(cv['labels']):.3f}); "
           f"report in {out / 'cv' / 'summary.md'}", file=sys.stderr)
     cnn = LearnConfig(features=("mfcc",), frames=200, model="cnn1d", cpus_per_worker=0.5,
@@ -81,7 +89,7 @@ def learn(out: Path) -> None:
     data = load_features(prepared, cnn.features, frames=cnn.frames)
     train_model(data, cnn, out / "model-cnn1d")
     ev = evaluate_model(out / "model-cnn1d", [str(prepared)], out / "eval-cnn1d")
-    print(f"[demo] cnn1d model in {out / 'model-cnn1d'}; scored on its own corpus (speakers "
+    print(f"[demo] 3. train: cnn1d model in {out / 'model-cnn1d'}; scored on its own corpus (speakers "
           f"shared, so optimistic): UA {ev['ua_mean']:.3f}", file=sys.stderr)
 
 
@@ -113,7 +121,7 @@ def score(out: Path) -> None:
     model = LearnConfig(features=("handcrafted94",), model="logreg")
     train_model(load_features(out / "prepared", model.features), model, out / "model-logreg")
     backlog, metadata, truth = demo_backlog(out)
-    print(f"[demo] wrote a synthetic backlog of {len(truth)} calls ({int(truth['negative'].notna().sum())} "
+    print(f"[demo] 4. score: wrote a synthetic backlog of {len(truth)} calls ({int(truth['negative'].notna().sum())} "
           f"good, {int(truth['negative'].isna().sum())} broken) to {backlog}", file=sys.stderr)
     run = run_score(ScoreConfig(model=str(out / "model-logreg"), inputs=(str(backlog),),
                                 output=str(out / "scored"), run_date=DEMO_NIGHT, customer_channel="right",

@@ -25,7 +25,9 @@ from ser_ray.metrics import aggregate, compute_metrics
 
 
 def log(msg: str) -> None:
-    print(f"[ser-ray] {msg}", flush=True)
+    from ser_ray.console import say
+
+    say(msg)
 
 
 def takes_raw_input(model: str) -> bool:
@@ -172,6 +174,7 @@ class Fitted:
 
     predictor: Any               # ser_ray.artifact.Predictor
     history: list[dict[str, float]] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)  # torch: trainer, fit_s, startup_s
 
     @property
     def model(self) -> Any:      # torch module (eval mode) or sklearn estimator
@@ -190,6 +193,7 @@ def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
 
     shape = tuple(data.X.shape[1:])
     history: list[dict[str, float]] = []
+    timing: dict[str, Any] = {}
     if not is_torch(cfg.model):
         model = build_model(cfg.model, shape, len(data.labels), **cfg.model_options)
         kwargs = {}
@@ -203,10 +207,13 @@ def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
                        (p.X_train, p.y_train), (p.X_val, p.y_val), storage_path=storage_path,
                        run_name=run_name, seed=cfg.seed, class_weights=p.class_weights,
                        num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                       cpus_per_worker=cfg.cpus_per_worker, callbacks=callbacks)
+                       cpus_per_worker=cfg.cpus_per_worker, callbacks=callbacks,
+                       trainer=cfg.trainer)
         model = load_torch_model(cfg.model, cfg.model_options, shape, len(data.labels),
                                  tf.state_dict)
         history = tf.history
+        timing = {"trainer": tf.trainer, "fit_s": round(tf.wall_s, 2),
+                  "startup_s": round(tf.startup_s, 2)}
     predictor = Predictor(
         model_name=cfg.model, kind=get_model_spec(cfg.model).kind, model=model,
         labels=list(data.labels), input_shape=shape,
@@ -214,7 +221,7 @@ def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
         normalisation=p.norm,
         config=dataclasses.asdict(model_config(cfg.model, **cfg.model_options)),
         trained_classes=tuple(sorted(int(c) for c in np.unique(p.y_train))))
-    return Fitted(predictor, history)
+    return Fitted(predictor, history, timing)
 
 
 def best_epoch(history: list[dict[str, float]]) -> int | None:
@@ -256,8 +263,10 @@ def make_augmenter(data: FeatureData, cfg: LearnConfig, train_sides: Sequence[np
 
 def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                    on_fold: Callable[[dict[str, Any]], None] | None = None,
-                   keep_folds: bool = False) -> dict[str, Any]:
+                   keep_folds: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run ``cfg.protocol`` over ``data``; return the metrics dict (folds + mean/std)."""
+    from ser_ray.console import Progress
+
     work_dir = Path(work_dir)
     folds = splits.make_folds(data.meta, cfg.protocol, folds=cfg.folds, seed=cfg.seed,
                               test_speakers=list(cfg.test_speakers) or None,
@@ -271,7 +280,7 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
     augmenter = make_augmenter(data, cfg, [tr for _, tr, _ in plans])
     noisy = NoisySets(data, cfg) if cfg.noisy_snr_db else None
     results, fold_rows, preds = [], [], {"y": [], "p": []}
-    t0 = time.time()
+    bar = Progress(cfg.protocol, total=len(plans), unit="folds", enabled=progress, every_s=0)
     for k, (fold, tr, va) in enumerate(plans):
         p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
         fitted = fit(data, p, cfg, storage_path=work_dir / "train", run_name=f"fold{fold.index}")
@@ -286,7 +295,7 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                "test_speakers": list(fold.test_speakers), "n_train": int(len(p.y_train)),
                "n_train_clean": int(len(tr)),  # before augmented copies and balancing
                "n_test": int(len(y_true)), "best_epoch": best_epoch(fitted.history),
-               "confusion": m["confusion"]}
+               "confusion": m["confusion"], **fitted.timing}
         if noisy is not None:
             row["noisy"] = noisy.score(fitted, fold, cfg)
         if getattr(fold, "dropped", None):
@@ -297,21 +306,33 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
         preds["p"].append(proba)
         if keep_folds:
             row["_prepared"], row["_fitted"] = p, fitted
-        log(f"fold {k + 1}/{len(plans)} {fold.name}: UA {m['ua']:.3f} WA {m['wa']:.3f} "
-            f"({time.time() - t0:.0f} s)")
+        bar.update(k + 1, detail=f"{fold.name}: UA {m['ua']:.3f} WA {m['wa']:.3f}; mean UA "
+                                 f"{np.mean([r['ua'] for r in results]):.3f}")
         if on_fold is not None:
             on_fold({"fold": k + 1, "folds": len(plans), "ua": m["ua"], "wa": m["wa"],
                      "ua_mean": float(np.mean([r["ua"] for r in results]))})
+    bar.close()
     agg = aggregate(results)
     metrics = {"protocol": cfg.protocol, "shares_speakers": spec.shares_speakers,
                "n_folds": len(plans), "seed": cfg.seed, "model": cfg.model,
-               "features": list(cfg.features), "labels": data.labels, **agg, "folds": fold_rows}
+               "features": list(cfg.features), "labels": data.labels, **agg,
+               **_fit_timing(fold_rows), "folds": fold_rows}
     if noisy is not None:
         metrics["noisy"] = {str(s): {
             "ua_mean": float(np.mean([r["noisy"][str(s)]["ua"] for r in fold_rows])),
             "wa_mean": float(np.mean([r["noisy"][str(s)]["wa"] for r in fold_rows]))}
             for s in cfg.noisy_snr_db}
     return metrics
+
+
+def _fit_timing(fold_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Torch folds: where they trained and the seconds their fits spent starting, in all."""
+    timed = [r for r in fold_rows if "trainer" in r]
+    if not timed:
+        return {}
+    return {"trainer": timed[0]["trainer"],
+            "fit_s": round(sum(r["fit_s"] for r in timed), 2),
+            "startup_s": round(sum(r["startup_s"] for r in timed), 2)}
 
 
 class NoisySets:
@@ -370,10 +391,20 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
 
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
-    tr, va = _val_split(data, np.arange(len(data)), cfg)
-    augmenter = make_augmenter(data, cfg, [tr])
-    p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
-    fitted = fit(data, p, cfg, storage_path=work_dir, run_name="train", callbacks=callbacks)
+    from ser_ray.tracking import Tracker
+
+    tracker = Tracker(cfg.tracking, out_dir, "train", to_dict(cfg),
+                      tensorboard_dir=work_dir / "tensorboard")
+    try:
+        tr, va = _val_split(data, np.arange(len(data)), cfg)
+        augmenter = make_augmenter(data, cfg, [tr])
+        p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
+        fitted = fit(data, p, cfg, storage_path=work_dir, run_name="train", callbacks=callbacks)
+    except BaseException:
+        tracker.fail()
+        raise
+    for h in fitted.history:
+        tracker.step({k: v for k, v in h.items() if k != "epoch"}, int(h["epoch"]), "epoch_")
     metrics: dict[str, Any] = {"n_train": int(len(p.y_train)), "validation": None}
     if len(va):
         val_meta = data.meta.iloc[va].reset_index(drop=True)
@@ -388,6 +419,9 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
                "train_speakers": sorted(set(data.meta["speaker"].iloc[tr])),
                "validation_speakers": sorted(set(data.meta["speaker"].iloc[va])),
                **(extra or {})})
+    val = metrics["validation"] or {}
+    tracker.finish({f"validation_{k}": val[k] for k in ("ua", "wa", "macro_f1") if k in val},
+                   out_dir)
     log(f"model saved to {out_dir}")
     return metrics
 
@@ -499,12 +533,28 @@ def run_cv(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, **kwargs) -
     from ser_ray.config import to_dict
     from ser_ray.report import write_report
 
+    from ser_ray.tracking import Tracker
+
     out_dir = Path(out_dir)
     t0 = time.time()
     write_run_files(out_dir, cfg, data)
-    metrics = cross_validate(data, cfg, out_dir / "work", **kwargs)
-    metrics["seconds"] = round(time.time() - t0, 1)
-    write_report(out_dir, metrics, labels=data.labels, seed=cfg.seed, config=to_dict(cfg))
+    tracker = Tracker(cfg.tracking, out_dir, "cv", to_dict(cfg),
+                      tags={"ser_ray.protocol": cfg.protocol})
+    then = kwargs.pop("on_fold", None)
+
+    def on_fold(d: dict[str, Any]) -> None:
+        tracker.step({k: d[k] for k in ("ua", "wa", "ua_mean")}, d["fold"], "fold_")
+        if then is not None:
+            then(d)
+
+    try:
+        metrics = cross_validate(data, cfg, out_dir / "work", on_fold=on_fold, **kwargs)
+        metrics["seconds"] = round(time.time() - t0, 1)
+        write_report(out_dir, metrics, labels=data.labels, seed=cfg.seed, config=to_dict(cfg))
+    except BaseException:
+        tracker.fail()
+        raise
+    tracker.finish({k: metrics[k] for k in ("ua_mean", "ua_std", "wa_mean", "wa_std")}, out_dir)
     log(f"{cfg.protocol}: UA {metrics['ua_mean']:.3f} +- {metrics['ua_std']:.3f}, "
         f"WA {metrics['wa_mean']:.3f} +- {metrics['wa_std']:.3f} over {metrics['n_folds']} "
         f"folds -> {out_dir}")

@@ -59,7 +59,9 @@ MATERIAL_FIELDS = ("inputs", "corpus", "label_set", "features", "feature_options
 
 
 def log(msg: str) -> None:
-    print(f"[ser-ray prepare] {msg}", file=sys.stderr, flush=True)
+    from ser_ray.console import say
+
+    say(msg, 'prepare')
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,7 +612,6 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
     return summary
 
 
-PROGRESS_EVERY_S = 2.0
 _COUNTED = ("files", "ok", "quarantined", "skipped", "audio_s")
 
 
@@ -629,15 +630,18 @@ def _parallelism(cfg: PrepareConfig) -> tuple[int, int]:
 
 
 class _Tally:
-    """Counts of every unit (resumed ones included) and of this run's own (the rate), with a
-    progress line at most every ``PROGRESS_EVERY_S``."""
+    """Counts of every unit (resumed ones included) and of this run's own (the rate), shown
+    by one :class:`~ser_ray.console.Progress`."""
 
     def __init__(self, progress: bool):
+        from ser_ray.console import Progress
+
         self.unit_ids: set[str] = set()
         self.totals: Counter = Counter()
         self.fresh: Counter = Counter()
-        self.progress, self.listing = progress, True
-        self.t0 = self.last = time.time()
+        self.listing = True
+        self.t0 = time.time()
+        self.bar = Progress("prepare", unit="units", enabled=progress, open_total=True)
 
     def record(self, st: dict[str, Any]) -> None:
         self.totals.update({k: st[k] for k in _COUNTED})
@@ -646,12 +650,11 @@ class _Tally:
         else:
             self.fresh.update({k: st[k] for k in _COUNTED})
         self.totals["done"] += 1
-        if self.progress and time.time() - self.last >= PROGRESS_EVERY_S:
-            self.last = time.time()
-            self.show()
+        self.bar.update(self.totals["done"], len(self.unit_ids), self.detail(),
+                        open_total=self.listing)
 
-    def show(self) -> None:
-        _progress(self.totals, self.fresh, len(self.unit_ids), self.listing, time.time() - self.t0)
+    def detail(self) -> str:
+        return _progress(self.totals, self.fresh, time.time() - self.t0)
 
     def new_units(self, out: Path, units: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Units not yet done: a unit listed twice (overlapping inputs) runs once, and one an
@@ -669,8 +672,8 @@ class _Tally:
 
     def end(self) -> tuple[set[str], Counter]:
         self.listing = False
-        if self.progress and self.totals["done"]:
-            self.show()
+        self.bar.update(self.totals["done"], len(self.unit_ids), self.detail(), open_total=False)
+        self.bar.close()
         return self.unit_ids, self.totals
 
 
@@ -817,15 +820,13 @@ def _run_units_data(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any
     return tally.end()
 
 
-def _progress(totals: Counter, fresh: Counter, n_units: int, listing: bool,
-              seconds: float) -> None:
+def _progress(totals: Counter, fresh: Counter, seconds: float) -> str:
     seconds = max(seconds, 1e-3)
     rate = fresh["audio_s"] / seconds
-    resumed = f" ({totals['resumed']} resumed)" if totals["resumed"] else ""
-    log(f"{totals['done']}/{n_units}{'+' if listing else ''} units{resumed}, "
-        f"{totals['files']} files ({totals['ok']} ok, {totals['quarantined']} quarantined, "
-        f"{totals['skipped']} skipped), {totals['audio_s'] / 3600:.2f} h audio, "
-        f"{fresh['files'] / seconds:.1f} files/s, {rate:.0f} audio s/s")
+    resumed = f"{totals['resumed']} units resumed, " if totals["resumed"] else ""
+    return (f"{resumed}{totals['files']} files ({totals['ok']} ok, {totals['quarantined']} "
+            f"quarantined, {totals['skipped']} skipped), {totals['audio_s'] / 3600:.2f} h audio, "
+            f"{fresh['files'] / seconds:.1f} files/s, {rate:.0f} audio s/s")
 
 
 def _read(dirpath: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:

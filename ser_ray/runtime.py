@@ -19,3 +19,6 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, **quiet)
+    from ser_ray.console import hook_ray
+
+    hook_ray()  # a quiet run: what the workers print goes to the log file

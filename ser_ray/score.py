@@ -34,7 +34,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -56,13 +55,14 @@ CHANNELS = ("left", "right", "mono")
 SCORED, NO_SPEECH = "scored", "no_speech"
 # Statuses worth another try on a later night (the file may still have been uploading).
 RETRY_STATUSES = ("unreadable", "internal_error")
-PROGRESS_EVERY_S = 2.0
 SEGMENT_ROWS_PER_PART = 1_000_000
 DEFAULT_WINDOW_S = 3.0
 
 
 def log(msg: str) -> None:
-    print(f"[score] {msg}", file=sys.stderr, flush=True)
+    from ser_ray.console import say
+
+    say(msg, 'score')
 
 
 # --------------------------------------------------------------------------------------------
@@ -1215,6 +1215,9 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     todo: list[dict[str, Any]] = []
     state = {"done": 0, "resumed": 0, "audio_s": 0.0, "fresh_audio_s": 0.0, "last": time.time(),
              "t_scoring": time.time(), "unit_s": 0.0, "read_s": 0.0, "workers": set(), "extracted": 0}
+    from ser_ray.console import Progress
+
+    bar = Progress("score", unit="units", enabled=progress, open_total=True)
     two_pass = settings["reference"]["mode"] == "run"
     groups = None
     if two_pass and cfg.normalisation.group_by:
@@ -1259,9 +1262,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
                 state["resumed"] += 1
             else:
                 state["fresh_audio_s"] += st["audio_s"]
-        if progress and time.time() - state["last"] >= PROGRESS_EVERY_S:
-            state["last"] = time.time()
-            _progress(state, counts, len(unit_ids))
+        _progress(bar, state, counts, len(unit_ids))
 
     engine_name = engine_for(cfg)
     settings["staged"] = engine_name == "staged"  # not material: the rows are the same
@@ -1320,8 +1321,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
             flush()
     finally:
         engine.close()
-    if progress and state["done"]:
-        _progress(state, counts, len(unit_ids))
+    _progress(bar, state, counts, len(unit_ids))
+    bar.close()
     t_scored = time.time()
     record_ = publish(cfg, storage, output, staging, run_date, run_id, model, unit_ids, extra_rows,
                       metadata, versions(), ref_key)
@@ -1382,15 +1383,18 @@ def _staged_stats(storage: io.Storage, uri: str) -> dict[str, Any]:
     return {"status": dict(Counter(t["status"])), "audio_s": float(t.loc[ok, "duration_s"].fillna(0).sum())}
 
 
-def _progress(state: dict[str, Any], counts: Counter, n_units: int) -> None:
+def _progress(bar, state: dict[str, Any], counts: Counter, n_units: int) -> None:
     secs = max(time.time() - state["t_scoring"], 1e-3)
-    resumed = f" ({state['resumed']} resumed)" if state["resumed"] else ""
+    resumed = f"{state['resumed']} units resumed, " if state["resumed"] else ""
     if state.get("extracted") and not state["done"]:
-        log(f"extract pass (reference statistics of the run's calls): {state['extracted']}/{n_units}+ units")
+        bar.update(state["extracted"], n_units,
+                   "extract pass (reference statistics of the run's calls)")
         return
-    log(f"{state['done']}/{n_units}+ units{resumed}, {sum(counts.values())} calls "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
-        f"{state['audio_s'] / 3600:.2f} h audio, {state['fresh_audio_s'] / secs:.0f}x real time")
+    bar.update(state["done"], n_units,
+               f"{resumed}{sum(counts.values())} calls "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+               f"{state['audio_s'] / 3600:.2f} h audio, "
+               f"{state['fresh_audio_s'] / secs:.0f}x real time")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,10 +1,18 @@
-"""Ray Train loop shared by every torch model, and the classical (scikit-learn) fit.
+"""The training loop shared by every torch model, run by Ray Train or in the caller's process.
 
-``fit_torch`` runs one :class:`ray.train.torch.TorchTrainer`: the training rows are a Ray Data
-dataset split across ``num_workers`` DDP workers (CPU or GPU), the validation rows are read whole
-by every worker so all ranks take the same early-stopping decision. Every epoch reports metrics
-and a checkpoint (model + optimiser + early-stopping state); rerunning with the same ``run_name``
-and ``storage_path`` resumes from the latest checkpoint. On CPU, one seed gives the same weights.
+``fit_torch`` runs one loop (:func:`_loop`) in one of two places:
+
+- **Ray Train** (a :class:`ray.train.torch.TorchTrainer`): the training rows are a Ray Data
+  dataset split across ``num_workers`` DDP workers (CPU or GPU), the validation rows are read
+  whole by every worker so all ranks take the same early-stopping decision;
+- **local**: one CPU worker's fit runs in the calling process (the ``cv`` driver, a sweep
+  trial's own task) on the arrays it already holds. A Train run costs several seconds to start
+  its controller and worker; a small model's fold is often shorter than that.
+
+``trainer="auto"`` picks local for one CPU worker and Ray Train for DDP, GPUs or Ray Train
+callbacks. Both write the same checkpoints (model + optimiser + early-stopping state) at most
+every ``checkpoint_every_s``; rerunning with the same ``run_name`` and ``storage_path`` resumes
+from the latest. On CPU, one seed gives the same weights on either.
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ class TorchFit:
     history: list[dict[str, float]]  # one dict per epoch: epoch, train_loss, val_loss, val_acc
     best_epoch: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    trainer: str = "ray_train"      # where it ran: local | ray_train
+    wall_s: float = 0.0             # the whole fit_torch call
+    loop_s: float = 0.0             # inside the training loop (rank 0); the rest is start-up
+
+    @property
+    def startup_s(self) -> float:
+        return max(0.0, self.wall_s - self.loop_s)
 
 
 def to_ray_dataset(X: np.ndarray, y: np.ndarray):
@@ -67,6 +82,9 @@ def _optimizer(name: str, params, lr: float, weight_decay: float):
     return makers[name]()
 
 
+TRAINERS = ("auto", "local", "ray_train")
+
+
 class _Rows:
     """A worker's shard of a Ray Data dataset, batched as (x, y) tensors.
 
@@ -78,6 +96,17 @@ class _Rows:
         self.shard, self.device = shard, device
         self.tensors = None
         self.budget = in_memory_mb * 2**20
+
+    @classmethod
+    def from_arrays(cls, X: np.ndarray, y: np.ndarray, device) -> "_Rows":
+        """Rows the process already holds (the local trainer): kept as tensors."""
+        import torch
+
+        rows = cls(None, 0, device)
+        # copies: the arrays may be read-only views (Ray's object store, memory maps)
+        rows.tensors = (torch.from_numpy(np.array(X, np.float32)).to(device),
+                        torch.from_numpy(np.array(y, np.int64)).to(device))
+        return rows
 
     def _load(self):
         import torch
@@ -96,7 +125,7 @@ class _Rows:
     def batches(self, batch_size: int, shuffle_seed: int | None = None):
         import torch
 
-        if self.tensors is None and self.budget > 0:
+        if self.tensors is None and self.budget > 0 and self.shard is not None:
             self.tensors = self._load() or False
         if not self.tensors:
             for b in self.shard.iter_torch_batches(
@@ -113,24 +142,101 @@ class _Rows:
             yield x[idx], y[idx]
 
 
+class _RayTrainSession:
+    """What the loop needs from Ray Train, inside a Train worker."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.prepare_model = ray.train.torch.prepare_model
+        self.train = _Rows(ray.train.get_dataset_shard("train"), cfg["in_memory_mb"], self.device)
+        self.val = _Rows(ray.train.get_dataset_shard("val"), cfg["in_memory_mb"], self.device)
+
+    def latest(self):
+        """A context manager giving the latest checkpoint's folder, or None."""
+        import contextlib
+
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        return ckpt.as_directory() if ckpt else contextlib.nullcontext(None)
+
+    def report(self, metrics: dict[str, float], write) -> None:
+        """Rank 0 writes the checkpoint files (``write(folder)``); every rank reports."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if self.rank == 0:
+                write(d)
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class _LocalSession:
+    """The loop in this process on arrays it holds; checkpoints in ``folder/checkpoint_NNNNNN``
+    (written whole, then renamed into place), the last two kept."""
+
+    def __init__(self, folder: Path, train: tuple[np.ndarray, np.ndarray],
+                 val: tuple[np.ndarray, np.ndarray]):
+        import torch
+
+        self.rank, self.world, self.folder = 0, 1, Path(folder)
+        self.device = torch.device("cpu")
+        self.train = _Rows.from_arrays(*train, self.device)
+        self.val = _Rows.from_arrays(*val, self.device)
+
+    @staticmethod
+    def prepare_model(module):
+        return module
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(p for p in self.folder.glob("checkpoint_*")
+                      if len(p.name) == 17 and p.name[11:].isdigit())
+
+    def latest(self):
+        import contextlib
+
+        found = self.checkpoints()
+        return contextlib.nullcontext(str(found[-1]) if found else None)
+
+    def report(self, metrics: dict[str, float], write) -> None:
+        import shutil
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=self.folder))
+        write(str(tmp))
+        tmp.rename(self.folder / f"checkpoint_{int(metrics['epoch']):06d}")
+        for old in self.checkpoints()[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _train_loop(cfg: dict[str, Any]) -> None:
-    """Per-worker loop (runs inside Ray Train workers)."""
-    import ray.train
-    import ray.train.torch
+    """Per-worker entry point of the Ray Train run."""
+    quiet_data_progress()
+    _loop(cfg, _RayTrainSession(cfg))
+
+
+def _loop(cfg: dict[str, Any], session) -> None:
+    """Train with early stopping on the session's rows; report and checkpoint through it."""
     import torch
     from safetensors.torch import load_file, save_file
 
     from ser_ray.models import build_model
 
-    quiet_data_progress()
-    rank = ray.train.get_context().get_world_rank()
+    entered = time.time()
+    rank = session.rank
     torch.manual_seed(cfg["seed"] * 1009 + rank)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.set_num_threads(max(1, int(cfg["threads"])))
     hp = cfg["hp"]
     module = build_model(cfg["model"], tuple(cfg["input_shape"]), cfg["n_classes"], **cfg["options"])
-    model = ray.train.torch.prepare_model(module)
-    device = ray.train.torch.get_device()
+    model = session.prepare_model(module)
+    device = session.device
     # frozen parts of a pretrained backbone take no optimiser state
     opt = _optimizer(hp["optimizer"], [p for p in model.parameters() if p.requires_grad],
                      hp["lr"], hp["weight_decay"])
@@ -140,24 +246,25 @@ def _train_loop(cfg: dict[str, Any]) -> None:
     val_loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
     reg = getattr(module, "regularization_loss", None)
 
-    train = _Rows(ray.train.get_dataset_shard("train"), cfg["in_memory_mb"], device)
-    val = _Rows(ray.train.get_dataset_shard("val"), cfg["in_memory_mb"], device)
+    train, val = session.train, session.val
     accum = max(1, int(hp.get("grad_accum", 1)))
-    sched = _schedule(opt, hp, cfg["train_rows"], ray.train.get_context().get_world_size())
+    sched = _schedule(opt, hp, cfg["train_rows"], session.world)
     autocast, scaler = _precision(hp.get("precision", "auto"), device)
-    start, best, bad, best_epoch, history = 0, float("inf"), 0, -1, []
+    start, best, bad, best_epoch, history, spent = 0, float("inf"), 0, -1, [], 0.0
     best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
+    with session.latest() as d:
+        if d:
             state = json.loads(Path(d, "state.json").read_text())
             module.load_state_dict(load_file(str(Path(d, "model.safetensors"))))
             best_state = load_file(str(Path(d, "best.safetensors")))
             opt.load_state_dict(torch.load(Path(d, "optimizer.pt"), weights_only=True))
             if sched is not None:
                 sched.load_state_dict(torch.load(Path(d, "scheduler.pt"), weights_only=True))
-        start, best, bad = state["epoch"] + 1, state["best"], state["bad"]
-        best_epoch, history = state["best_epoch"], state["history"]
+            start, best, bad = state["epoch"] + 1, state["best"], state["bad"]
+            best_epoch, history = state["best_epoch"], state["history"]
+            spent = state.get("loop_s", 0.0)
+            if state.get("stopped"):
+                return
 
     last_report = time.time()
     fail_at = cfg.get("fail_at_epoch")
@@ -205,22 +312,22 @@ def _train_loop(cfg: dict[str, Any]) -> None:
         # checkpoint) at most every checkpoint_every_s; the last epoch always does.
         if stop or epoch == hp["epochs"] - 1 or time.time() - last_report >= cfg["checkpoint_every_s"]:
             last_report = time.time()
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    save_file({k: v.detach().cpu().contiguous()
-                               for k, v in module.state_dict().items()},
-                              str(Path(d, "model.safetensors")))
-                    save_file({k: v.contiguous() for k, v in best_state.items()},
-                              str(Path(d, "best.safetensors")))
-                    torch.save(opt.state_dict(), Path(d, "optimizer.pt"))
-                    if sched is not None:
-                        torch.save(sched.state_dict(), Path(d, "scheduler.pt"))
-                    Path(d, "state.json").write_text(json.dumps({
-                        "epoch": epoch, "best": best, "bad": bad, "best_epoch": best_epoch,
-                        "history": history, "stopped": stop}))
-                    checkpoint = ray.train.Checkpoint.from_directory(d)
-                ray.train.report(metrics, checkpoint=checkpoint)
+
+            def write(d: str) -> None:
+                save_file({k: v.detach().cpu().contiguous()
+                           for k, v in module.state_dict().items()},
+                          str(Path(d, "model.safetensors")))
+                save_file({k: v.contiguous() for k, v in best_state.items()},
+                          str(Path(d, "best.safetensors")))
+                torch.save(opt.state_dict(), Path(d, "optimizer.pt"))
+                if sched is not None:
+                    torch.save(sched.state_dict(), Path(d, "scheduler.pt"))
+                Path(d, "state.json").write_text(json.dumps({
+                    "epoch": epoch, "best": best, "bad": bad, "best_epoch": best_epoch,
+                    "history": history, "stopped": stop,
+                    "loop_s": spent + time.time() - entered}))
+
+            session.report(metrics, write)
         if epoch == fail_at:
             raise RuntimeError(f"{FAIL_AT_EPOCH_ENV}={fail_at}: injected failure after epoch {epoch}")
         if stop:
@@ -280,40 +387,96 @@ def resolve_hyperparameters(model: str, options: dict[str, Any]) -> dict[str, An
                                "weight_decay", "grad_accum", "warmup_steps", "precision")}
 
 
+def pick_trainer(trainer: str, num_workers: int, use_gpu: bool, callbacks: Sequence[Any] = ()
+                 ) -> str:
+    """``auto`` -> ``local`` for one CPU worker without Ray Train callbacks, else ``ray_train``."""
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer={trainer!r} is not one of {list(TRAINERS)}")
+    distributed = num_workers != 1 or use_gpu
+    if trainer == "local" and distributed:
+        raise ValueError(f"trainer=local runs one CPU worker; num_workers={num_workers}, "
+                         f"use_gpu={use_gpu} need trainer=ray_train (or auto)")
+    if trainer == "local" and callbacks:
+        raise ValueError("Ray Train callbacks need trainer=ray_train (or auto)")
+    if trainer == "auto":
+        return "ray_train" if distributed or callbacks else "local"
+    return trainer
+
+
 def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n_classes: int,
               train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *,
               storage_path: str | Path, run_name: str, seed: int = 0,
               class_weights: np.ndarray | None = None, num_workers: int = 1,
               use_gpu: bool = False, cpus_per_worker: float = 1.0,
               callbacks: Sequence[Any] = (), in_memory_mb: float = 1024,
-              checkpoint_every_s: float = 10.0,
+              checkpoint_every_s: float = 10.0, trainer: str = "auto",
               fail_at_epoch: int | None = None) -> TorchFit:
-    """Train ``model`` with Ray Train; return the weights of the epoch with the lowest val loss.
+    """Train ``model``; return the weights of the epoch with the lowest validation loss.
 
-    ``train``/``val`` are (X (n, *input_shape) float32, y (n,) int64). Checkpoints go to
-    ``storage_path/run_name``; calling again with the same pair resumes the interrupted run.
-    Shards under ``in_memory_mb`` per worker are read from Ray Data once and kept as tensors.
-    A checkpoint (and a metrics report) is written at most every ``checkpoint_every_s`` and
-    after the last epoch; a resumed run repeats at most that much work.
+    ``train``/``val`` are (X (n, *input_shape) float32, y (n,) int64). ``trainer`` says where
+    the loop runs (:func:`pick_trainer`). Checkpoints go to ``storage_path/run_name``; calling
+    again with the same pair (and trainer) resumes the interrupted run. Ray Train shards under
+    ``in_memory_mb`` per worker are read from Ray Data once and kept as tensors. A checkpoint
+    (and a metrics report) is written at most every ``checkpoint_every_s`` and after the last
+    epoch; a resumed run repeats at most that much work.
     ``fail_at_epoch`` injects a worker failure after that epoch's checkpoint (for tests).
     """
+    from safetensors.torch import load_file
+
+    t0 = time.time()
+    hp = resolve_hyperparameters(model, options)
+    if len(val[1]) == 0:
+        raise ValueError("fit_torch: the validation split is empty; early stopping needs one")
+    where = pick_trainer(trainer, num_workers, use_gpu, callbacks)
+    cfg = {
+        "model": model, "options": options, "input_shape": list(input_shape),
+        "n_classes": n_classes, "seed": seed, "hp": hp,
+        "threads": max(1, int(cpus_per_worker)), "in_memory_mb": in_memory_mb,
+        "checkpoint_every_s": checkpoint_every_s,
+        "fail_at_epoch": fail_at_epoch, "train_rows": int(len(train[1])),
+        "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+    }
+    if where == "local":
+        session = _LocalSession(Path(storage_path).resolve() / run_name, train, val)
+        _in_process(cfg, session)
+        with session.latest() as d:
+            if d is None:
+                raise RuntimeError(f"training {model} produced no checkpoint")
+            state = json.loads(Path(d, "state.json").read_text())
+            weights = load_file(str(Path(d, "best.safetensors")))
+    else:
+        state, weights = _fit_ray_train(cfg, train, val, storage_path=storage_path,
+                                        run_name=run_name, num_workers=num_workers,
+                                        use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+                                        callbacks=callbacks)
+    return TorchFit(state_dict=weights, history=state["history"], best_epoch=state["best_epoch"],
+                    hyperparameters=hp, trainer=where, wall_s=time.time() - t0,
+                    loop_s=float(state.get("loop_s", 0.0)))
+
+
+def _in_process(cfg: dict[str, Any], session: _LocalSession) -> None:
+    """The loop in this process, leaving torch's global thread and determinism settings as
+    they were."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        _loop(cfg, session)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def _fit_ray_train(cfg: dict[str, Any], train, val, *, storage_path, run_name: str,
+                   num_workers: int, use_gpu: bool, cpus_per_worker: float, callbacks):
     import ray.train
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file
 
-    hp = resolve_hyperparameters(model, options)
-    if len(val[1]) == 0:
-        raise ValueError("fit_torch: the validation split is empty; early stopping needs one")
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={
-            "model": model, "options": options, "input_shape": list(input_shape),
-            "n_classes": n_classes, "seed": seed, "hp": hp,
-            "threads": max(1, int(cpus_per_worker)), "in_memory_mb": in_memory_mb,
-            "checkpoint_every_s": checkpoint_every_s,
-            "fail_at_epoch": fail_at_epoch, "train_rows": int(len(train[1])),
-            "class_weights": None if class_weights is None else [float(w) for w in class_weights],
-        },
+        train_loop_config=cfg,
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
@@ -326,12 +489,11 @@ def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training {model} produced no checkpoint: {result.error}")
+        raise RuntimeError(f"training {cfg['model']} produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
         state = json.loads(Path(d, "state.json").read_text())
         weights = load_file(str(Path(d, "best.safetensors")))
-    return TorchFit(state_dict=weights, history=state["history"], best_epoch=state["best_epoch"],
-                    hyperparameters=hp)
+    return state, weights
 
 
 def load_torch_model(model: str, options: dict[str, Any], input_shape: Sequence[int],

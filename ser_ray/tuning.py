@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from ser_ray import config as config_mod
-from ser_ray.config import LearnConfig
+from ser_ray.config import LearnConfig, TrackingConfig
 from ser_ray.experiment import log
 
 METRIC = "ua_mean"
@@ -52,6 +52,7 @@ class SweepSpace:
     reduction_factor: int = 2
     resources: Resources = field(default_factory=Resources)
     export_best: bool = True
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # see ser_ray.tracking
     seed: int = 0
 
 
@@ -103,6 +104,7 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 def trial_config(space: SweepSpace, sampled: dict[str, Any]) -> LearnConfig:
     """LearnConfig of one trial: the base, then each sampled value (dicts merge at top level)."""
     data = json.loads(json.dumps(space.base))
+    data.pop("tracking", None)  # the sweep tracks its trials (space.tracking), not each cv
     data.setdefault("seed", space.seed)
     for key, value in sampled.items():
         value = json.loads(json.dumps(value, default=lambda o: o.item()))  # numpy -> plain
@@ -125,6 +127,18 @@ def concurrent_trials(res: Resources, cluster_cpus: float) -> int:
     return max(1, int(math.floor(cluster_cpus / per_trial + 1e-9)))
 
 
+def trial_resources(space: SweepSpace, sampled: dict[str, Any]) -> dict[str, float]:
+    """What one trial's task reserves: its own CPUs, plus its worker's when its torch fits run
+    in the task (one CPU worker, the local trainer). Ray Train workers reserve their own."""
+    from ser_ray.experiment import is_torch
+    from ser_ray.training import pick_trainer
+
+    cfg = trial_config(space, sampled)
+    local = is_torch(cfg.model) and \
+        pick_trainer(cfg.trainer, cfg.num_workers, cfg.use_gpu) == "local"
+    return {"CPU": space.resources.cpus_per_trial + (cfg.cpus_per_worker if local else 0.0)}
+
+
 def _trainable(config: dict[str, Any], space: SweepSpace, roots: list[str]) -> None:
     from ray import tune
 
@@ -138,7 +152,7 @@ def _trainable(config: dict[str, Any], space: SweepSpace, roots: list[str]) -> N
     def on_fold(d: dict[str, Any]) -> None:
         tune.report({METRIC: d["ua_mean"], "fold": d["fold"], "folds": d["folds"]})
 
-    metrics = cross_validate(data, cfg, work, on_fold=on_fold)
+    metrics = cross_validate(data, cfg, work, on_fold=on_fold, progress=False)
     Path(tune.get_context().get_trial_dir(), "metrics.json").write_text(
         json.dumps({k: v for k, v in metrics.items() if k != "folds"}, default=str))
     tune.report({METRIC: metrics["ua_mean"], "ua_std": metrics["ua_std"],
@@ -163,6 +177,51 @@ def with_feature_set(space: SweepSpace, roots: Sequence[str]) -> SweepSpace:
     return replace(space, base={**space.base, "features": [name]})
 
 
+def n_trials(space: SweepSpace) -> int:
+    """Trials the sweep runs: each grid combination ``num_samples`` times (default 1), or
+    ``num_samples`` samples (default 4)."""
+    grid = 1
+    for dom in space.space.values():
+        (kind, arg), = dom.items()
+        if kind == "grid" or (kind == "choice" and space.search == "grid"):
+            grid *= len(arg)
+    return grid * (space.num_samples or (1 if space.search == "grid" else 4))
+
+
+def _trial_progress(total: int, enabled: bool):
+    """A Tune callback showing finished trials on one :class:`~ser_ray.console.Progress`."""
+    from ray.tune import Callback
+
+    from ser_ray.console import Progress
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.bar = Progress("tune", total=total, unit="trials", enabled=enabled)
+            self.done, self.best, self.errors = 0, None, 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("done_cv") and result.get(METRIC) is not None:
+                self.best = max(self.best or 0.0, float(result[METRIC]))
+
+        def _finished(self) -> None:
+            self.done += 1
+            best = "" if self.best is None else f"best {METRIC} {self.best:.3f}"
+            errors = f", {self.errors} failed" if self.errors else ""
+            self.bar.update(self.done, detail=best + errors)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finished()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.errors += 1
+            self._finished()
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialProgress()
+
+
 def _optuna(space: SweepSpace):
     try:
         from ray.tune.search.optuna import OptunaSearch
@@ -175,14 +234,17 @@ SEARCHERS = {"random": lambda space: None, "grid": lambda space: None, "optuna":
 
 
 def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
-              resume: bool = True) -> pd.DataFrame:
+              resume: bool = True, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the sweep; return the results table, best trial first."""
+    from dataclasses import replace
+
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from ser_ray.data import load_learn_features
     from ser_ray.experiment import train_model, write_run_files
+    from ser_ray.tracking import Tracker, tune_callbacks
 
     output = Path(output).resolve()
     roots = [str(Path(r).resolve()) for r in roots]
@@ -191,9 +253,8 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
     res = space.resources
     n_conc = concurrent_trials(res, ray.cluster_resources().get("CPU", 1))
     param_space = {k: _domain(k, v, space.search) for k, v in space.space.items()}
-    # Torch trials start Ray Train workers of their own: the trial reserves only its driver.
     trainable = tune.with_resources(tune.with_parameters(_trainable, space=space, roots=roots),
-                                    {"CPU": res.cpus_per_trial})
+                                    lambda sampled: trial_resources(space, dict(sampled)))
     scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=space.grace_period,
                               reduction_factor=space.reduction_factor) \
         if space.scheduler == "asha" else FIFOScheduler()
@@ -209,11 +270,16 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
                 metric=METRIC, mode="max", scheduler=scheduler,
                 num_samples=space.num_samples or (1 if space.search == "grid" else 4),
                 search_alg=SEARCHERS[space.search](space), max_concurrent_trials=n_conc),
-            run_config=tune.RunConfig(name="sweep", storage_path=str(output)),
+            run_config=tune.RunConfig(name="sweep", storage_path=str(output), verbose=0,
+                                      callbacks=[_trial_progress(n_trials(space), progress),
+                                                 *tune_callbacks(space.tracking)]),
         )
         log(f"sweep: {space.search} search, {space.scheduler} scheduler, up to {n_conc} "
             f"trial(s) at once -> {output}")
-    grid = tuner.fit()
+    from ser_ray.console import library_output
+
+    with library_output():
+        grid = tuner.fit()
     table = results_table(grid)
     from ser_ray import io
 
@@ -232,6 +298,12 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
         write_run_files(output, best_cfg, data, {"sweep": True})
         train_model(data, best_cfg, output / "best_model", work_dir=output / "best_model.work",
                     extra={"sweep_metric": {METRIC: float(best[METRIC])}})
+    if space.tracking.mlflow:  # the sweep's own run: its table and best configuration
+        tracker = Tracker(replace(space.tracking, tensorboard=False), output, "tune",
+                          {"search": space.search, "scheduler": space.scheduler,
+                           "trials": len(table), "best": config_mod.to_dict(best_cfg)})
+        tracker.finish({f"best_{METRIC}": float(best[METRIC]),
+                        "trials_complete": int(table["complete"].sum())}, output)
     return table
 
 

@@ -120,7 +120,7 @@ def test_classical_scaler_is_fitted_on_the_training_rows_only(vectors, tmp_path)
         assert len(p.X_train) != len(vectors)  # not the whole dataset
 
 
-def test_fit_torch_is_deterministic_and_resumes_after_a_worker_failure(tmp_path):
+def test_fit_torch_is_deterministic_on_both_trainers_and_resumes_after_a_failure(tmp_path):
     from ser_ray.training import fit_torch
 
     rng = np.random.default_rng(0)
@@ -128,19 +128,30 @@ def test_fit_torch_is_deterministic_and_resumes_after_a_worker_failure(tmp_path)
     y = (X[:, :, 0].mean(axis=1) > 0).astype(np.int64) + 2 * (X[:, :, 1].mean(axis=1) > 0)
     args = ("cnn1d", {"channels": [8], "dense": [8], "epochs": 4, "patience": 10, "lr": 3e-3},
             (20, 6), 4, (X[:72], y[:72]), (X[72:], y[72:]))
-    a = fit_torch(*args, storage_path=tmp_path, run_name="a", seed=1, cpus_per_worker=0.5, checkpoint_every_s=0)
-    b = fit_torch(*args, storage_path=tmp_path, run_name="b", seed=1, cpus_per_worker=0.5, checkpoint_every_s=0)
+    kw = dict(storage_path=tmp_path, seed=1, cpus_per_worker=0.5, checkpoint_every_s=0)
+    a = fit_torch(*args, run_name="a", trainer="ray_train", **kw)
+    b = fit_torch(*args, run_name="b", **kw)  # auto: one CPU worker runs in this process
+    assert (a.trainer, b.trainer) == ("ray_train", "local")
     assert [h["epoch"] for h in a.history] == [0, 1, 2, 3]
-    for k in a.state_dict:
-        assert np.array_equal(a.state_dict[k].numpy(), b.state_dict[k].numpy()), k
-    with pytest.raises(Exception, match="injected failure"):
-        fit_torch(*args, storage_path=tmp_path, run_name="c", seed=1, cpus_per_worker=0.5,
-                  fail_at_epoch=1, checkpoint_every_s=0)
-    c = fit_torch(*args, storage_path=tmp_path, run_name="c", seed=1, cpus_per_worker=0.5, checkpoint_every_s=0)
-    assert [h["epoch"] for h in c.history] == [0, 1, 2, 3]  # epochs 0-1 came from the checkpoint
-    for k in a.state_dict:
-        assert np.array_equal(a.state_dict[k].numpy(), c.state_dict[k].numpy()), k
-    assert [h["val_loss"] for h in c.history] == pytest.approx([h["val_loss"] for h in a.history])
+    assert a.startup_s > 0 and 0 < b.loop_s <= b.wall_s
+
+    def same_as_a(fit):
+        for k in a.state_dict:
+            assert np.array_equal(a.state_dict[k].numpy(), fit.state_dict[k].numpy()), k
+        assert [h["val_loss"] for h in fit.history] == \
+            pytest.approx([h["val_loss"] for h in a.history])
+
+    same_as_a(b)
+    for trainer in ("ray_train", "local"):
+        with pytest.raises(Exception, match="injected failure"):
+            fit_torch(*args, run_name=f"c-{trainer}", trainer=trainer, fail_at_epoch=1, **kw)
+        c = fit_torch(*args, run_name=f"c-{trainer}", trainer=trainer, **kw)
+        assert [h["epoch"] for h in c.history] == [0, 1, 2, 3]  # 0-1 came from the checkpoint
+        same_as_a(c)
+    assert sorted(p.name for p in (tmp_path / "c-local").iterdir()) == \
+        ["checkpoint_000002", "checkpoint_000003"]  # the last two kept
+    with pytest.raises(ValueError, match="trainer=ray_train"):
+        fit_torch(*args, run_name="d", trainer="local", num_workers=2, **kw)
 
 
 def test_train_then_evaluate_a_saved_model(learn_corpus, tmp_path):

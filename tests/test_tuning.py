@@ -59,9 +59,10 @@ def test_concurrent_trials_never_exceed_the_cpus_and_never_reach_zero():
 
 
 @pytest.mark.slow
-def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
+def test_six_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
         learn_corpus, tmp_path):
-    """Tune with Train on 2 cores: torch trials start TorchTrainers inside their trial."""
+    """Tune with Train on 2 cores: torch trials fit in their own task (the local trainer) or
+    start TorchTrainers inside their trial (trainer: ray_train)."""
     import ray
 
     from ser_ray.cli import main
@@ -73,11 +74,15 @@ def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
                 {"model": "logreg", "features": ["handcrafted94"]},
                 {"model": "cnn1d", "features": ["mfcc"], "frames": 60,
                  "model_options": {"channels": [8], "dense": [16], "epochs": 6, "lr": 0.003}},
+                {"model": "cnn1d", "features": ["mfcc"], "frames": 60, "trainer": "ray_train",
+                 "model_options": {"channels": [8], "dense": [16], "epochs": 6, "lr": 0.003}},
             ]},
             "normalise": {"grid": ["global", "speaker"]},
         },
         "search": "grid", "num_samples": 1, "scheduler": "fifo",
         "resources": {"cpus_per_trial": 0.5, "workers_per_trial": 1, "cpus_per_worker": 0.5},
+        "tracking": {"mlflow": True, "tracking_uri": (tmp_path / "mlruns").as_uri(),
+                     "tensorboard": True},
     }
     path = _write(tmp_path, space)
     out = tmp_path / "sweep"
@@ -87,11 +92,28 @@ def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
         assert main(["tune", "--features", str(learn_corpus["prepared"]), "--space", path,
                      "--output", str(out)]) == 0
         table = (out / "results.csv").read_text().splitlines()
-        assert len(table) == 1 + 4
+        assert len(table) == 1 + 6
         best = json.loads((out / "best.json").read_text())
         assert best["config"]["model"] in ("logreg", "cnn1d")
         assert best["value"] > 0.4
-        assert len({line.split(",")[0] for line in table[1:]}) == 4  # distinct trial ids
+        assert len({line.split(",")[0] for line in table[1:]}) == 6  # distinct trial ids
+        trainers = [json.loads(f.read_text()).get("trainer")
+                    for f in (out / "sweep").glob("*/metrics.json")]
+        assert sorted(trainers, key=str) == sorted([None] * 2 + ["local"] * 2 + ["ray_train"] * 2,
+                                                    key=str)
+        # Tracking: one MLflow run per trial (its folds as steps) and one for the sweep.
+        from test_tracking import mlflow_runs, tensorboard_scalars
+
+        client, runs = mlflow_runs(tmp_path / "mlruns")
+        sweep_runs = [r for r in runs if r.data.tags.get("ser_ray.command") == "tune"]
+        trial_runs = [r for r in runs if r.data.tags.get("ser_ray.command") == "tune-trial"]
+        assert len(sweep_runs) == 1 and len(trial_runs) == 6
+        assert sweep_runs[0].data.metrics["best_ua_mean"] == pytest.approx(best["value"])
+        assert {"results.csv", "best.json"} <= {a.path for a in
+                                                client.list_artifacts(sweep_runs[0].info.run_id)}
+        steps = client.get_metric_history(trial_runs[0].info.run_id, "ua_mean")
+        assert len(steps) >= 2  # a report per fold, then the final one
+        assert any(tensorboard_scalars(d) for d in (out / "sweep").iterdir() if d.is_dir())
         report = tmp_path / "eval"
         assert main(["evaluate", "--model", str(out / "best_model"), "--features",
                      str(learn_corpus["prepared"]), "--output", str(report)]) == 0
