@@ -42,9 +42,9 @@ def test_log_paths_keep_model_folders_clean(tmp_path):
 @pytest.mark.slow
 def test_a_job_is_quiet_unless_verbose(learn_corpus, tmp_path):
     def run(out, *extra):
-        cmd = [sys.executable, "-m", "ser_ray.cli", "cv", "--features", str(learn_corpus["prepared"]),
-               "--feature-set", "handcrafted94", "--model", "logreg", "--folds", "2",
-               "--output", str(out), *extra]
+        cmd = [sys.executable, "-m", "ser_ray.cli", "cv", "--features",
+               str(learn_corpus["prepared"]), "--feature-set", "handcrafted94",
+               "--model", "logreg", "--folds", "2", "--output", str(out), *extra]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
     quiet = run(tmp_path / "quiet")

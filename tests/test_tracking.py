@@ -62,7 +62,8 @@ def test_cv_and_train_log_params_metrics_and_reports(learn_corpus, tmp_path, ray
     assert run.data.metrics["ua_mean"] == pytest.approx(metrics["ua_mean"])
     folds = client.get_metric_history(run.info.run_id, "fold_ua")
     assert sorted(m.step for m in folds) == list(range(1, metrics["n_folds"] + 1))
-    assert sorted(m.value for m in folds) == pytest.approx(sorted(f["ua"] for f in metrics["folds"]))
+    assert sorted(m.value for m in folds) == \
+        pytest.approx(sorted(f["ua"] for f in metrics["folds"]))
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "summary.md", "config.yaml", "run.json"} <= names
     assert not names & {"mlruns", "tensorboard", "work", "logs"}
@@ -76,7 +77,8 @@ def test_cv_and_train_log_params_metrics_and_reports(learn_corpus, tmp_path, ray
     assert len(losses) == 3 and (history is None or len(history) == 3)
     assert "validation_ua" in train.data.metrics
     assert "weights.safetensors" in {a.path for a in client.list_artifacts(train.info.run_id)}
-    assert len(tensorboard_scalars(tmp_path / "model.work" / "tensorboard")["epoch_train_loss"]) == 3
+    scalars = tensorboard_scalars(tmp_path / "model.work" / "tensorboard")
+    assert len(scalars["epoch_train_loss"]) == 3
 
 
 def test_tracking_is_off_unless_asked(tmp_path, monkeypatch):
