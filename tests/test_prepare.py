@@ -249,8 +249,9 @@ def test_progress_lines_on_stderr(corpus, tmp_path, capfd):
     s = run_prepare(config(inputs=[str(root / "Actor_02")], output=str(tmp_path),
                            features=["mfcc"], files_per_task=2), progress=True)
     err = capfd.readouterr().err
-    line = f"{s['units']}/{s['units']} units, {s['input_files'] + s['skipped']} files"
-    assert line in err and "audio s/s" in err
+    last = [ln for ln in err.splitlines() if ln.startswith("[ser-ray] prepare: ")][-1]
+    assert last.startswith(f"[ser-ray] prepare: {s['units']}/{s['units']} units (")
+    assert f"; {s['input_files'] + s['skipped']} files (" in last and "audio s/s" in last
 
 
 def test_cli_exit_codes(corpus, tmp_path):
