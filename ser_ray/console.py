@@ -148,7 +148,8 @@ def hook_ray() -> None:
     except ImportError:  # pragma: no cover - Ray's private layout changed
         return
     dispatcher = ray_worker.global_worker_stdstream_dispatcher
-    if not any(name == "ray_print_logs" for name, _ in getattr(dispatcher, "handlers", [])):
+    printer = [h for name, h in getattr(dispatcher, "handlers", []) if name == "ray_print_logs"]
+    if not printer:
         return  # log_to_driver=False: nothing is forwarded
 
     def to_file(data) -> None:
@@ -156,20 +157,18 @@ def hook_ray() -> None:
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", to_file)
-    _state["hooked"] = True
+    _state["printer"] = printer[0]  # Ray's own, put back by unhook_ray
 
 
 def unhook_ray() -> None:
-    if not _state.pop("hooked", False):
+    printer = _state.pop("printer", None)
+    if printer is None:
         return
-    import functools
-
     from ray._private import worker as ray_worker
 
     dispatcher = ray_worker.global_worker_stdstream_dispatcher
     dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", functools.partial(ray_worker.print_to_stdstream,
-                                                               ignore_prefix=False))
+    dispatcher.add_handler("ray_print_logs", printer)
 
 
 def _eta(seconds: float) -> str:

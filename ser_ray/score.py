@@ -1213,7 +1213,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     counts: Counter = Counter()
     unit_ids: list[str] = []
     todo: list[dict[str, Any]] = []
-    state = {"done": 0, "resumed": 0, "audio_s": 0.0, "fresh_audio_s": 0.0, "last": time.time(),
+    state = {"done": 0, "resumed": 0, "audio_s": 0.0, "fresh_audio_s": 0.0,
              "t_scoring": time.time(), "unit_s": 0.0, "read_s": 0.0, "workers": set(), "extracted": 0}
     from ser_ray.console import Progress
 
