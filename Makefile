@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-output
+# pytest-xdist workers for `make test`: a module per worker at a time (tests/conftest.py).
+# Each worker's modules start their own 2-CPU local Ray, so more workers need more cores.
+JOBS   ?= 2
 
 .PHONY: demo test test-fast install s3-server browser clean
 
@@ -27,7 +30,7 @@ browser:
 	sh tests/browser/install.sh
 
 test: $(STAMP) s3-server browser
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=25
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=25 -n $(JOBS) --dist loadscope
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not s3"

@@ -6,33 +6,27 @@ a classical head on a chosen layer -> train the layer-weighted head and a fine-t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from cli_helpers import ser_ray_cli
 from encoder_helpers import make_tiny_encoder
 
 pytestmark = pytest.mark.slow
 EMOTIONS = ["neutral", "happy", "sad", "angry"]
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True,
-                       text=True, timeout=900, env={**os.environ, **(env or {})})
-    return r
+def _cli(*args: str, env: dict | None = None):
+    return ser_ray_cli(*args, env=env, check=False)
 
 
-def _ok(*args: str, **kw) -> subprocess.CompletedProcess:
-    r = _cli(*args, **kw)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+def _ok(*args: str, **kw):
+    return ser_ray_cli(*args, **kw)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(ray_session, tmp_path_factory):
     from ser_ray.synth import synthesize_backlog, synthesize_corpus
 
     root = tmp_path_factory.mktemp("encpipe")

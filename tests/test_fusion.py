@@ -7,13 +7,11 @@ record names every model its features come from), and late fusion of two saved m
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from cli_helpers import ser_ray_cli
 from encoder_helpers import make_tiny_bert, make_tiny_encoder, make_tiny_whisper_asr
 
 EMOTIONS = ["neutral", "happy", "sad", "angry"]
@@ -90,16 +88,12 @@ def test_audio_text_needs_text_and_an_audio_feature():
 
 
 # ------------------------------------------------------------------------- through the CLI
-def _cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True,
-                       text=True, timeout=900, env={**os.environ})
-    if ok:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
+def _cli(*args: str, ok: bool = True):
+    return ser_ray_cli(*args, check=ok)  # in this process, on the module's Ray
 
 
 @pytest.fixture(scope="module")
-def world(tiny, tmp_path_factory):
+def world(ray_session, tiny, tmp_path_factory):
     from ser_ray.synth import synthesize_backlog, synthesize_corpus
 
     root = tmp_path_factory.mktemp("fusion")

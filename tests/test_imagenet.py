@@ -7,15 +7,13 @@ file, evaluate and score a saved model whose weights file is gone."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from cli_helpers import ser_ray_cli
 from ser_ray.models import build_model
 
 ARCHS = ["alexnet", "vgg16", "mobilenet_v2", "resnet18"]
@@ -118,15 +116,12 @@ def test_torchvision_weight_names_come_from_the_hub_cache_or_fail_clearly(tmp_pa
 
 
 # ------------------------------------------------------------------------- through the CLI
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True,
-                       text=True, timeout=900, env={**os.environ})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+def _cli(*args: str):
+    return ser_ray_cli(*args)  # in this process, on the module's Ray
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(ray_session, tmp_path_factory):
     import soundfile as sf
 
     from ser_ray.synth import synthesize_backlog, synthesize_corpus

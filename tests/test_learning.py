@@ -129,11 +129,9 @@ def test_fit_torch_is_deterministic_on_both_trainers_and_resumes_after_a_failure
     args = ("cnn1d", {"channels": [8], "dense": [8], "epochs": 4, "patience": 10, "lr": 3e-3},
             (20, 6), 4, (X[:72], y[:72]), (X[72:], y[72:]))
     kw = dict(storage_path=tmp_path, seed=1, cpus_per_worker=0.5, checkpoint_every_s=0)
-    a = fit_torch(*args, run_name="a", trainer="ray_train", **kw)
-    b = fit_torch(*args, run_name="b", **kw)  # auto: one CPU worker runs in this process
-    assert (a.trainer, b.trainer) == ("ray_train", "local")
+    a = fit_torch(*args, run_name="a", **kw)  # auto: one CPU worker runs in this process
+    assert a.trainer == "local" and 0 < a.loop_s <= a.wall_s
     assert [h["epoch"] for h in a.history] == [0, 1, 2, 3]
-    assert a.startup_s > 0 and 0 < b.loop_s <= b.wall_s
 
     def same_as_a(fit):
         for k in a.state_dict:
@@ -141,13 +139,17 @@ def test_fit_torch_is_deterministic_on_both_trainers_and_resumes_after_a_failure
         assert [h["val_loss"] for h in fit.history] == \
             pytest.approx([h["val_loss"] for h in a.history])
 
-    same_as_a(b)
+    # Each trainer fails after epoch 1, then resumes from its checkpoint to a's very weights:
+    # Ray Train's epochs 0-1 and 2-3 both match the local loop's.
     for trainer in ("ray_train", "local"):
         with pytest.raises(Exception, match="injected failure"):
             fit_torch(*args, run_name=f"c-{trainer}", trainer=trainer, fail_at_epoch=1, **kw)
         c = fit_torch(*args, run_name=f"c-{trainer}", trainer=trainer, **kw)
+        assert c.trainer == trainer
         assert [h["epoch"] for h in c.history] == [0, 1, 2, 3]  # 0-1 came from the checkpoint
         same_as_a(c)
+        if trainer == "ray_train":
+            assert c.startup_s > 0
     assert sorted(p.name for p in (tmp_path / "c-local").iterdir()) == \
         ["checkpoint_000002", "checkpoint_000003"]  # the last two kept
     with pytest.raises(ValueError, match="trainer=ray_train"):

@@ -21,6 +21,7 @@ from ser_ray.score import (ModelInfo, WindowFeatures, check_config, iter_calls, 
                            model_window, pick_channel, read_calls, read_segments, resolve_run_date, run_score)
 from ser_ray.synth import synthesize_backlog
 
+from cli_helpers import ser_ray_cli
 from prepare_helpers import kill_cli_once_staged
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,9 +29,22 @@ NIGHT = "2026-11-22"
 SORT = ["call_id"]
 
 
-def _cli(*args: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, **kw)
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cmdline(p) -> list[str]:
+    import psutil
+
+    try:
+        return p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +189,7 @@ def test_interrupted_run_resumes_to_the_same_rows(scored, score_model, backlog, 
     done_before = kill_cli_once_staged(args, staged, "calls.parquet", 2)
     assert 2 <= done_before < len(backlog["truth"]), "the kill should land mid-run"
     assert not (out / "calls").exists()  # nothing published by a half-finished run
-    r = _cli(*args[:-1])
-    assert r.returncode == 0, r.stderr[-3000:]
+    ser_ray_cli(*args[:-1])
     run = json.loads(next((out / "runs").glob("*.json")).read_text())
     # Ray's workers live in their own process group and may finish one more unit as they go down.
     assert done_before <= run["resumed_units"] < run["units"] == len(backlog["truth"])
@@ -189,8 +202,6 @@ def test_interrupted_run_resumes_to_the_same_rows(scored, score_model, backlog, 
 def test_a_killed_worker_loses_and_duplicates_nothing(scored, score_model, backlog, tmp_path, engine):
     """SIGKILL a scoring actor's process mid-run (and, with the staged pools, a read task's worker
     too): Ray restarts it, the unit is retried, and the published rows equal an undisturbed run's."""
-    import psutil
-
     out = tmp_path / "killed-worker"
     args = ["score", "--model", str(score_model), "--input", str(backlog["folder"]), "--output", str(out),
             "--run-date", NIGHT, "--customer-channel", "right", "--metadata", str(backlog["metadata"]),
@@ -204,8 +215,9 @@ def test_a_killed_worker_loses_and_duplicates_nothing(scored, score_model, backl
     deadline = time.time() + 300
     while len(killed) < len(targets) and time.time() < deadline and proc.poll() is None:
         staged = bool(list((out / "_staging").rglob("calls.parquet")))
-        for p in psutil.process_iter(["cmdline"]):
-            line = " ".join(p.info["cmdline"] or [])
+        # Only this job's processes: its Ray is the command's (another test may run its own).
+        for p in _descendants(proc.pid):
+            line = " ".join(_cmdline(p))
             for t in targets:
                 # A read worker as soon as one runs; the model actor once a unit is staged.
                 if t not in killed and t in line and (staged or t == "_read_unit"):
@@ -313,7 +325,7 @@ def test_caps_and_unreadable_files_get_a_status(ray_session, score_model, tmp_pa
     assert run["calls"] == 4
 
 
-def test_bad_arguments_are_clear_errors(score_model, tmp_path):
+def test_bad_arguments_are_clear_errors(ray_session, score_model, tmp_path):
     with pytest.raises(ValueError, match="customer_channel"):
         check_config(_config(score_model, [tmp_path], tmp_path / "o", customer_channel="middle"))
     with pytest.raises(ValueError, match="unknown vad"):
@@ -333,8 +345,8 @@ def test_bad_arguments_are_clear_errors(score_model, tmp_path):
     bad.write_text("call_id,agent\n1,a\n1,b\n")
     with pytest.raises(ValueError, match="more than once"):
         load_metadata(str(bad), __import__("ser_ray.io").io.Storage())
-    r = _cli("score", "--model", str(score_model), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
-             "--run-date", "yesterday")
+    r = ser_ray_cli("score", "--model", str(score_model), "--input", str(tmp_path), "--output",
+                    str(tmp_path / "o"), "--run-date", "yesterday", check=False)
     assert r.returncode == 2 and "YYYY-MM-DD" in r.stderr
 
 

@@ -11,8 +11,6 @@ the ranking depends on the seed for every training mode alike, global included (
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -23,6 +21,7 @@ from ser_ray.data import Moments
 from ser_ray.score import read_calls, read_segments, reference_table, run_score
 from ser_ray.synth import synthesize_backlog, synthesize_corpus
 
+from cli_helpers import ser_ray_cli
 from prepare_helpers import kill_cli_once_staged
 
 pytestmark = [pytest.mark.slow]
@@ -30,13 +29,8 @@ NIGHT = "2026-11-22"
 MODES = ("global", "speaker", "corpus")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ser_ray.cli", *args], capture_output=True, text=True,
-                          timeout=600)
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(ray_session, tmp_path_factory):
     """logreg on handcrafted94 trained with each normalisation mode."""
     from ser_ray.config import LearnConfig
     from ser_ray.data import load_features
@@ -45,10 +39,9 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("norm-models")
     synthesize_corpus("ravdess", root / "corpus", n_speakers=8, per_emotion=4,
                       emotions=["neutral", "calm", "sad", "angry"], seed=5)
-    r = _cli("prepare", "--input", str(root / "corpus"), "--corpus", "ravdess", "--features",
-             "handcrafted94", "--set", "audio.trim=true", "--set", "audio.normalise=rms", "--output",
-             str(root / "prepared"), "--no-progress")
-    assert r.returncode == 0, r.stderr[-2000:]
+    ser_ray_cli("prepare", "--input", str(root / "corpus"), "--corpus", "ravdess", "--features",
+                "handcrafted94", "--set", "audio.trim=true", "--set", "audio.normalise=rms",
+                "--output", str(root / "prepared"), "--no-progress")
     data = load_features(root / "prepared", ["handcrafted94"])
     out = {}
     for mode in MODES:
@@ -169,8 +162,7 @@ def test_a_killed_run_and_a_rerun_give_the_same_rows(runs, models, backlog, tmp_
     staged = out / "_staging"
     extracted = kill_cli_once_staged(args, staged, "moments.json", 2)
     assert 2 <= extracted < 8 and not list(staged.rglob("calls.parquet")), "kill mid extract pass"
-    r = _cli(*args)
-    assert r.returncode == 0, r.stderr[-3000:]
+    ser_ray_cli(*args)
     run = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert run["resumed_units"] == 0 and run["units"] == 8  # resumed: extract units, not scored ones
     assert run["normalisation"]["key"] == ref_run["normalisation"]["key"]
@@ -213,6 +205,7 @@ def test_bad_normalisation_settings_are_clear_errors(models, backlog, tmp_path):
     for sets, message in ((["normalisation.reference=speaker"], "choose run, training, call"),
                           (["normalisation.min_calls=0"], "min_calls=0"),
                           (["normalisation.group_by=queue"], "needs --metadata")):
-        r = _cli("score", "--model", str(models["speaker"]), "--input", str(backlog["folder"]), "--output",
-                 str(tmp_path / "x"), *[a for s in sets for a in ("--set", s)])
+        r = ser_ray_cli("score", "--model", str(models["speaker"]), "--input", str(backlog["folder"]),
+                        "--output", str(tmp_path / "x"), *[a for s in sets for a in ("--set", s)],
+                        check=False)
         assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]

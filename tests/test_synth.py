@@ -390,13 +390,10 @@ def test_backlog_bad_arguments(tmp_path, kwargs, message):
 
 
 def test_cli_writes_a_backlog(tmp_path):
-    import subprocess
-    import sys
+    from cli_helpers import ser_ray_cli
 
-    r = subprocess.run([sys.executable, "-m", "ser_ray.cli", "synth", "--layout", "backlog", "--calls", "2",
-                        "--emotions", "angry,calm", "--output", str(tmp_path / "calls"), "--dated"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    ser_ray_cli("synth", "--layout", "backlog", "--calls", "2", "--emotions", "angry,calm",
+                "--output", str(tmp_path / "calls"), "--dated", needs_ray=False)
     truth = pd.read_csv(tmp_path / "calls-truth.csv")
     assert sorted(truth["kind"]) == sorted(["angry", "calm", "empty", "truncated", "not_audio", "silent"])
     assert all((tmp_path / "calls" / p).exists() for p in truth["path"]) and "/" in truth["path"][0]

@@ -59,25 +59,26 @@ def test_concurrent_trials_never_exceed_the_cpus_and_never_reach_zero():
 
 
 @pytest.mark.slow
-def test_six_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
+def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
         learn_corpus, tmp_path):
     """Tune with Train on 2 cores: torch trials fit in their own task (the local trainer) or
-    start TorchTrainers inside their trial (trainer: ray_train)."""
+    start TorchTrainers inside their trial (trainer: ray_train); model dicts carry their own
+    normalisation."""
     import ray
 
     from ser_ray.cli import main
 
+    cnn = {"model": "cnn1d", "features": ["mfcc"], "frames": 60,
+           "model_options": {"channels": [8], "dense": [16], "epochs": 6, "lr": 0.003}}
     space = {
-        "base": {"protocol": "speaker-kfold", "folds": 2},
+        "base": {"protocol": "speaker-kfold", "folds": 2, "normalise": "global"},
         "space": {
             "model": {"grid": [
                 {"model": "logreg", "features": ["handcrafted94"]},
-                {"model": "cnn1d", "features": ["mfcc"], "frames": 60,
-                 "model_options": {"channels": [8], "dense": [16], "epochs": 6, "lr": 0.003}},
-                {"model": "cnn1d", "features": ["mfcc"], "frames": 60, "trainer": "ray_train",
-                 "model_options": {"channels": [8], "dense": [16], "epochs": 6, "lr": 0.003}},
+                {"model": "logreg", "features": ["handcrafted94"], "normalise": "speaker"},
+                {**cnn, "normalise": "speaker"},
+                {**cnn, "trainer": "ray_train"},
             ]},
-            "normalise": {"grid": ["global", "speaker"]},
         },
         "search": "grid", "num_samples": 1, "scheduler": "fifo",
         "resources": {"cpus_per_trial": 0.5, "workers_per_trial": 1, "cpus_per_worker": 0.5},
@@ -92,22 +93,21 @@ def test_six_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
         assert main(["tune", "--features", str(learn_corpus["prepared"]), "--space", path,
                      "--output", str(out)]) == 0
         table = (out / "results.csv").read_text().splitlines()
-        assert len(table) == 1 + 6
+        assert len(table) == 1 + 4
         best = json.loads((out / "best.json").read_text())
         assert best["config"]["model"] in ("logreg", "cnn1d")
         assert best["value"] > 0.4
-        assert len({line.split(",")[0] for line in table[1:]}) == 6  # distinct trial ids
-        trainers = [json.loads(f.read_text()).get("trainer")
-                    for f in (out / "sweep").glob("*/metrics.json")]
-        assert sorted(trainers, key=str) == sorted([None] * 2 + ["local"] * 2 + ["ray_train"] * 2,
-                                                    key=str)
+        assert len({line.split(",")[0] for line in table[1:]}) == 4  # distinct trial ids
+        ran = [json.loads(f.read_text()) for f in (out / "sweep").glob("*/metrics.json")]
+        assert sorted((str(m.get("trainer")), m["model"]) for m in ran) == [
+            ("None", "logreg"), ("None", "logreg"), ("local", "cnn1d"), ("ray_train", "cnn1d")]
         # Tracking: one MLflow run per trial (its folds as steps) and one for the sweep.
         from test_tracking import mlflow_runs, tensorboard_scalars
 
         client, runs = mlflow_runs(tmp_path / "mlruns")
         sweep_runs = [r for r in runs if r.data.tags.get("ser_ray.command") == "tune"]
         trial_runs = [r for r in runs if r.data.tags.get("ser_ray.command") == "tune-trial"]
-        assert len(sweep_runs) == 1 and len(trial_runs) == 6
+        assert len(sweep_runs) == 1 and len(trial_runs) == 4
         assert sweep_runs[0].data.metrics["best_ua_mean"] == pytest.approx(best["value"])
         assert {"results.csv", "best.json"} <= {a.path for a in
                                                 client.list_artifacts(sweep_runs[0].info.run_id)}
