@@ -3,7 +3,7 @@
 A model dir holds::
 
     model.json                 format_version, name, kind, config, input_shape, n_classes, weights, extra
-    weights.safetensors        torch state_dict (no pickle)   | model.joblib (classical sklearn pipeline)
+    weights.safetensors        torch state_dict (no pickle)   | model.skops (classical sklearn pipeline)
     backbone/                  a fine-tuned encoder's backbone and feature extractor, in Hugging
                                Face format (save_pretrained, safetensors); weights.safetensors then
                                holds the rest (pooling, head)
@@ -17,8 +17,15 @@ A model dir holds::
     metrics.json               evaluation metrics ({} when none)
     versions.json              python, numpy, torch, sklearn, safetensors, ser_ray
 
-Classical models are stored with joblib (``skops`` is not installed), which unpickles on load:
-only load classical model dirs you trust. Torch weights never go through pickle.
+Nothing in a model dir can run code when it is loaded (docs/guide.md, "Guarantees"):
+
+- the kind (torch or classical) comes from the registered model named in ``model.json``, never
+  from the file, and each kind keeps its weights under one fixed name inside the folder;
+- torch weights are safetensors; classical pipelines are ``skops`` files, loaded only when every
+  type they hold is one ser-ray's registered models use (:data:`SKOPS_TYPES`);
+- no file is a link, and no file holds pickle or code (``.py``, ``.bin``, ``.pkl``, ...); the
+  ``model.joblib`` of older classical dirs is refused unless the caller trusts the folder
+  (``--trust-model``), since unpickling it can run anything.
 """
 
 from __future__ import annotations
@@ -46,7 +53,22 @@ from ser_ray.models import (ModelConfig, build_model, get_model_spec, model_conf
                             rebuild_options)
 
 FORMAT_VERSION = 1
-WEIGHTS = {"torch": "weights.safetensors", "classical": "model.joblib"}
+WEIGHTS = {"torch": "weights.safetensors", "classical": "model.skops"}
+LEGACY_PICKLE = "model.joblib"  # classical weights before skops: unpickled only when trusted
+# Types besides skops' defaults that the registered classical models hold once fitted; a
+# skops file with any other type is refused (tests/test_artifact.py saves every model).
+SKOPS_TYPES = (
+    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.ManhattanDistance64", "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer", "sklearn.tree._tree.Tree",
+)
+# Files that carry pickle or code: never read from a model dir (a Hugging Face backbone is
+# safetensors; transformers would torch.load a .bin).
+UNSAFE_SUFFIXES = (".py", ".pyc", ".pkl", ".pickle", ".joblib", ".bin", ".pt", ".pth", ".ckpt",
+                   ".npy", ".npz", ".h5", ".msgpack")
 REQUIRED = ("model.json", "features.json", "normalisation.safetensors", "labels.json", "metrics.json",
             "versions.json")
 NORMALISATION_KEYS = ("mean", "std", "population_mean", "population_std")
@@ -183,9 +205,9 @@ def save_model_dir(
                 state = {k: v for k, v in state.items() if not k.startswith(f"{BACKBONE}.")}
             save_torch(state, str(tmp / WEIGHTS[kind]), metadata={"format": "pt"})
         else:
-            import joblib  # classical models only: scoring a torch model never imports it
+            import skops.io  # classical models only: scoring a torch model never imports it
 
-            joblib.dump(model, tmp / WEIGHTS[kind])
+            skops.io.dump(model, tmp / WEIGHTS[kind])
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
         if path.exists():
             os.replace(path, old)
@@ -197,11 +219,81 @@ def save_model_dir(
     return path
 
 
-def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor:
-    """Load a model dir written by :func:`save_model_dir` (torch weights onto ``device``)."""
+class UntrustedModel(ValueError):
+    """A model dir that would need code execution (pickle, an unknown type) to load."""
+
+
+def check_model_dir(path: str | os.PathLike, *, trust: bool = False) -> Path:
+    """Refuse a model dir that could run code or reach outside itself when loaded: links,
+    files that carry pickle or code (:data:`UNSAFE_SUFFIXES`; the legacy ``model.joblib`` only
+    when ``trust``). Returns the folder's resolved path."""
+    root = Path(path)
+    if root.is_symlink():
+        raise UntrustedModel(f"model dir {path} is a link; pass the folder itself")
+    if not root.is_dir():
+        raise FileNotFoundError(f"model dir {path} does not exist; pass a dir written by "
+                                "save_model_dir")
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            raise UntrustedModel(f"model dir {path}: {rel} is a link; a model folder holds its "
+                                 "own files only (copy the target in, or retrain)")
+        if p.is_file() and p.suffix.lower() in UNSAFE_SUFFIXES and not (trust and rel == LEGACY_PICKLE):
+            raise UntrustedModel(
+                f"model dir {path}: {rel} is a pickle/code file, which can run code when loaded; "
+                "ser-ray never loads one" + (" (an old classical model.joblib loads with "
+                "--trust-model, if you trust where the folder came from)"
+                                             if rel == LEGACY_PICKLE else ""))
+        elif not (p.is_file() or p.is_dir()):
+            raise UntrustedModel(f"model dir {path}: {rel} is not a regular file or folder")
+    return root.resolve()
+
+
+def _weights_file(root: Path, meta: dict, kind: str, trust: bool) -> Path:
+    """The fixed weights file of ``kind`` inside ``root``; ``model.json``'s own ``weights`` is
+    only checked against it, never followed."""
+    fixed = WEIGHTS[kind]
+    named = meta.get("weights", fixed)
+    if kind == "classical" and named == LEGACY_PICKLE and not (root / fixed).exists():
+        if not trust:
+            raise UntrustedModel(
+                f"model dir {root}: its classical model is a pickle ({LEGACY_PICKLE}, written "
+                "before ser-ray saved skops files), which can run any code when loaded; retrain "
+                "it, or pass --trust-model if you trust where the folder came from")
+        fixed = LEGACY_PICKLE
+    elif named != fixed:
+        raise UntrustedModel(f"model dir {root}: model.json names weights {named!r}, but a "
+                             f"{kind} model keeps its weights in {fixed!r} inside its folder")
+    weights = root / fixed
+    if not weights.is_file():
+        raise FileNotFoundError(f"model dir {root} lacks {fixed}; it is incomplete, write it again")
+    return weights
+
+
+def _load_classical(weights: Path, trust: bool):
+    if weights.name == LEGACY_PICKLE:  # trusted by the caller (_weights_file checked)
+        import joblib
+
+        return joblib.load(weights)
+    import skops.io
+
+    found = skops.io.get_untrusted_types(file=weights)
+    unknown = sorted(set(found) - set(SKOPS_TYPES))
+    if unknown and not trust:
+        raise UntrustedModel(
+            f"{weights} holds types no ser-ray model uses: {unknown[:5]}; loading them could run "
+            "code. Retrain, or pass --trust-model if you trust where the folder came from")
+    return skops.io.load(weights, trusted=list(found))
+
+
+def load_predictor(path: str | os.PathLike, *, device: str = "cpu",
+                   trust: bool = False) -> Predictor:
+    """Load a model dir written by :func:`save_model_dir` (torch weights onto ``device``).
+
+    Nothing in the folder runs code (see the module doc); ``trust`` also loads the pickle of an
+    old classical dir and skops types outside :data:`SKOPS_TYPES`."""
+    root = check_model_dir(path, trust=trust)
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model dir {path} does not exist; pass a dir written by save_model_dir")
     missing = [f for f in REQUIRED if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"model dir {path} lacks {missing}; it is incomplete, write it again")
@@ -212,17 +304,17 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor
             f"reads {FORMAT_VERSION}; load it with the ser_ray version that wrote it "
             f"(see versions.json) or retrain"
         )
-    weights = path / meta["weights"]
-    if not weights.is_file():
-        raise FileNotFoundError(
-            f"model dir {path} lacks {meta['weights']}; it is incomplete, write it again"
-        )
-    name, kind, shape = meta["name"], meta["kind"], tuple(meta["input_shape"])
+    name, shape = meta["name"], tuple(meta["input_shape"])
+    kind = get_model_spec(name).kind  # the registry says what it is, not the file
+    if meta.get("kind", kind) != kind:
+        raise UntrustedModel(f"model dir {path}: model.json says kind {meta.get('kind')!r} but "
+                             f"model {name!r} is a {kind} model; the folder was altered")
+    weights = _weights_file(root, meta, kind, trust)
     if kind == "torch":
         config = rebuild_options(name, dict(meta["config"]))
         backbone = _saves_backbone(name)
         if backbone:  # built from the fine-tuned backbone kept in the dir, not the original
-            config["model"] = str(path / BACKBONE)
+            config["model"] = str(root / BACKBONE)
         model = build_model(name, shape, meta["n_classes"], **config)
         try:
             missing, unexpected = model.load_state_dict(load_torch(str(weights)), strict=not backbone)
@@ -235,9 +327,7 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu") -> Predictor
                              f"unexpected {unexpected[:5]}")
         model.to(device).eval()
     else:
-        import joblib
-
-        model = joblib.load(weights)
+        model = _load_classical(weights, trust)
     return Predictor(
         model_name=name, kind=kind, model=model,
         labels=json.loads((path / "labels.json").read_text()), input_shape=shape,

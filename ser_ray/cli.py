@@ -183,7 +183,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ser_ray.experiment import evaluate_model
 
-    metrics = evaluate_model(args.model, args.roots, args.output)
+    metrics = evaluate_model(args.model, args.roots, args.output, trust=args.trust_model)
     print(json.dumps({k: metrics[k] for k in ("protocol", "ua_mean", "wa_mean",
                                               "shares_speakers")}, indent=2))
     return 0
@@ -193,7 +193,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from ser_ray.fusion import save_late_fusion
 
     weights = [float(w) for w in _csv(args.weights)] if args.weights else None
-    out = save_late_fusion(args.models, args.output, weights)
+    out = save_late_fusion(args.models, args.output, weights, trust=args.trust_model)
     print(json.dumps({"late_fusion": str(out), "members": args.models}, indent=2))
     return 0
 
@@ -222,7 +222,7 @@ def score_config(args: argparse.Namespace):
         ScoreConfig, args.config, args.set, model=args.model, inputs=args.inputs,
         output=args.output, run_date=args.run_date, metadata=args.metadata,
         customer_channel=args.customer_channel, num_workers=args.num_workers,
-        rescore=args.rescore)
+        rescore=args.rescore, trust_model=args.trust_model)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -356,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="show Ray's and the libraries' logs here instead of in <output>/logs/")
     for name in ("train", "cv", "tune"):
         sub.choices[name].add_argument("--no-progress", action="store_true")
+    for name in ("evaluate", "fuse", "score"):
+        sub.choices[name].add_argument(
+            "--trust-model", dest="trust_model", action="store_true",
+            default=None if name == "score" else False,
+            help="also load a model folder that needs pickle (an old classical model.joblib): "
+                 "unpickling can run any code, so only for folders you trust")
     for name, sp in sub.choices.items():
         sp.formatter_class = argparse.RawDescriptionHelpFormatter
         sp.epilog = f"example:\n  {EXAMPLES[name]}"

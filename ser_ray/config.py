@@ -200,6 +200,7 @@ class ScoreConfig:
     urgency: UrgencyConfig = field(default_factory=UrgencyConfig)
     normalisation: ScoreNormalisation = field(default_factory=ScoreNormalisation)
     rescore: bool = False            # also score calls an earlier night scored with this model
+    trust_model: bool = False        # also load a model that needs pickle (see ser_ray.artifact)
     report_top: int = 20             # calls listed in the human report
     transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)  # off unless model set
     s3: S3Config = field(default_factory=S3Config)

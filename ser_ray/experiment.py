@@ -453,16 +453,17 @@ def _utterances(pred, roots: Sequence[str]):
     return ids, proba, y, data
 
 
-def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | Path
-                   ) -> dict[str, Any]:
-    """Score a saved model on the feature tables under ``roots``; write a report folder."""
+def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | Path,
+                   trust: bool = False) -> dict[str, Any]:
+    """Score a saved model on the feature tables under ``roots``; write a report folder.
+    ``trust``: load a folder that needs pickle (``--trust-model``, see ``ser_ray.artifact``)."""
     from ser_ray.artifact import load_predictor
     from ser_ray.fusion import is_late_fusion, load_late_fusion
     from ser_ray.report import write_report
 
     extra_metrics: dict[str, Any] = {}
     if is_late_fusion(model_dir):
-        fusion = load_late_fusion(model_dir)
+        fusion = load_late_fusion(model_dir, trust=trust)
         per = [_utterances(p, roots) for p in fusion.members]
         common = sorted(set.intersection(*(set(ids) for ids, *_ in per)))
         if not common:
@@ -485,7 +486,7 @@ def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | P
                                              - len(common))}}
         name, features = "late_fusion", [p.feature_config["features"] for p in fusion.members]
     else:
-        pred = load_predictor(model_dir)
+        pred = load_predictor(model_dir, trust=trust)
         _, proba, y_true, data = _utterances(pred, roots)
         labels, name, features = data.labels, pred.model_name, pred.feature_config["features"]
     m = compute_metrics(y_true, proba.argmax(1), labels)

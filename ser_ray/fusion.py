@@ -46,14 +46,14 @@ class LateFusion:
 
 
 def save_late_fusion(models: Sequence[str | Path], output: str | Path,
-                     weights: Sequence[float] | None = None) -> Path:
+                     weights: Sequence[float] | None = None, trust: bool = False) -> Path:
     """Check the members load and share their label set, then write the fusion folder."""
     from ser_ray.artifact import load_predictor
     from ser_ray.prepare import versions
 
     if len(models) < 2:
         raise ValueError("fuse: give at least two --model folders")
-    preds = [load_predictor(m) for m in models]
+    preds = [load_predictor(m, trust=trust) for m in models]
     labels = list(preds[0].labels)
     for m, p in zip(models, preds):
         if set(p.labels) != set(labels):
@@ -86,11 +86,21 @@ def save_late_fusion(models: Sequence[str | Path], output: str | Path,
     return out
 
 
-def load_late_fusion(path: str | Path) -> LateFusion:
-    from ser_ray.artifact import load_predictor
+def load_late_fusion(path: str | Path, trust: bool = False) -> LateFusion:
+    """A fusion folder -> its members, each a model dir inside it (``members/<k>``): a member
+    named anywhere else (an absolute path, ``..``, a link) is refused, never followed."""
+    from ser_ray.artifact import UntrustedModel, check_model_dir, load_predictor
 
     path = Path(path)
+    root = check_model_dir(path, trust=trust)
     spec = json.loads((path / FUSION_FILE).read_text())
-    members = [load_predictor(path / m) for m in spec["members"]]
-    return LateFusion(members=members, weights=np.asarray(spec["weights"], float),
-                      labels=list(spec["labels"]), paths=[str(path / m) for m in spec["members"]])
+    members = spec.get("members")
+    if not isinstance(members, list) or len(members) < 2:
+        raise ValueError(f"{path / FUSION_FILE}: 'members' must list the member folders")
+    for k, m in enumerate(members):
+        if m != f"members/{k}":
+            raise UntrustedModel(f"{path / FUSION_FILE}: member {m!r} is not members/{k}; a "
+                                 "late-fusion folder holds copies of its members inside itself")
+    loaded = [load_predictor(root / m, trust=trust) for m in members]
+    return LateFusion(members=loaded, weights=np.asarray(spec["weights"], float),
+                      labels=list(spec["labels"]), paths=[str(path / m) for m in members])

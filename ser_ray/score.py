@@ -81,8 +81,8 @@ class ModelInfo:
     feature_config: dict[str, Any]
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "ModelInfo":
-        from ser_ray.artifact import REQUIRED
+    def read(cls, path: str | os.PathLike, trust: bool = False) -> "ModelInfo":
+        from ser_ray.artifact import REQUIRED, check_model_dir
 
         root = Path(path)
         if io.is_s3(str(path)):
@@ -91,6 +91,7 @@ class ModelInfo:
         if not root.is_dir():
             raise FileNotFoundError(f"--model {path}: no such folder; pass a folder written by "
                                     "`ser-ray train` or `ser-ray tune` (best_model/)")
+        check_model_dir(root, trust=trust)  # no links, no pickle: before a byte is shipped
         missing = [f for f in ("model.json", *REQUIRED) if not (root / f).is_file()]
         if missing:
             raise FileNotFoundError(f"--model {path}: lacks {missing}; it is not a complete "
@@ -366,7 +367,7 @@ class UnitScorer:
             pass
         device = "cuda" if settings["gpus_per_worker"] > 0 and torch.cuda.is_available() else "cpu"
         self.s = settings
-        self.predictor = load_predictor(model_dir, device=device)
+        self.predictor = load_predictor(model_dir, device=device, trust=settings["trust_model"])
         self.predictor.batch_size = settings["batch_size"]
         self.labels = list(self.predictor.labels)
         self.features = WindowFeatures(self.predictor.feature_config)
@@ -718,6 +719,7 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
             "sample_rate": int(from_dict(AudioConfig, dict(model.feature_config.get("audio") or {}))
                                .sample_rate),
             "gpus_per_worker": cfg.gpus_per_worker, "urgency": to_dict(cfg.urgency),
+            "trust_model": cfg.trust_model,
             "normalisation": to_dict(cfg.normalisation),
             "reference": reference_settings(cfg, model), "s3": to_dict(cfg.s3)}
 
@@ -1172,7 +1174,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.time()
     run_date = resolve_run_date(cfg.run_date)
     storage = io.Storage(cfg.s3)
-    model = ModelInfo.read(cfg.model)
+    model = ModelInfo.read(cfg.model, trust=cfg.trust_model)
     run_id = f"{run_date}_{model.model_hash[:12]}"
     output = cfg.output.rstrip("/") if io.is_s3(cfg.output) else str(Path(cfg.output).absolute())
     staging = io.join(output, f"_staging/{run_id}")

@@ -86,7 +86,7 @@ def test_classical_round_trip_is_exact(tmp_path, vectors):
     clf = build_model("svm", (5,), len(LABELS)).fit(X, y)
     out = save_model_dir(tmp_path / "svm", model_name="svm", model_config={"C": 30.0},
                          input_shape=(5,), labels=LABELS, model=clf, feature_config=FEATURES)
-    assert (out / "model.joblib").is_file() and not (out / "weights.safetensors").exists()
+    assert (out / "model.skops").is_file() and not (out / "weights.safetensors").exists()
     loaded = load_predictor(out)
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X).astype(np.float32))
     assert np.mean(np.array(loaded.predict(X)) == np.array(LABELS)[y]) >= 0.9
