@@ -7,6 +7,7 @@ pipeline can quarantine the file and go on.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass
 
@@ -88,8 +89,48 @@ class Decoded:
         return self.samples.shape[0] / float(self.sample_rate)
 
 
-def decode(data: bytes) -> Decoded:
-    """Decode audio bytes of any container libsndfile reads (wav, flac, ogg, aiff, mp3, ...)."""
+# "Error opening <_io.BytesIO object at 0x7f..>": an address says nothing about the file.
+_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _declared(data: bytes) -> tuple[float, int] | None:
+    """(seconds, decoded bytes as float32) that a file's header declares, without decoding it;
+    None when the header does not say."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:
+        return None
+    if info.frames <= 0 or info.samplerate <= 0 or info.frames >= 2 ** 62:
+        return None
+    return info.frames / info.samplerate, info.frames * max(info.channels, 1) * 4
+
+
+def check_declared(data: bytes, max_duration_s: float | None = None,
+                   max_decoded_bytes: int | None = None,
+                   duration_cap: str = "audio.max_duration_s") -> None:
+    """Refuse a file whose header declares more than the caps, before decoding it: a 46 KB
+    FLAC can declare 8 channels x 96 kHz x 60 s (184 MB of samples). ``too_long`` /
+    ``too_large``."""
+    declared = _declared(data)
+    if declared is None:
+        return
+    seconds, size = declared
+    if max_duration_s is not None and seconds > max_duration_s:
+        raise AudioError("too_long", f"header declares {seconds:.0f} s > "
+                                     f"{duration_cap}={max_duration_s:.0f}")
+    if max_decoded_bytes is not None and size > max_decoded_bytes:
+        raise AudioError("too_large", f"header declares {size / 2 ** 20:.0f} MB of decoded "
+                                      f"audio (frames x channels x 4 bytes) > cap of "
+                                      f"{max_decoded_bytes / 2 ** 20:.0f} MB (max_decoded_mb)")
+
+
+def decode(data: bytes, max_duration_s: float | None = None,
+           max_decoded_bytes: int | None = None,
+           duration_cap: str = "audio.max_duration_s") -> Decoded:
+    """Decode audio bytes of any container libsndfile reads (wav, flac, ogg, aiff, mp3, ...).
+
+    With caps, the header is checked first (:func:`check_declared`): a decompression bomb is
+    refused before a byte of it is decoded."""
     if len(data) == 0:
         raise AudioError("empty", "file has 0 bytes")
     fmt = sniff_format(data[:16])
@@ -103,10 +144,11 @@ def decode(data: bytes) -> Decoded:
         problem = _truncation(data, fmt)
         if problem:
             raise AudioError("decode_error", f"truncated {fmt}: {problem}")
+    check_declared(data, max_duration_s, max_decoded_bytes, duration_cap)
     try:
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
-        raise AudioError("decode_error", f"{fmt}: {exc}") from None
+        raise AudioError("decode_error", f"{fmt}: {_ADDRESS.sub('the file', str(exc))}") from None
     if samples.shape[0] == 0:
         raise AudioError("empty", f"{fmt} container holds no audio frames")
     if not np.isfinite(samples).all():

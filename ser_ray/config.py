@@ -7,6 +7,7 @@ again reproduces the run.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +19,50 @@ import yaml
 from ser_ray.urgency import UrgencyConfig
 
 
+
+# Range checks of every config field, by name, in one place: each config dataclass (and each
+# feature extractor's) runs them when it is built, so a bad value fails before Ray starts.
+POSITIVE = frozenset({
+    "sample_rate", "trim_top_db", "duration_s", "block_s", "block_hop_s", "max_duration_s",
+    "max_file_mb", "max_decoded_mb", "files_per_task", "num_workers", "cpus_per_worker", "copies",
+    "frames", "top_calls", "moments_per_call", "max_span_s", "max_new_tokens", "batch_size",
+    "calls_per_task", "window_s", "hop_s", "max_call_s", "mb_per_task", "units_per_wave",
+    "read_cpus", "read_ahead", "report_top", "lock_ttl_h", "min_calls", "vad_sample_rate",
+    "n_mfcc", "n_mels", "n_fft", "hop_length", "win_length", "n_chroma", "n_bands", "n_octaves",
+})
+NON_NEGATIVE = frozenset({"gpus_per_worker", "offset_s", "min_duration_s", "context_s",
+                          "min_window_s", "pre_emphasis", "deltas", "fmin"})
+AT_LEAST = {"folds": 2}
+BELOW_ONE = frozenset({"pre_emphasis", "validation_fraction"})
+
+
+def check_ranges(cfg: Any) -> None:
+    """Raise ValueError naming the first numeric field of ``cfg`` outside its range."""
+    owner = type(cfg).__name__
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        name = f.name
+        if name in POSITIVE and not v > 0:
+            raise ValueError(f"{name}={v!r} ({owner}) must be > 0")
+        if name in NON_NEGATIVE and not v >= 0:
+            raise ValueError(f"{name}={v!r} ({owner}) must be >= 0")
+        if name in AT_LEAST and not v >= AT_LEAST[name]:
+            raise ValueError(f"{name}={v!r} ({owner}) must be >= {AT_LEAST[name]}")
+        if name in BELOW_ONE and not 0 <= v < 1:
+            raise ValueError(f"{name}={v!r} ({owner}) must be in [0, 1)")
+
+
+class Checked:
+    """Base of config dataclasses: :func:`check_ranges` when built."""
+
+    def __post_init__(self):
+        check_ranges(self)
+
+
 @dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(Checked):
     """Decode and condition: every file ends up mono float32 at ``sample_rate``."""
 
     sample_rate: int = 16000
@@ -36,10 +79,12 @@ class AudioConfig:
     min_duration_s: float = 0.1     # shorter decoded files are quarantined as too_short
     max_duration_s: float = 3600.0  # longer decoded files are quarantined as too_long
     max_file_mb: float = 2048.0     # bigger files are quarantined as too_large without reading
+    max_decoded_mb: float = 2048.0  # files whose header declares more decoded audio (frames x
+                                    # channels x 4 bytes) are quarantined as too_large, undecoded
 
 
 @dataclass(frozen=True)
-class S3Config:
+class S3Config(Checked):
     """S3 access. Credentials come from the standard AWS chain (env, profile, instance role)."""
 
     endpoint_url: str | None = None  # S3-compatible store; falls back to $AWS_ENDPOINT_URL
@@ -47,7 +92,7 @@ class S3Config:
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(Checked):
     """The ``prepare`` job: inputs -> manifest, feature tables, quarantine, summary."""
 
     inputs: tuple[str, ...] = ()
@@ -68,7 +113,7 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Checked):
     """Training-side augmentation (METHODS.md): variant none | augmented | merged."""
 
     variant: str = "none"
@@ -77,7 +122,7 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(Checked):
     """Experiment tracking of ``cv``, ``train`` and ``tune`` (off unless switched on)."""
 
     mlflow: bool = False             # log params, per-fold and final metrics, the report folder
@@ -91,7 +136,7 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
-class LearnConfig:
+class LearnConfig(Checked):
     """One training configuration: data, model, training-side treatment, protocol, resources."""
 
     features: tuple[str, ...] = ()           # () = the one table the prepared folder holds;
@@ -120,6 +165,7 @@ class LearnConfig:
     seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         from ser_ray.data import check_normalise
         from ser_ray.training import pick_trainer
 
@@ -131,7 +177,7 @@ class LearnConfig:
 
 
 @dataclass(frozen=True)
-class TranscribeConfig:
+class TranscribeConfig(Checked):
     """``score``'s optional transcripts (off unless ``model`` is set); see ser_ray.transcribe."""
     model: str | None = None         # Whisper folder or hub id (WhisperForConditionalGeneration)
     segments: str = "top"            # top: the most negative moments of the top calls | all: all speech
@@ -150,7 +196,7 @@ class TranscribeConfig:
 
 
 @dataclass(frozen=True)
-class ScoreNormalisation:
+class ScoreNormalisation(Checked):
     """How ``score`` standardises windows for a model trained with ``speaker`` or ``corpus``
     normalisation (a ``global`` model uses its training statistics and ignores this).
 
@@ -167,7 +213,7 @@ class ScoreNormalisation:
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(Checked):
     """The nightly ``score`` job: a backlog of call recordings -> segments/, calls/, runs/, reports/."""
 
     model: str = ""                  # model folder written by `ser-ray train` or `ser-ray tune`
@@ -184,6 +230,8 @@ class ScoreConfig:
     min_window_s: float = 0.5        # speech stretches shorter than this are not scored
     max_call_s: float = 14400.0      # longer calls get status too_long (4 h)
     max_file_mb: float = 4096.0      # bigger files get status too_large without being read
+    max_decoded_mb: float = 4096.0   # calls whose header declares more decoded audio (frames x
+                                     # channels x 4 bytes) get status too_large, undecoded
     calls_per_task: int = 4          # calls per work unit: the unit of parallelism and of resume
     mb_per_task: float = 64.0        # ... and at most this many MB of files per unit
     num_workers: int | None = None   # scoring actors; None = one per CPU (or GPU) of the cluster
@@ -201,6 +249,9 @@ class ScoreConfig:
     normalisation: ScoreNormalisation = field(default_factory=ScoreNormalisation)
     rescore: bool = False            # also score calls an earlier night scored with this model
     trust_model: bool = False        # also load a model that needs pickle (see ser_ray.artifact)
+    replace_night: bool = False      # republish a night even if its committed rows hold calls
+                                     # this run does not list (other inputs)
+    lock_ttl_h: float = 24.0         # a night's lock older than this is stale (its run died)
     report_top: int = 20             # calls listed in the human report
     transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)  # off unless model set
     s3: S3Config = field(default_factory=S3Config)
@@ -264,6 +315,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+# ``scheme://user:password@host``: the user-info part of a URL, up to the host.
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(value: Any) -> Any:
+    """``value`` with user names and passwords taken out of every URL in it (nested dicts and
+    lists too): what a config, summary, run record or tracking parameter may show."""
+    if isinstance(value, str):
+        return _USERINFO.sub("", value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def public_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` for writing down: URLs lose any ``user:password@``."""
+    return redact(to_dict(cfg))
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
     for item in overrides:
@@ -300,5 +372,8 @@ def merged(path: str | Path | None = None, overrides: list[str] | None = None,
 
 
 def dump(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML, whole (temp name, fsync, rename), with passwords
+    taken out of any URL in it (:func:`public_dict`)."""
+    from ser_ray.atomic import write_text_atomic
+
+    write_text_atomic(yaml.safe_dump(public_dict(cfg), sort_keys=False), path)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ser_ray import balance, splits
-from ser_ray.config import LearnConfig
+from ser_ray.config import LearnConfig, public_dict
 from ser_ray.data import (FeatureData, NORMALISE_GROUPS, conform,
                           group_standardise, moments, standardise)
 from ser_ray.metrics import aggregate, compute_metrics
@@ -415,7 +415,7 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
         metrics["best_epoch"] = best_epoch(fitted.history)
     save_predictor(
         out_dir, fitted.predictor, metrics=metrics,
-        extra={"config": to_dict(cfg), "seed": cfg.seed, "history": fitted.history,
+        extra={"config": public_dict(cfg), "seed": cfg.seed, "history": fitted.history,
                "train_speakers": sorted(set(data.meta["speaker"].iloc[tr])),
                "validation_speakers": sorted(set(data.meta["speaker"].iloc[va])),
                **(extra or {})})
@@ -521,7 +521,7 @@ def write_run_files(out_dir: str | Path, cfg: LearnConfig, data: FeatureData,
     out_dir.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    io.write_text_atomic(yaml.safe_dump(to_dict(cfg), sort_keys=False), out_dir / "config.yaml")
+    io.write_text_atomic(yaml.safe_dump(public_dict(cfg), sort_keys=False), out_dir / "config.yaml")
     io.write_text_atomic(json.dumps({lab: i for i, lab in enumerate(data.labels)}, indent=2),
                          out_dir / "label_map.json")
     io.write_text_atomic(json.dumps({"seed": cfg.seed, "versions": versions(),

@@ -11,17 +11,17 @@ from __future__ import annotations
 import fnmatch
 import functools
 import itertools
-import locale
 import os
 import re
+import stat
 import tarfile
-import uuid
 from pathlib import Path
 from typing import IO, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ser_ray.atomic import write_atomic, write_bytes_atomic, write_text_atomic  # noqa: F401
 from ser_ray.config import S3Config
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -103,6 +103,46 @@ class TooLarge(Exception):
         self.size, self.cap = size, cap
 
 
+class NotAFile(Exception):
+    """A FIFO, device, socket or folder where a file was expected: never opened for reading
+    (a FIFO would block the reader forever)."""
+
+    reason = "not_a_file"
+
+
+class OutsideRoot(Exception):
+    """A path that leads outside its input root through a link."""
+
+    reason = "outside_root"
+
+
+def _open_regular(path: str):
+    """Open ``path`` for reading only if it is a regular file: O_NONBLOCK so that opening a
+    FIFO returns at once (it is then refused), fstat on the open descriptor, no race."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = ("a folder" + (" (a link to a folder that is not followed: it leads outside the "
+                              "input or back into it)" if os.path.islink(path) else ""))\
+            if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
+            "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or other special file"
+        raise NotAFile(f"{path} is {kind}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def check_inside(root: str | None, path: str) -> None:
+    """Raise :class:`OutsideRoot` when local ``path`` resolves (through links) outside
+    ``root``; S3 keys and a missing root pass."""
+    if not root or is_s3(path) or is_s3(root):
+        return
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+        raise OutsideRoot(f"{path} is a link to {real}, outside the input {root}; copy the "
+                          "file in if it belongs to this input")
+
+
 class Storage:
     """Reads and lists local files and S3 objects (standard AWS credential chain)."""
 
@@ -131,8 +171,10 @@ class Storage:
             return int(self._s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
         return os.stat(uri).st_size
 
-    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
-        """Whole file; :class:`TooLarge` (without reading it) when over ``max_bytes``."""
+    def read_bytes(self, uri: str, max_bytes: int | None = None, root: str | None = None) -> bytes:
+        """Whole file; :class:`TooLarge` (without reading it) when over ``max_bytes``;
+        :class:`NotAFile` for anything but a regular file; :class:`OutsideRoot` when ``root``
+        is given and a link leads out of it."""
         if is_s3(uri):
             bucket, key = split_s3(uri)
             resp = self._s3.get_object(Bucket=bucket, Key=key)
@@ -140,7 +182,8 @@ class Storage:
                 resp["Body"].close()
                 raise TooLarge(resp["ContentLength"], max_bytes)
             return resp["Body"].read()
-        with open(uri, "rb") as f:
+        check_inside(root, uri)
+        with _open_regular(uri) as f:
             if max_bytes is not None:
                 size = os.fstat(f.fileno()).st_size
                 if size > max_bytes:
@@ -160,7 +203,7 @@ class Storage:
         if is_s3(uri):
             bucket, key = split_s3(uri)
             return self._s3.get_object(Bucket=bucket, Key=key)["Body"]
-        return open(uri, "rb")
+        return _open_regular(uri)
 
     def exists_dir(self, uri: str) -> bool:
         if is_s3(uri):
@@ -243,13 +286,40 @@ class Storage:
                     yield f"s3://{bucket}/{o['Key']}", int(o["Size"])
 
     def walk(self, uri: str) -> Iterator[str]:
-        """Every file below a folder/prefix, lazily, in sorted order within each folder."""
+        """Every file below a folder/prefix, lazily, in sorted order within each folder.
+
+        Links to folders are followed only inside the folder and only to folders not listed
+        yet (by device and inode): a link to ``..`` or to ``/`` is listed as an entry of its
+        own, not walked, and its reader then says why (:class:`NotAFile`, :class:`OutsideRoot`).
+        """
         if is_s3(uri):
             yield from (u for u, _ in self._s3_objects(uri))
             return
+        base = os.path.realpath(uri)
+        seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(uri, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
+            try:
+                st = os.stat(dirpath)
+            except OSError:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            keep, refused = [], []
+            for d in sorted(dirnames):
+                path = os.path.join(dirpath, d)
+                try:
+                    st = os.stat(path)
+                    real = os.path.realpath(path)
+                except OSError:
+                    refused.append(d)
+                    continue
+                inside = real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+                if (st.st_dev, st.st_ino) in seen or not inside:
+                    refused.append(d)
+                else:
+                    seen.add((st.st_dev, st.st_ino))
+                    keep.append(d)
+            dirnames[:] = keep
+            for name in sorted(filenames + refused):
                 yield os.path.join(dirpath, name)
 
     def walk_sized(self, uri: str) -> Iterator[tuple[str, int]]:
@@ -272,16 +342,37 @@ class Storage:
 
 def tar_members(stream: IO[bytes], max_bytes: int | None = None,
                 ) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """Stream a tar shard -> (member name, bytes, error); directories and links are skipped.
+    """Stream a tar shard -> (member name, bytes, error); directories are skipped, every other
+    member is yielded, with an error ``reason: detail`` where it has no usable bytes.
 
     Streaming mode ('r|*') reads each shard once, front to back, as WebDataset does. A member
-    over ``max_bytes`` is skipped unread with error ``too_large: ...``; a shard that is cut
-    short yields what it holds, then one item with an empty name naming the error.
+    over ``max_bytes`` is skipped unread with error ``too_large: ...``; symlinks and hardlinks
+    with ``link: ...``; FIFOs and devices with ``not_a_file: ...``; an absolute name or one
+    with ``..`` with ``outside_root: ...``; a name the shard already held with
+    ``duplicate: ...``. A shard that is cut short yields what it holds, then one item with an
+    empty name naming the error.
     """
+    names: set[str] = set()
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tf:
             for m in tf:
+                if m.isdir():
+                    continue
+                parts = m.name.split("/")
+                if m.name.startswith("/") or ".." in parts:
+                    yield m.name, None, ("outside_root: member name leads outside the shard; "
+                                         "not read")
+                    continue
+                if m.name in names:
+                    yield m.name, None, "duplicate: the shard holds this name twice; read once"
+                    continue
+                names.add(m.name)
+                if m.issym() or m.islnk():
+                    yield m.name, None, (f"link: a {'symlink' if m.issym() else 'hardlink'} to "
+                                         f"{m.linkname!r}, no audio of its own; not followed")
+                    continue
                 if not m.isfile():
+                    yield m.name, None, "not_a_file: a FIFO or device member; not read"
                     continue
                 if max_bytes is not None and m.size > max_bytes:
                     yield m.name, None, f"too_large: {TooLarge(m.size, max_bytes)}"
@@ -308,35 +399,14 @@ def sample_paths(storage: Storage, uri: str, n: int = 2000) -> list[str]:
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write then rename, so a reader never sees a half-written part.
+    """Write then rename (:func:`ser_ray.atomic.write_atomic`), so a reader never sees a
+    half-written part and a failed write leaves no temporary file.
 
     List columns (feature arrays) skip dictionary encoding: float samples rarely repeat, and
     trying costs about 3x the write time for a larger file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     flat = [f.name for f in table.schema if not pa.types.is_list(f.type)]
-    pq.write_table(table, tmp, use_dictionary=flat)
-    os.replace(tmp, path)
-
-
-def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    """Write to a temporary name beside ``path``, then rename: a reader sees the old file or the
-    new one, never a part; a failed write leaves no temporary file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """:func:`write_bytes_atomic` of ``text`` in the encoding ``Path.write_text`` would use."""
-    write_bytes_atomic(text.encode(locale.getpreferredencoding(False)), path)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=flat))
 
 
 def read_table(uri: str, storage: Storage | None = None) -> pa.Table:

@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ser_ray import audio, io
-from ser_ray.config import PrepareConfig, from_dict, to_dict
+from ser_ray.config import PrepareConfig, from_dict, public_dict, to_dict
 from ser_ray.schema import (FEATURE_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA,
                             get_label_set)
 
@@ -187,9 +187,14 @@ def _table_units(source: dict, storage: io.Storage,
     uri = source["uri"]
     base = uri.rsplit("/", 1)[0] if io.is_s3(uri) else os.path.dirname(uri)
     entries = []
-    for path, utt in load_manifest(io.read_table(uri, storage), base):
-        entries.append([path, {"speaker": utt.speaker, "sex": utt.sex, "raw_label": utt.raw_label,
-                               "label": utt.label, "extra": utt.extra}])
+    seen: dict[str, int] = {}
+    for row, (path, utt) in enumerate(load_manifest(io.read_table(uri, storage), base)):
+        fields = {"speaker": utt.speaker, "sex": utt.sex, "raw_label": utt.raw_label,
+                  "label": utt.label, "extra": utt.extra}
+        if path in seen:  # a repeated row: one quarantine row says so, the file is read once
+            fields["duplicate_of"] = seen[path]
+        seen.setdefault(path, row)
+        entries.append([path, fields])
         if len(entries) == files_per_task:
             yield _unit("entries", base, "manifest", entries=entries)
             entries = []
@@ -215,7 +220,8 @@ class _Rows:
 
 
 def _hidden(rel: str) -> bool:
-    return any(p.startswith(".") for p in rel.split("/"))
+    # ".." is no hidden name: a tar member named ../x.wav is quarantined as outside_root
+    return any(p.startswith(".") and p not in (".", "..") for p in rel.split("/"))
 
 
 class UnitProcessor:
@@ -268,14 +274,14 @@ class UnitProcessor:
                 n_files += 1
                 uri = io.join(root, rel)
                 self._one(rows, uri, rel, unit["corpus"], corpus,
-                          lambda u=uri: self.storage.read_bytes(u, self.max_bytes),
+                          lambda u=uri: self.storage.read_bytes(u, self.max_bytes, root=root),
                           lambda r: corpus.parse(r, read_text))
         elif kind == "entries":
             for path, fields in unit["entries"]:
                 n_files += 1
                 uri = path if (io.is_s3(path) or os.path.isabs(path)) else io.join(root, path)
                 self._one(rows, uri, path, "manifest", None,
-                          lambda u=uri: self.storage.read_bytes(u, self.max_bytes),
+                          lambda u=uri, f=fields: _manifest_bytes(self.storage, u, f, self.max_bytes),
                           lambda r, f=fields: _utterance(f))
         else:
             n_files = self._tar(rows, unit, corpus)
@@ -369,6 +375,8 @@ class UnitProcessor:
                 data = get_bytes()
             except io.TooLarge as exc:
                 raise audio.AudioError("too_large", str(exc)) from None
+            except (io.NotAFile, io.OutsideRoot) as exc:
+                raise audio.AudioError(exc.reason, str(exc)) from None
             except audio.AudioError:
                 raise
             except Exception as exc:  # permission denied, missing object, network ...
@@ -386,7 +394,8 @@ class UnitProcessor:
             label = self.label_set.apply(utt.label, utt.sex)
             if label is None:
                 raise audio.AudioError("label_outside_set", utt.label or utt.raw_label)
-            decoded = audio.decode(data)
+            decoded = audio.decode(data, self.cfg.audio.max_duration_s,
+                                   int(self.cfg.audio.max_decoded_mb * 2 ** 20))
             y = audio.condition(decoded, self.cfg.audio)
             feats = self._features(y)
         except audio.AudioError as exc:
@@ -502,9 +511,16 @@ def _quarantine(rows: _Rows, uri: str, utt_id: str, reason: str, detail: str) ->
                             "detail": detail})
 
 
+def _manifest_bytes(storage: io.Storage, uri: str, fields: dict, max_bytes: int) -> bytes:
+    if "duplicate_of" in fields:
+        raise audio.AudioError("duplicate", f"the manifest lists this file again (first in data "
+                                            f"row {fields['duplicate_of'] + 1}); it is read once")
+    return storage.read_bytes(uri, max_bytes)
+
+
 def _utterance(fields: dict):
     from ser_ray.corpora import Utterance
-    return Utterance(**fields)
+    return Utterance(**{k: v for k, v in fields.items() if k != "duplicate_of"})
 
 
 def _utterance_from_sidecar(sidecar: dict, rel: str):
@@ -560,8 +576,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _check_output(cfg: PrepareConfig, out: Path, overwrite: bool) -> None:
-    """Refuse to resume into an output made with a different config (or wipe it)."""
+def _check_output(cfg: PrepareConfig, out: Path, overwrite: bool) -> dict[str, Any]:
+    """Refuse to resume into an output made with a different config (or wipe it); returns the
+    config's stamp, which :func:`run_prepare` writes once planning has succeeded (a typo in
+    ``--input`` must not stamp the output and block the corrected rerun)."""
     stamp = out / "_units" / f"{CONFIG_STAMP}.json"
     material = {k: v for k, v in to_dict(cfg).items() if k in MATERIAL_FIELDS}
     if overwrite:
@@ -570,7 +588,7 @@ def _check_output(cfg: PrepareConfig, out: Path, overwrite: bool) -> None:
     elif stamp.exists() and json.loads(stamp.read_text()) != material:
         raise ValueError(f"{out} holds a prepare run with a different config; choose another "
                          f"--output or pass --overwrite")
-    io.write_text_atomic(json.dumps(material, sort_keys=True), stamp)
+    return material
 
 
 def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
@@ -592,10 +610,12 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
         engine_for(cfg)
     out = Path(cfg.output).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    _check_output(cfg, out, overwrite)
+    material = _check_output(cfg, out, overwrite)
     t0 = time.time()
     storage = io.Storage(cfg.s3)
     sources = plan_inputs(cfg, storage)
+    io.write_text_atomic(json.dumps(material, sort_keys=True),
+                         out / "_units" / f"{CONFIG_STAMP}.json")
     corpora = sorted({s["corpus"] for s in sources})
     log(f"{len(cfg.inputs)} input(s), corpus {', '.join(corpora)}, {len(sources)} source(s)")
 
@@ -903,7 +923,7 @@ def finalize(cfg: PrepareConfig, out: Path, unit_ids: set[str], totals: Counter,
         "resumed_units": totals["resumed"],
         "seconds": round(seconds, 2),
         "seed": cfg.seed,
-        "config": to_dict(cfg),
+        "config": public_dict(cfg),
         "versions": versions(),
     }
     io.write_text_atomic(json.dumps(summary, indent=2, default=str), out / "summary.json")

@@ -12,12 +12,14 @@ import dataclasses
 import io
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ser_ray.config import redact
 from ser_ray.io import write_bytes_atomic
 from ser_ray.metrics import SCALAR_METRICS, scores_from_confusion
 
@@ -164,7 +166,12 @@ def _pct(x: Any) -> str:
 
 
 def _esc(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """``text`` as inert Markdown: one line (``\\r``, ``\\n``, tabs become spaces), no HTML
+    (``<script>``, ``<img onerror>``, autolinks: ``<``, ``>``, ``&`` as entities), no link
+    or image (``[``, ``]`` escaped), no code span or table cell break (`` ` ``, ``|``)."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`\[\]|])", r"\\\1", text)
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -315,7 +322,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Seq
     """
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
-    config = dict(config or {})
+    config = redact(dict(config or {}))  # no user:password@ of a URL in a report
     missing = [k for k in _REQUIRED if k not in metrics]
     if missing:
         raise ValueError(f"metrics lacks {missing}: merge ser_ray.metrics.aggregate() of the folds "

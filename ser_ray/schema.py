@@ -59,6 +59,11 @@ REASONS = (
     "too_large",          # file bigger than the byte cap: not read
     "feature_error",      # an extractor failed on this file
     "internal_error",     # a bug: the detail carries the exception; please report it
+    "not_a_file",         # a FIFO, device, socket or folder (a link to a folder not followed)
+    "outside_root",       # a link or tar member name that leads outside the input
+    "link",               # a symlink or hardlink tar member: no bytes of its own
+    "duplicate",          # the same file listed twice (a manifest row repeated)
+    "worker_died",        # reading or scoring it killed its worker, on every try
 )
 
 # Files found under an input that are not inputs: counted and listed in `skipped`, never lost.

@@ -46,8 +46,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ser_ray import io, vad
-from ser_ray.config import AudioConfig, S3Config, ScoreConfig, from_dict, to_dict
+from ser_ray.config import AudioConfig, S3Config, ScoreConfig, from_dict, public_dict, to_dict
 from ser_ray.schema import AUDIO_EXTENSIONS
+from ser_ray.score_commit import NightLock, check_replaces_whole, published, run_record_uri
 from ser_ray.urgency import PROB_PREFIX, UrgencyConfig, call_summary, rank
 
 CHANNELS = ("left", "right", "mono")
@@ -272,18 +273,18 @@ class CallReader:
             row["status"], row["reason"] = status, reason
 
         try:
-            data = self.storage.read_bytes(call["uri"], max_bytes=self.s["max_bytes"])
+            data = self.storage.read_bytes(call["uri"], max_bytes=self.s["max_bytes"],
+                                           root=call.get("root"))
         except io.TooLarge as exc:
             return fail("too_large", str(exc))
+        except (io.NotAFile, io.OutsideRoot) as exc:
+            return fail(exc.reason, str(exc))
         except Exception as exc:  # missing, permission denied, network: the reason says which
             return fail("unreadable", f"{type(exc).__name__}: {exc}")
         row["size_bytes"] = len(data)
-        declared = _declared_duration(data)
-        if declared is not None and declared > self.s["max_call_s"]:
-            row["duration_s"] = declared
-            return fail("too_long", f"{declared:.0f} s > max_call_s={self.s['max_call_s']:.0f}")
         try:
-            decoded = audio.decode(data)
+            decoded = audio.decode(data, self.s["max_call_s"], self.s["max_decoded_bytes"],
+                                   "max_call_s")
         except audio.AudioError as exc:
             return fail(exc.reason, exc.detail)
         del data
@@ -580,17 +581,6 @@ class Reference:
         return standardise(X, mean, std), source
 
 
-def _declared_duration(data: bytes) -> float | None:
-    """Duration a file's header declares, without decoding it (None when unknown)."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(_io.BytesIO(data))
-        return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
-    except Exception:
-        return None
-
-
 def pick_channel(samples: np.ndarray, which: str) -> tuple[np.ndarray, str]:
     """(frames, channels) -> (mono signal, channel used). A mono file is used as it is."""
     from ser_ray import audio
@@ -682,6 +672,8 @@ def check_config(cfg: ScoreConfig) -> None:
         raise ValueError(f"vad_sample_rate={cfg.vad_sample_rate}: silero runs at 8000 or 16000 Hz")
     if cfg.engine not in ("auto", *ENGINES):
         raise ValueError(f"engine={cfg.engine!r}: choose auto, {', '.join(ENGINES)}")
+    if not cfg.lock_ttl_h > 0:
+        raise ValueError(f"lock_ttl_h={cfg.lock_ttl_h} must be > 0 (hours after which a night's lock is stale)")
     if cfg.read_cpus <= 0 or cfg.read_ahead < 1:
         raise ValueError(f"score: read_cpus must be > 0 (got {cfg.read_cpus}) and read_ahead >= 1 "
                          f"(got {cfg.read_ahead})")
@@ -714,6 +706,7 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
             "staging": staging, "window_s": window_s, "hop_s": cfg.hop_s or window_s,
             "min_window_s": min(cfg.min_window_s, window_s), "max_call_s": cfg.max_call_s,
             "max_bytes": int(cfg.max_file_mb * 2 ** 20), "customer_channel": cfg.customer_channel,
+            "max_decoded_bytes": int(cfg.max_decoded_mb * 2 ** 20),
             "vad": vad.detector_config(detector), "vad_sample_rate": cfg.vad_sample_rate,
             "batch_size": cfg.batch_size, "labels": list(model.labels),
             "sample_rate": int(from_dict(AudioConfig, dict(model.feature_config.get("audio") or {}))
@@ -726,6 +719,7 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
 
 # Settings that change what a unit's rows hold (not where they go): a change starts units afresh.
 _MATERIAL = ("model_hash", "window_s", "hop_s", "min_window_s", "max_call_s", "max_bytes",
+             "max_decoded_bytes",
              "customer_channel", "vad", "vad_sample_rate", "urgency", "normalisation")
 
 REFERENCES = ("run", "training", "call")
@@ -1163,25 +1157,36 @@ def _run_wave(cfg: ScoreConfig, engine, units: list[dict[str, Any]], on_done) ->
     engine.run(largest_first(units), engine.pool(cfg, len(units)), on_done)
 
 
+def _output(cfg: ScoreConfig) -> str:
+    return cfg.output.rstrip("/") if io.is_s3(cfg.output) else str(Path(cfg.output).absolute())
+
+
 def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
-    """Score the backlog and publish the run; returns the run record (also ``runs/<run_id>.json``)."""
+    """Score the backlog and publish the run; returns the run record (also ``runs/<run_id>.json``,
+    written last: the night's commit, see ``ser_ray.score_commit``). One run of a night at a
+    time: a second one refuses while the first holds the night's lock."""
+    check_config(cfg)
+    storage = io.Storage(cfg.s3)
+    with NightLock(storage, _output(cfg), resolve_run_date(cfg.run_date), cfg.lock_ttl_h * 3600):
+        return _run_score(cfg, storage, progress)
+
+
+def _run_score(cfg: ScoreConfig, storage: io.Storage, progress: bool) -> dict[str, Any]:
     from ser_ray.data import extractor_models
     from ser_ray.prepare import versions
     from ser_ray.runtime import init_ray
 
-    check_config(cfg)
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.time()
     run_date = resolve_run_date(cfg.run_date)
-    storage = io.Storage(cfg.s3)
     model = ModelInfo.read(cfg.model, trust=cfg.trust_model)
     run_id = f"{run_date}_{model.model_hash[:12]}"
-    output = cfg.output.rstrip("/") if io.is_s3(cfg.output) else str(Path(cfg.output).absolute())
+    output = _output(cfg)
     staging = io.join(output, f"_staging/{run_id}")
     settings = worker_settings(cfg, model, run_id, staging)
     material = json.dumps({k: settings[k] for k in _MATERIAL}, sort_keys=True)
     window_s, window_from = model_window(model.feature_config)
-    metadata = load_metadata(cfg.metadata, storage) if cfg.metadata else None
+    metadata = load_metadata(cfg.metadata, storage, model.labels) if cfg.metadata else None
     log(f"run {run_id}: model {model.model_id}, windows of {settings['window_s']:.2f} s "
         f"({'config' if cfg.window_s else window_from}), vad {settings['vad']['name']}, "
         f"customer channel {cfg.customer_channel}")
@@ -1326,6 +1331,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     _progress(bar, state, counts, len(unit_ids))
     bar.close()
     t_scored = time.time()
+    check_replaces_whole(storage, output, run_id, set(seen), cfg.replace_night)
     record_ = publish(cfg, storage, output, staging, run_date, run_id, model, unit_ids, extra_rows,
                       metadata, versions(), ref_key)
     timings = {"wall_s": time.time() - t0, "scoring_s": t_scored - state["t_scoring"],
@@ -1342,7 +1348,7 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
            # the pretrained models its features come from (an encoder, Whisper, a text encoder)
            "feature_models": extractor_models(model.feature_config),
            "window_s": settings["window_s"], "window_from": "config" if cfg.window_s else window_from,
-           "vad": settings["vad"], "normalisation": norm_record, "config": to_dict(cfg),
+           "vad": settings["vad"], "normalisation": norm_record, "config": public_dict(cfg),
            "versions": versions(),
            "labels": model.labels, "calls": record_["calls"], "counts": record_["counts"],
            "skipped_previously_scored": skipped, "resumed_units": state["resumed"],
@@ -1369,7 +1375,8 @@ def run_score(cfg: ScoreConfig, progress: bool = True) -> dict[str, Any]:
     _write_report(storage, output, run, record_["calls_df"], model.labels, cfg.report_top,
                   transcripts)
     run["outputs"]["report_index"] = io.join(output, "reports/index.html")
-    storage.write_bytes(io.join(output, f"runs/{run_id}.json"),
+    # The commit: everything the night published is readable from here on, and only now.
+    storage.write_bytes(run_record_uri(output, run_id),
                         (json.dumps(run, indent=2, default=str) + "\n").encode())
     write_index(storage, output)
     storage.delete_tree(staging)
@@ -1403,8 +1410,11 @@ def _progress(bar, state: dict[str, Any], counts: Counter, n_units: int) -> None
 # Publishing
 # --------------------------------------------------------------------------------------------
 
-def load_metadata(uri: str, storage: io.Storage) -> pd.DataFrame:
-    """Call metadata (CSV/TSV/Parquet with a ``call_id`` column), checked before scoring starts."""
+def load_metadata(uri: str, storage: io.Storage, labels: Sequence[str] = ()) -> pd.DataFrame:
+    """Call metadata (CSV/TSV/Parquet with a ``call_id`` column), checked before scoring starts.
+
+    A column whose name a call row already uses (``status``, ``share_angry``, ...) is renamed
+    ``meta_<name>`` (again, while that is taken too), so publishing cannot collide."""
     if not io.is_table(uri):
         raise ValueError(f"--metadata {uri}: expected a .csv, .tsv or .parquet table")
     try:
@@ -1418,7 +1428,16 @@ def load_metadata(uri: str, storage: io.Storage) -> pd.DataFrame:
     if len(dup):
         raise ValueError(f"--metadata {uri}: {len(dup)} call_id value(s) appear more than once, "
                          f"e.g. {list(dup[:3])}; one row per call")
-    return meta
+    taken = set(calls_schema(labels).names) | {"urgency_rank", "run_date"}
+    names: dict[str, str] = {}
+    for c in meta.columns:
+        name = str(c)
+        if c != "call_id":
+            while name in taken:
+                name = f"meta_{name}"
+        taken.add(name)
+        names[c] = name
+    return meta.rename(columns=names)
 
 
 def publish(cfg: ScoreConfig, storage: io.Storage, output: str, staging: str, run_date: str,
@@ -1440,11 +1459,10 @@ def publish(cfg: ScoreConfig, storage: io.Storage, output: str, staging: str, ru
     df["urgency_rank"] = rank(df) if len(df) else pd.Series(dtype="int64")
     df = df.sort_values("urgency_rank", kind="mergesort").reset_index(drop=True)
     unmatched = 0
-    if metadata is not None:
-        meta = metadata.rename(columns={c: f"meta_{c}" for c in metadata.columns
-                                        if c != "call_id" and c in df.columns})
-        unmatched = int((~meta["call_id"].isin(df["call_id"])).sum())
-        df = df.merge(meta, on="call_id", how="left", validate="one_to_one")
+    if metadata is not None:  # its columns were renamed clear of the call rows' at load time
+        unmatched = int((~metadata["call_id"].isin(df["call_id"])).sum())
+        # many to one: a duplicate_call_id row (a.wav beside a.flac) shares its id's metadata
+        df = df.merge(metadata, on="call_id", how="left", validate="many_to_one")
     part_dir = f"run_date={run_date}"
     calls_uri = io.join(output, f"calls/{part_dir}/{run_id}.parquet")
     storage.write_bytes(calls_uri, _parquet_bytes(pa.Table.from_pandas(df, preserve_index=False)))
@@ -1593,12 +1611,5 @@ def _read_table(output: str | os.PathLike, table: str, run_date: str | None, sto
 
 
 def _published(storage: io.Storage, output: str, table: str) -> Iterator[tuple[str, str]]:
-    """(run date, uri) of every published Parquet file of ``table`` (calls, segments) under
-    ``output``; temporary files (hidden names) are not published."""
-    root = io.join(output, table)
-    if not storage.exists_dir(root):
-        return
-    for uri in storage.walk(root):
-        m = re.match(r"run_date=([^/]+)/([^/.][^/]*)\.parquet$", io.relpath(root, uri))
-        if m:
-            yield m.group(1), uri
+    """(run date, uri) of every committed Parquet file of ``table`` under ``output``."""
+    return published(storage, output, table)

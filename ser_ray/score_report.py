@@ -181,11 +181,11 @@ def _status_counts(calls: pd.DataFrame, run: Mapping[str, Any]) -> dict[str, int
 
 
 def _header(calls: pd.DataFrame, run: Mapping[str, Any]) -> list[str]:
-    lines = [f"# Urgent calls, {run.get('run_date', 'unknown date')}", ""]
-    lines.append(f"- Run: `{run.get('run_id', '?')}`, started {run.get('started_at', '?')}, "
-                 f"finished {run.get('finished_at', '?')}")
-    lines.append(f"- Model: `{run.get('model_id', '?')}` "
-                 f"(hash `{_short_hash(run.get('model_hash'))}`)")
+    lines = [f"# Urgent calls, {_esc(run.get('run_date', 'unknown date'))}", ""]
+    lines.append(f"- Run: {_code(run.get('run_id', '?'))}, started "
+                 f"{_esc(run.get('started_at', '?'))}, finished {_esc(run.get('finished_at', '?'))}")
+    lines.append(f"- Model: {_code(run.get('model_id', '?'))} "
+                 f"(hash {_code(_short_hash(run.get('model_hash')))})")
 
     counts = _status_counts(calls, run)
     total = sum(counts.values())
@@ -235,8 +235,8 @@ def _unscored_lines(unscored: pd.DataFrame, cap: int) -> list[str]:
             reason = "status is scored but urgency_score is missing" + (
                 "" if _missing(reason) else f"; {reason}")
         text = "no reason recorded" if _missing(reason) else str(reason)
-        # A list, not a table: "|" needs no escape here, and a backslash would show.
-        lines.append(f"- {_code(row['call_id'])}: **{_oneline(row['status'])}**, {_oneline(text)}")
+        # Every value inert: the call id as a code span, status and reason escaped (_esc).
+        lines.append(f"- {_code(row['call_id'])}: **{_esc(row['status'])}**, {_esc(text)}")
     if len(unscored) > cap:
         lines.append(f"- … and {len(unscored) - cap} more not listed here (see the run's call "
                      "table, status column)")

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ser_ray.config import TrackingConfig
+from ser_ray.config import TrackingConfig, redact
 
 # Files of an output folder that are not part of its report.
 NOT_ARTIFACTS = {"mlruns", "tensorboard", "work", "logs", "sweep", "best_model.work",
@@ -72,6 +72,7 @@ class Tracker:
                  params: dict[str, Any], tags: dict[str, str] | None = None,
                  tensorboard_dir: str | Path | None = None):
         self.cfg, self.output, self.mlflow, self.tb = cfg, Path(output), None, None
+        params = redact(params)  # no user:password@ of a URL in a tracking store
         if cfg.mlflow:
             import mlflow
 

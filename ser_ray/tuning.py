@@ -291,7 +291,7 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
                                     if k.startswith("config/") and _present(v)})
     io.write_text_atomic(json.dumps({"metric": METRIC, "value": float(best[METRIC]),
                                      "trial_id": best["trial_id"],
-                                     "config": config_mod.to_dict(best_cfg)}, indent=2,
+                                     "config": config_mod.public_dict(best_cfg)}, indent=2,
                                     default=str), output / "best.json")
     if space.export_best:
         data = load_learn_features(roots, best_cfg)

@@ -123,10 +123,32 @@ def test_walk_is_lazy(tree):
     assert next(it).endswith(".hidden")  # a generator, not a list
 
 
-def test_walk_follows_symlinked_folders(tree):
+def test_walk_lists_each_folder_once_and_never_leaves_the_root(tree):
+    """A second path to a folder (a link), a loop (a link to ..) and a link out of the input
+    (to /) are each one entry of their own, not walked: no file is listed twice, the host is
+    not walked, and reading such an entry says why."""
+    from ser_ray.io import NotAFile, OutsideRoot
+
+    before = [relpath(str(tree), u) for u in Storage().walk(str(tree))]
     os.symlink(tree / "c", tree / "d_link")
+    os.symlink("..", tree / "a" / "up")
+    os.symlink("/", tree / "a" / "host")
     got = [relpath(str(tree), u) for u in Storage().walk(str(tree))]
-    assert got[-1] == "d_link/x.wav"
+    assert sorted(got) == sorted(before + ["d_link", "a/up", "a/host"])
+    with pytest.raises(NotAFile, match="not followed"):
+        Storage().read_bytes(str(tree / "d_link"), root=str(tree))
+    with pytest.raises(OutsideRoot, match="outside the input"):
+        Storage().read_bytes(str(tree / "a" / "host"), root=str(tree))
+
+
+def test_a_fifo_is_refused_without_blocking(tree):
+    from ser_ray.io import NotAFile
+
+    os.mkfifo(tree / "x.wav")  # opening it for reading the usual way blocks forever
+    with pytest.raises(NotAFile, match="FIFO"):
+        Storage().read_bytes(str(tree / "x.wav"))
+    with pytest.raises(NotAFile, match="FIFO"):
+        Storage().open_stream(str(tree / "x.wav"))
 
 
 def test_list_level(tree):
@@ -207,6 +229,16 @@ def make_tar(members=MEMBERS, gz: bool = False, extras: bool = False) -> bytes:
             ln.type = tarfile.SYMTYPE
             ln.linkname = "../k1/a.wav"
             tf.addfile(ln)
+        if extras == "hostile":
+            for name, kind, target in (("k9/hard.wav", tarfile.LNKTYPE, "k1/a.wav"),
+                                       ("k9/pipe.wav", tarfile.FIFOTYPE, ""),
+                                       ("../up.wav", tarfile.REGTYPE, ""),
+                                       ("/etc/abs.wav", tarfile.REGTYPE, ""),
+                                       ("k1/a.wav", tarfile.REGTYPE, "")):
+                ti = tarfile.TarInfo(name)
+                ti.type, ti.linkname = kind, target
+                ti.size = 3 if kind == tarfile.REGTYPE else 0
+                tf.addfile(ti, _io.BytesIO(b"abc") if kind == tarfile.REGTYPE else None)
     data = buf.getvalue()
     return gzip.compress(data) if gz else data
 
@@ -233,7 +265,21 @@ class OneWay(_io.RawIOBase):
 @pytest.mark.parametrize("gz", [False, True])
 def test_tar_members_streams_files_in_order(gz):
     got = [(n, d, e) for n, d, e in tar_members(OneWay(make_tar(gz=gz, extras=True)))]
-    assert got == [(n, d, None) for n, d in MEMBERS]  # directory and symlink skipped
+    assert got[:-1] == [(n, d, None) for n, d in MEMBERS]  # the directory is no member
+    assert got[-1][:2] == ("k9/link.wav", None) and got[-1][2].startswith("link: a symlink")
+
+
+def test_tar_members_that_are_not_files_each_get_an_honest_reason():
+    got = {n: (d, e) for n, d, e in tar_members(_io.BytesIO(make_tar(extras="hostile")))}
+    reasons = {n: e.split(":", 1)[0] for n, (d, e) in got.items() if e}
+    assert reasons == {"k9/link.wav": "link", "k9/hard.wav": "link", "k9/pipe.wav": "not_a_file",
+                       "../up.wav": "outside_root", "/etc/abs.wav": "outside_root",
+                       "k1/a.wav": "duplicate"}
+    assert all(got[n][0] is None for n in reasons)
+    # the second k1/a.wav: its name already came, so it is one row saying so, not a silent drop
+    dups = [e for n, d, e in tar_members(_io.BytesIO(make_tar(extras="hostile")))
+            if n == "k1/a.wav"]
+    assert dups[0] is None and dups[1].startswith("duplicate:")
 
 
 def test_tar_member_over_the_cap_is_skipped_unread():

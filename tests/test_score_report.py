@@ -119,8 +119,8 @@ def test_pipe_in_values_is_escaped():
                                                      reason="mime text|plain")]
     md, _ = render(_calls(rows), LABELS, RUN, extra_columns=["agent"])
     assert "| a\\|b |" in md and "x\\|y" in md
-    # the not-scored list is not a table: pipes stay as they are there
-    assert "- `c|d`: **not_audio**, mime text|plain" in _section(md, "Calls not scored")
+    # the not-scored list escapes its values too; a CommonMark reader shows "text|plain"
+    assert "- `c|d`: **not_audio**, mime text\\|plain" in _section(md, "Calls not scored")
     table = [line for line in _section(md, "Most urgent calls").splitlines()
              if line.startswith("|")]
     widths = {len(line.replace("\\|", "").split("|")) for line in table}
@@ -263,3 +263,24 @@ def test_top_zero_lists_no_rows_but_renders():
     md, png = render(_calls([_call("a", 1.0, 1)]), LABELS, RUN, top=0)
     assert _table_ids(md) == []
     assert _png_size(png) == (1000, 172)
+
+
+def test_hostile_values_stay_text_in_the_rendered_markdown():
+    """Call ids, metadata, reasons and run fields carrying HTML, links and a carriage return
+    render as text with a CommonMark+GFM reader: no element, no link, one table row per call."""
+    from markdown_it import MarkdownIt
+
+    evil = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>",
+            "[click](javascript:alert(1))", "<javascript:alert(1)>", "a\r| b | c", "`code`|x"]
+    rows = [_call(e, 3.0 - i / 10, i + 1, agent=e) for i, e in enumerate(evil)]
+    rows.append(_call("bad", math.nan, len(evil) + 1, status="<b>x</b>", reason=evil[0] + evil[2]))
+    run = {**RUN, "model_id": "m:<script>x</script>`", "run_id": "[r](javascript:x)"}
+    md, _ = render(_calls(rows), LABELS, run, extra_columns=["agent"])
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    for tag in ("<script", "<img src=\"x", "<img src=x", "<b>", 'href="javascript', "<javascript"):
+        assert tag not in html, tag
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    table = html.split("<tbody>")[1].split("</tbody>")[0]
+    assert table.count("<tr>") == len(evil)  # the \r and the pipes split no row
+    assert all(row.count("<td>") == table.split("<tr>")[1].count("<td>")
+               for row in table.split("<tr>")[1:])

@@ -13,6 +13,7 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
+from ser_ray.config import check_ranges
 from ser_ray.registry import registrar
 
 _REGISTRY: dict[str, type["Extractor"]] = {}
@@ -124,7 +125,9 @@ def get_extractor(name: str, **overrides) -> Extractor:
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"extractor {name!r} has no field(s) {unknown}; valid fields: {fields}")
-    return cls(**overrides)
+    extractor = cls(**overrides)
+    check_ranges(extractor)  # n_mfcc=0, hop_length=0, ...: fail here, before any audio
+    return extractor
 
 
 def extractor_config(e: Extractor) -> dict:
