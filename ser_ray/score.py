@@ -25,6 +25,7 @@ then rename; an S3 PUT), so no reader sees half a file. Every call listed gets e
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -271,6 +272,9 @@ class CallReader:
 
         def fail(status: str, reason: str) -> None:
             row["status"], row["reason"] = status, reason
+
+        if os.environ.get("SER_RAY_CRASH_ON_CALL") == call["call_id"]:  # fault injection (tests)
+            os._exit(70)
 
         try:
             data = self.storage.read_bytes(call["uri"], max_bytes=self.s["max_bytes"],
@@ -849,7 +853,7 @@ def iter_calls(inputs: Sequence[str], storage: io.Storage, ignored: Counter, exa
                     examples.append(uri)
                 continue
             yield {"call_id": stem if call_id == "path" else stem.rsplit("/", 1)[-1], "uri": uri,
-                   "size": int(size)}
+                   "size": int(size), "root": base}  # a link may not lead out of base
 
 
 def _size(storage: io.Storage, uri: str) -> int:
@@ -920,10 +924,103 @@ def largest_first(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(units, key=lambda u: -u["bytes"])
 
 
-# A scoring actor killed mid-unit (OOM killer, a lost node) is restarted and its unit retried:
-# a unit rewrites the same staged files, so a retry adds no rows. A unit that kills its actor
-# this many times fails the run, which a rerun resumes from the staged units.
+# A scoring actor killed mid-unit (OOM killer, a lost node) is restarted and its unit retried
+# once: a unit rewrites the same staged files, so a retry adds no rows. A unit that kills its
+# worker again is split into its calls (_Splitter); a call that kills its worker on its own too
+# gets a row with status worker_died, and the night goes on. Actors restart without limit; one
+# whose creation fails (a model it cannot load) fails the run, which a rerun resumes.
 ACTOR_RETRIES = 3
+TASK_RETRIES = 1
+
+
+def _worker_died(exc: Exception) -> bool:
+    """A unit's task failed because its worker process died (not an error raised in it)."""
+    import ray
+
+    if isinstance(exc, ray.exceptions.ActorDiedError):
+        return not getattr(exc, "actor_init_failed", False)
+    return isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                            ray.exceptions.ActorUnavailableError))
+
+
+class _Splitter:
+    """Units whose worker died on every try, split into one unit per call, then put together
+    again under the unit's own id, so publishing and resume see the unit as if it had run whole.
+
+    ``failed(unit, exc)`` -> the calls as units to run next, or None when the failure is the
+    run's (then the caller raises); ``done(unit, stats)`` -> the stats to report (the parent's
+    once its last call is in), or None while calls are outstanding."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.s = settings
+        self.storage = io.Storage(from_dict(S3Config, settings["s3"]))
+        self.parents: dict[str, dict[str, Any]] = {}
+
+    def failed(self, unit: dict[str, Any], exc: Exception) -> list[dict[str, Any]] | None:
+        if not _worker_died(exc) or unit.get("phase", "score") != "score":
+            return None
+        parent = unit.get("parent")
+        if parent is None and len(unit["calls"]) > 1:
+            self.parents[unit["unit_id"]] = {"unit": unit, "left": len(unit["calls"]), "stats": []}
+            log(f"unit {unit['unit_id']} killed its worker on every try: scoring its "
+                f"{len(unit['calls'])} calls one by one")
+            return [{**unit, "unit_id": f"{unit['unit_id']}-{k}", "calls": [c],
+                     "parent": unit["unit_id"]} for k, c in enumerate(unit["calls"])]
+        # One call that kills its worker on its own: a row saying so, instead of the night.
+        call = unit["calls"][0]
+        row = {"call_id": call["call_id"], "uri": call["uri"], "size_bytes": call["size"],
+               "status": "worker_died", "model_id": self.s["model_id"],
+               "model_hash": self.s["model_hash"], "run_id": self.s["run_id"],
+               "reason": f"reading or scoring this call killed its worker on {TASK_RETRIES + 1} "
+                         f"tries ({type(exc).__name__}); too big or malformed for a worker?"}
+        log(f"call {call['uri']}: {row['reason']}")
+        base = unit_dir(self.s["staging"], unit["unit_id"])
+        labels = self.s["labels"]
+        self.storage.write_bytes(io.join(base, "segments.parquet"),
+                                 _parquet_bytes(segments_schema(labels).empty_table()))
+        self.storage.write_bytes(io.join(base, "calls.parquet"),
+                                 _parquet_bytes(pa.Table.from_pylist([row], calls_schema(labels))))
+        return []
+
+    def done(self, unit: dict[str, Any], stats: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``stats`` None: ``unit`` (a call) was settled by :meth:`failed`."""
+        if stats is None:
+            stats = {"unit_id": unit["unit_id"], "calls": 1, "status": {"worker_died": 1},
+                     "audio_s": 0.0, "seconds": 0.0, "read_s": 0.0, "pid": None}
+        parent = unit.get("parent")
+        if parent is None:
+            return stats
+        entry = self.parents[parent]
+        entry["stats"].append(stats)
+        entry["left"] -= 1
+        if entry["left"]:
+            return None
+        return self._join(entry["unit"], entry["stats"])
+
+    def _join(self, unit: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The calls' staged files -> the unit's (segments first: the calls file marks it
+        done), in the unit's call order."""
+        labels = self.s["labels"]
+        bases = [unit_dir(self.s["staging"], f"{unit['unit_id']}-{k}")
+                 for k in range(len(unit["calls"]))]
+        segs = [_read_parquet(self.storage, io.join(b, "segments.parquet")) for b in bases]
+        calls = [_read_parquet(self.storage, io.join(b, "calls.parquet")) for b in bases]
+        base = unit_dir(self.s["staging"], unit["unit_id"])
+        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(
+            pa.concat_tables([t.cast(segments_schema(labels)) for t in segs])))
+        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(
+            pa.concat_tables([t.cast(calls_schema(labels)) for t in calls])))
+        for b in bases:
+            self.storage.delete_tree(b)
+        status: Counter = Counter()
+        for st in parts:
+            status.update(st["status"])
+        pids = [st.get("pid") for st in parts if st.get("pid")]
+        return {"unit_id": unit["unit_id"], "calls": len(unit["calls"]), "status": dict(status),
+                "audio_s": sum(st["audio_s"] for st in parts),
+                "seconds": sum(st["seconds"] for st in parts),
+                "read_s": sum(st.get("read_s", 0.0) for st in parts),
+                "pid": pids[0] if pids else None}
 
 
 class _ActorsEngine:
@@ -938,10 +1035,11 @@ class _ActorsEngine:
     def __init__(self, resources: dict[str, float], settings: dict[str, Any], model_ref):
         import ray
 
-        self.actor_cls = ray.remote(_ScoreActor).options(max_restarts=ACTOR_RETRIES,
-                                                         max_task_retries=ACTOR_RETRIES, **resources)
+        self.actor_cls = ray.remote(_ScoreActor).options(max_restarts=-1,
+                                                         max_task_retries=TASK_RETRIES, **resources)
         self.settings, self.model_ref = settings, model_ref
         self.actors: list[Any] = []
+        self.splitter = _Splitter(settings)
 
     def pool(self, cfg: ScoreConfig, n_units: int) -> int:
         return _pool_size(cfg, n_units)
@@ -951,12 +1049,12 @@ class _ActorsEngine:
 
         while len(self.actors) < n:
             self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
-        queue = iter(units)
+        queue = collections.deque(units)
         pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
 
         def feed(actor) -> None:
-            unit = next(queue, None)
-            if unit is not None:
+            if queue:
+                unit = queue.popleft()
                 pending[actor.score.remote(json.dumps(unit))] = (actor, unit)
 
         for actor in self.actors:
@@ -964,8 +1062,25 @@ class _ActorsEngine:
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             actor, unit = pending.pop(ref)
-            on_done(self._result(ref, unit))
+            self._settle(ref, unit, queue, on_done)
             feed(actor)
+
+    def _settle(self, ref, unit: dict[str, Any], queue: collections.deque, on_done) -> None:
+        """A finished unit's stats to ``on_done``; a unit whose worker died goes back to
+        ``queue`` as its calls (:class:`_Splitter`)."""
+        try:
+            stats = self._result(ref, unit)
+        except RuntimeError as exc:
+            calls = self.splitter.failed(unit, exc.__cause__)
+            if calls is None:
+                raise
+            queue.extendleft(reversed(calls))
+            if calls:
+                return
+            stats = None
+        stats = self.splitter.done(unit, stats)
+        if stats is not None:
+            on_done(stats)
 
     @staticmethod
     def _result(ref, unit: dict[str, Any]) -> dict[str, Any]:
@@ -980,7 +1095,7 @@ class _ActorsEngine:
                 f"{unit.get('phase')} pass"
             raise RuntimeError(f"unit {unit['unit_id']} ({what}) could not be scored: "
                                f"{type(exc).__name__}: {exc}\nA worker killed mid-unit is restarted "
-                               f"and the unit retried up to {ACTOR_RETRIES} times. Units already done "
+                               f"and the unit retried, then its calls one by one. Units already done "
                                "are staged: rerun the same command to resume.") from exc
 
     def close(self) -> None:
@@ -1063,7 +1178,7 @@ class _StagedEngine(_ActorsEngine):
         import ray
 
         super().__init__(resources, settings, model_ref)
-        self.read_task = ray.remote(_read_unit).options(num_cpus=read_cpus, max_retries=ACTOR_RETRIES)
+        self.read_task = ray.remote(_read_unit).options(num_cpus=read_cpus, max_retries=TASK_RETRIES)
         self.read_ahead, self.read_slots = read_ahead, 1
 
     def pool(self, cfg: ScoreConfig, n_units: int) -> int:
@@ -1075,20 +1190,18 @@ class _StagedEngine(_ActorsEngine):
 
         while len(self.actors) < n:
             self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
-        queue = iter(units)
+        queue = collections.deque(units)
         reading: dict[Any, dict[str, Any]] = {}
         ready: list[tuple[dict[str, Any], Any]] = []
         busy: dict[Any, tuple[Any, dict[str, Any]]] = {}
         idle = list(self.actors)
         settings_ref = ray.put(self.settings)
-        exhausted = False
         while True:
-            while not exhausted and len(reading) < self.read_slots and \
+            # (a unit split into its calls refills the queue: _settle)
+            while queue and len(reading) < self.read_slots and \
                     len(reading) + len(ready) < self.read_slots + self.read_ahead * len(self.actors):
-                unit = next(queue, None)
-                if unit is None:
-                    exhausted = True
-                elif unit.get("phase") == "predict":  # reads its staged features, not audio
+                unit = queue.popleft()
+                if unit.get("phase") == "predict":  # reads its staged features, not audio
                     ready.append((unit, None))
                 else:
                     reading[self.read_task.remote(settings_ref, json.dumps(unit))] = unit
@@ -1103,10 +1216,12 @@ class _StagedEngine(_ActorsEngine):
             done, _ = ray.wait(list(reading) + list(busy), num_returns=1)
             ref = done[0]
             if ref in reading:
-                ready.append((reading.pop(ref), ref))  # the ref, not the audio: the actor fetches it
+                # The ref, not the audio: the actor fetches it. A read that killed its worker
+                # fails the actor's task with the same error, which _settle handles.
+                ready.append((reading.pop(ref), ref))
                 continue
             actor, unit = busy.pop(ref)
-            on_done(self._result(ref, unit))
+            self._settle(ref, unit, queue, on_done)
             idle.append(actor)
 
 

@@ -18,6 +18,29 @@ from s3.server import INSTALL_SCRIPT, S3Server, missing_binaries
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 
 
+# --------------------------------------------------------------------------- temp folders
+def pytest_configure(config):
+    """Every test run its own temp folder, and every xdist worker one inside it: TMPDIR (which
+    Ray, its workers and subprocesses inherit) and ``tempfile.tempdir``. A test that looks at
+    "the temp folder" sees only what its own run left there, never another process's. Names
+    stay short: Ray puts its session's sockets below TMPDIR (a 107-byte limit)."""
+    import tempfile
+
+    parent = os.environ.get("SER_RAY_TEST_TMP")  # the controller's, inherited by its workers
+    mine = tempfile.mkdtemp(prefix=os.environ.get("PYTEST_XDIST_WORKER", "srt"), dir=parent)
+    if parent is None:
+        os.environ["SER_RAY_TEST_TMP"] = mine
+        config._ser_ray_tmp = mine
+    os.environ["TMPDIR"] = tempfile.tempdir = mine
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "_ser_ray_tmp", None):
+        shutil.rmtree(config._ser_ray_tmp, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- xdist
 # `make test` runs the suite on two pytest-xdist workers, a module per worker at a time
 # (--dist loadscope): a module's fixtures are built once, and the session fixtures below once
@@ -26,6 +49,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 # not named here follows in file order.
 HEAVY_FIRST = (
     "test_encoder_pipeline", "test_score", "test_score_normalisation", "test_fusion",
+    "test_score_publish",
     "test_tuning", "test_learning", "test_jobs", "test_imagenet", "test_score_s3",
     "test_readme", "test_transcribe", "test_synth", "test_console", "test_warmup",
 )

@@ -396,3 +396,31 @@ def test_condition_config_is_not_mutated():
 def test_truncated_aiff_is_decode_error():
     data = encode(tone(16000, 1.0), 16000, "AIFF", "PCM_16")
     assert reason_of(data[:len(data) // 2]) == "decode_error"
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(monkeypatch):
+    """A FLAC of silence declaring 8 channels x 96 kHz x 60 s is ~50 KB on disk and 184 MB of
+    float32 samples: the caps read the header, and libsndfile is never asked to decode it."""
+    import io as _io
+
+    from ser_ray import audio
+
+    buf = _io.BytesIO()
+    sf.write(buf, np.zeros((96000 * 60, 8), np.int16), 96000, format="FLAC")
+    data = buf.getvalue()
+    assert len(data) < 200_000
+    monkeypatch.setattr(audio.sf, "read", lambda *a, **k: pytest.fail("decoded a bomb"))
+    with pytest.raises(audio.AudioError) as e:
+        audio.decode(data, max_decoded_bytes=64 * 2 ** 20)
+    assert e.value.reason == "too_large" and "176 MB" in e.value.detail  # 184e6 bytes
+    with pytest.raises(audio.AudioError) as e:
+        audio.decode(data, max_duration_s=30, duration_cap="max_call_s")
+    assert e.value.reason == "too_long" and "max_call_s=30" in e.value.detail
+
+
+def test_decode_errors_name_no_object_address():
+    from ser_ray import audio
+
+    with pytest.raises(audio.AudioError) as e:
+        audio.decode(b"fLaC" + bytes(200))
+    assert e.value.reason == "decode_error" and " at 0x" not in e.value.detail

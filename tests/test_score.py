@@ -243,6 +243,8 @@ def test_the_ray_data_engine_publishes_the_same_rows(scored, score_model, backlo
     import tempfile
 
     assert scored["run"]["config"]["engine"] == "auto" and scored["run"]["engine"] == "actors"
+    # this run's own temp folder (tests/conftest.py), which the module's Ray workers inherit
+    assert tempfile.gettempdir().startswith(os.environ["SER_RAY_TEST_TMP"])
     models = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "ser-ray-model-*")))  # noqa: E731
     before = models()
     out = tmp_path / "ray-data"
@@ -314,15 +316,29 @@ def test_caps_and_unreadable_files_get_a_status(ray_session, score_model, tmp_pa
     sub = folder / "again"
     sub.mkdir()
     sf.write(sub / "long.wav", tone[:8000], 8000)             # same stem as long.wav
-    run = run_score(_config(score_model, [folder], tmp_path / "out", max_call_s=15.0, max_file_mb=0.5),
-                    progress=False)
+    os.mkfifo(folder / "fifo.wav")                            # a plain open() blocks forever
+    os.symlink(folder, sub / "loop.wav")                      # a loop: the backlog again
+    (tmp_path / "elsewhere.wav").write_bytes((sub / "long.wav").read_bytes())
+    os.symlink(tmp_path / "elsewhere.wav", folder / "outside.wav")
+    sf.write(folder / "bomb.flac", np.zeros((96000 * 10, 8), np.int16), 96000)  # 29 MB decoded
+    # metadata for a stem two files share, with columns named like the call rows' own
+    meta = tmp_path / "meta.csv"
+    meta.write_text("call_id,status,meta_status,queue\nlong,vip,x,billing\nfifo,,,sales\n")
+    run = run_score(_config(score_model, [folder], tmp_path / "out", max_call_s=15.0, max_file_mb=0.5,
+                            max_decoded_mb=8, metadata=str(meta)), progress=False)
     calls = read_calls(tmp_path / "out").query("status != 'duplicate_call_id'").set_index("call_id")
     assert calls.loc["long", "status"] == "too_long" and "max_call_s" in calls.loc["long", "reason"]
     assert calls.loc["big", "status"] == "too_large"
     assert calls.loc["dangling", "status"] == "unreadable"
+    assert calls.loc["fifo", "status"] == "not_a_file" and "FIFO" in calls.loc["fifo", "reason"]
+    assert calls.loc["loop", "status"] == "not_a_file"
+    assert calls.loc["outside", "status"] == "outside_root"
+    assert calls.loc["bomb", "status"] == "too_large" and "max_decoded_mb" in calls.loc["bomb", "reason"]
     dup = read_calls(tmp_path / "out").query("status == 'duplicate_call_id'")
     assert len(dup) == 1 and "call_id=path" in dup["reason"].item()
-    assert run["calls"] == 4
+    assert run["calls"] == 8
+    assert (calls.loc["long", ["meta_status", "meta_meta_status", "queue"]].tolist()
+            == ["vip", "x", "billing"]) and dup["queue"].item() == "billing"
 
 
 def test_bad_arguments_are_clear_errors(ray_session, score_model, tmp_path):
