@@ -29,9 +29,11 @@ POSITIVE = frozenset({
     "calls_per_task", "window_s", "hop_s", "max_call_s", "mb_per_task", "units_per_wave",
     "read_cpus", "read_ahead", "report_top", "lock_ttl_h", "min_calls", "vad_sample_rate",
     "n_mfcc", "n_mels", "n_fft", "hop_length", "win_length", "n_chroma", "n_bands", "n_octaves",
+    "cpus_per_trial", "workers_per_trial", "max_concurrent", "num_samples", "grace_period",
+    "reduction_factor",
 })
 NON_NEGATIVE = frozenset({"gpus_per_worker", "offset_s", "min_duration_s", "context_s",
-                          "min_window_s", "pre_emphasis", "deltas", "fmin"})
+                          "min_window_s", "pre_emphasis", "deltas", "fmin", "max_failures"})
 AT_LEAST = {"folds": 2}
 BELOW_ONE = frozenset({"pre_emphasis", "validation_fraction"})
 

@@ -15,8 +15,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     quiet = {"log_to_driver": True, "include_dashboard": False}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        # A cluster on this machine's loopback: join as 127.0.0.1, not the host's address.
+        loopback = address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost")
+        ray.init(address=address, log_to_driver=True,
+                 **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
     else:
         ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, **quiet)
     from ser_ray.console import hook_ray

@@ -622,6 +622,10 @@ class _ScoreActor:
 
     __del__ = close
 
+    def ready(self) -> bool:
+        """Returns once the actor is up (its model loaded and warmed)."""
+        return True
+
     def score(self, unit: str) -> str:
         """One unit as JSON -> its stats as JSON."""
         return json.dumps(self.scorer.score_unit(json.loads(unit)))
@@ -924,12 +928,11 @@ def largest_first(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(units, key=lambda u: -u["bytes"])
 
 
-# A scoring actor killed mid-unit (OOM killer, a lost node) is restarted and its unit retried
+# A scoring actor killed mid-unit (OOM killer, a lost node) is replaced and its unit retried
 # once: a unit rewrites the same staged files, so a retry adds no rows. A unit that kills its
 # worker again is split into its calls (_Splitter); a call that kills its worker on its own too
-# gets a row with status worker_died, and the night goes on. Actors restart without limit; one
-# whose creation fails (a model it cannot load) fails the run, which a rerun resumes.
-ACTOR_RETRIES = 3
+# gets a row with status worker_died, and the night goes on. An actor whose creation fails (a
+# model it cannot load) fails the run, which a rerun resumes.
 TASK_RETRIES = 1
 
 
@@ -1030,54 +1033,111 @@ class _ActorsEngine:
     Ray Data's executor, stats and autoscaling actors, which take CPU from the scoring actors
     (README, "Scoring throughput"). The pool lives for the whole run: every wave of the listing
     and both passes of a run with reference statistics use the same actors, so start-up is paid
-    once."""
+    once.
+
+    Faults: an actor whose process or node dies is replaced by a new actor, which is fed only
+    once it is up (on a lost node it may wait for room elsewhere while the survivors go on), and
+    its unit is run again, once; a unit whose worker dies twice is split into its calls
+    (:class:`_Splitter`). An actor that cannot start (a model it cannot load) fails the run."""
 
     def __init__(self, resources: dict[str, float], settings: dict[str, Any], model_ref):
         import ray
 
-        self.actor_cls = ray.remote(_ScoreActor).options(max_restarts=-1,
-                                                         max_task_retries=TASK_RETRIES, **resources)
+        self.actor_cls = ray.remote(_ScoreActor).options(max_restarts=0, max_task_retries=0,
+                                                         **resources)
         self.settings, self.model_ref = settings, model_ref
         self.actors: list[Any] = []
+        self.starting: dict[Any, Any] = {}  # ready ref -> a replacement actor not up yet
+        self.tries: Counter = Counter()     # unit id -> tries whose worker died
         self.splitter = _Splitter(settings)
 
     def pool(self, cfg: ScoreConfig, n_units: int) -> int:
         return _pool_size(cfg, n_units)
 
+    def _grow(self, n: int) -> None:
+        """The first actors of a run are fed at once (a unit then names an actor that cannot
+        start); later ones wait in ``starting`` until they are up."""
+        import ray
+
+        while len(self.actors) + len(self.starting) < n:
+            self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
+
+    def _replace(self, actor) -> None:
+        import ray
+
+        if actor in self.actors:
+            self.actors.remove(actor)
+        ray.kill(actor, no_restart=True)
+        new = self.actor_cls.remote(self.settings, [self.model_ref])
+        self.starting[new.ready.remote()] = new
+
+    def _started(self, ref) -> Any:
+        """A replacement actor is up: it joins the pool (its creation error fails the run)."""
+        import ray
+
+        actor = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise RuntimeError(f"a replacement scoring actor could not start: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        self.actors.append(actor)
+        return actor
+
     def run(self, units: list[dict[str, Any]], n: int, on_done) -> None:
         import ray
 
-        while len(self.actors) < n:
-            self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
+        self._grow(n)
         queue = collections.deque(units)
         pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
-
-        def feed(actor) -> None:
-            if queue:
-                unit = queue.popleft()
+        idle = [a for a in self.actors]
+        while queue or pending:
+            while idle and queue:
+                actor, unit = idle.pop(0), queue.popleft()
                 pending[actor.score.remote(json.dumps(unit))] = (actor, unit)
-
-        for actor in self.actors:
-            feed(actor)
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            if not pending and not self.starting:  # every actor died: start afresh
+                self._grow(1)
+                idle = list(self.actors)
+                continue
+            [ref], _ = ray.wait(list(pending) + list(self.starting), num_returns=1)
+            if ref in self.starting:
+                idle.append(self._started(ref))
+                continue
             actor, unit = pending.pop(ref)
-            self._settle(ref, unit, queue, on_done)
-            feed(actor)
+            if self._settle(ref, actor, unit, queue, on_done):
+                idle.append(actor)
 
-    def _settle(self, ref, unit: dict[str, Any], queue: collections.deque, on_done) -> None:
-        """A finished unit's stats to ``on_done``; a unit whose worker died goes back to
-        ``queue`` as its calls (:class:`_Splitter`)."""
+    def _settle(self, ref, actor, unit: dict[str, Any], queue: collections.deque, on_done) -> bool:
+        """A finished unit's stats to ``on_done``. When its worker died: the actor is replaced
+        and the unit goes back to ``queue`` (its second time: as its calls, _Splitter).
+        Returns whether ``actor`` is still in the pool."""
+        import ray
+
         try:
             stats = self._result(ref, unit)
         except RuntimeError as exc:
+            if not _worker_died(exc.__cause__):
+                raise
+            # The actor itself, or (staged) the read task its unit waited for.
+            lost = isinstance(exc.__cause__, (ray.exceptions.ActorDiedError,
+                                              ray.exceptions.ActorUnavailableError))
+            if lost:
+                self._replace(actor)
+            self.tries[unit["unit_id"]] += 1
+            if self.tries[unit["unit_id"]] <= TASK_RETRIES:
+                queue.appendleft(unit)
+                return not lost
             calls = self.splitter.failed(unit, exc.__cause__)
             if calls is None:
                 raise
             queue.extendleft(reversed(calls))
-            if calls:
-                return
-            stats = None
+            if not calls:
+                self._done(unit, None, on_done)
+            return not lost
+        self._done(unit, stats, on_done)
+        return True
+
+    def _done(self, unit: dict[str, Any], stats: dict[str, Any] | None, on_done) -> None:
         stats = self.splitter.done(unit, stats)
         if stats is not None:
             on_done(stats)
@@ -1094,7 +1154,7 @@ class _ActorsEngine:
             what = f"{len(calls)} calls: {named}{', ...' if len(calls) > 3 else ''}" if calls else \
                 f"{unit.get('phase')} pass"
             raise RuntimeError(f"unit {unit['unit_id']} ({what}) could not be scored: "
-                               f"{type(exc).__name__}: {exc}\nA worker killed mid-unit is restarted "
+                               f"{type(exc).__name__}: {exc}\nA worker killed mid-unit is replaced "
                                f"and the unit retried, then its calls one by one. Units already done "
                                "are staged: rerun the same command to resume.") from exc
 
@@ -1105,9 +1165,9 @@ class _ActorsEngine:
             ray.get([a.close.remote() for a in self.actors], timeout=30)
         except Exception:
             pass
-        for actor in self.actors:
+        for actor in [*self.actors, *self.starting.values()]:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self.starting = [], {}
 
 
 class _RayDataEngine:
@@ -1188,8 +1248,7 @@ class _StagedEngine(_ActorsEngine):
     def run(self, units: list[dict[str, Any]], n: int, on_done) -> None:
         import ray
 
-        while len(self.actors) < n:
-            self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
+        self._grow(n)
         queue = collections.deque(units)
         reading: dict[Any, dict[str, Any]] = {}
         ready: list[tuple[dict[str, Any], Any]] = []
@@ -1197,7 +1256,7 @@ class _StagedEngine(_ActorsEngine):
         idle = list(self.actors)
         settings_ref = ray.put(self.settings)
         while True:
-            # (a unit split into its calls refills the queue: _settle)
+            # (a unit whose worker died comes back to the queue: _settle)
             while queue and len(reading) < self.read_slots and \
                     len(reading) + len(ready) < self.read_slots + self.read_ahead * len(self.actors):
                 unit = queue.popleft()
@@ -1211,18 +1270,25 @@ class _StagedEngine(_ActorsEngine):
                 ref = actor.score.remote(json.dumps(unit)) if read_ref is None else \
                     actor.score_read.remote(json.dumps(unit), read_ref)
                 busy[ref] = (actor, unit)
-            if not reading and not busy:
+            if not reading and not busy and not ready and not queue:
                 break
-            done, _ = ray.wait(list(reading) + list(busy), num_returns=1)
+            if not reading and not busy and not self.starting:  # every actor died
+                self._grow(1)
+                idle = list(self.actors)
+                continue
+            done, _ = ray.wait(list(reading) + list(busy) + list(self.starting), num_returns=1)
             ref = done[0]
+            if ref in self.starting:
+                idle.append(self._started(ref))
+                continue
             if ref in reading:
                 # The ref, not the audio: the actor fetches it. A read that killed its worker
                 # fails the actor's task with the same error, which _settle handles.
                 ready.append((reading.pop(ref), ref))
                 continue
             actor, unit = busy.pop(ref)
-            self._settle(ref, unit, queue, on_done)
-            idle.append(actor)
+            if self._settle(ref, actor, unit, queue, on_done):
+                idle.append(actor)
 
 
 # Who runs the units (ScoreConfig.engine). All give the same rows; see README.

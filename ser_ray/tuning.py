@@ -26,14 +26,14 @@ import pandas as pd
 import yaml
 
 from ser_ray import config as config_mod
-from ser_ray.config import LearnConfig, TrackingConfig
+from ser_ray.config import Checked, LearnConfig, TrackingConfig
 from ser_ray.experiment import log
 
 METRIC = "ua_mean"
 
 
 @dataclass(frozen=True)
-class Resources:
+class Resources(Checked):
     cpus_per_trial: float = 0.5       # the trial's own process (classical models fit here)
     workers_per_trial: int = 1        # Ray Train workers of torch trials
     cpus_per_worker: float = 0.5
@@ -42,7 +42,7 @@ class Resources:
 
 
 @dataclass(frozen=True)
-class SweepSpace:
+class SweepSpace(Checked):
     base: dict[str, Any] = field(default_factory=dict)      # LearnConfig fields for every trial
     space: dict[str, Any] = field(default_factory=dict)     # dotted field -> domain
     search: str = "random"            # random | grid | optuna
@@ -52,6 +52,7 @@ class SweepSpace:
     reduction_factor: int = 2
     resources: Resources = field(default_factory=Resources)
     export_best: bool = True
+    max_failures: int = 3             # a trial whose worker or node dies is retried this often
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # see ser_ray.tracking
     seed: int = 0
 
@@ -271,6 +272,9 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
                 num_samples=space.num_samples or (1 if space.search == "grid" else 4),
                 search_alg=SEARCHERS[space.search](space), max_concurrent_trials=n_conc),
             run_config=tune.RunConfig(name="sweep", storage_path=str(output), verbose=0,
+                                      # a lost node's trials start again elsewhere
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=space.max_failures),
                                       callbacks=[_trial_progress(n_trials(space), progress),
                                                  *tune_callbacks(space.tracking)]),
         )

@@ -434,7 +434,8 @@ def test_call_ids_are_paths_below_the_input(tmp_path):
     assert ignored == Counter({"hidden": 1, ".json": 1}) and examples == [str(tmp_path / "a/notes.json")]
     assert sorted(c["call_id"] for c in iter_calls([str(tmp_path)], Storage(), Counter(), [])) == ["c1", "c2"]
     single = list(iter_calls([str(tmp_path / "a/c2.FLAC")], Storage(), Counter(), []))
-    assert single == [{"call_id": "c2", "uri": str(tmp_path / "a/c2.FLAC"), "size": 1}]
+    assert single == [{"call_id": "c2", "uri": str(tmp_path / "a/c2.FLAC"), "size": 1,
+                       "root": str(tmp_path / "a")}]
 
 
 def test_the_documented_config_is_the_default():
