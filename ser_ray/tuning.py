@@ -26,7 +26,8 @@ import pandas as pd
 import yaml
 
 from ser_ray import config as config_mod
-from ser_ray.config import Checked, LearnConfig, TrackingConfig
+from ser_ray.config import LearnConfig, TrackingConfig
+from ser_ray.ranges import Checked
 from ser_ray.experiment import log
 
 METRIC = "ua_mean"

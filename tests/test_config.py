@@ -237,3 +237,17 @@ def test_prepare_preset_lists_exactly_the_defaults(request):
 def test_bool_is_not_an_int():
     with pytest.raises(ValueError, match="files_per_task: expected int"):
         from_dict(PrepareConfig, {"files_per_task": True})
+
+
+def test_written_configs_lose_url_passwords_and_are_written_whole(tmp_path):
+    from ser_ray.config import ScoreConfig, public_dict, redact
+
+    cfg = load(ScoreConfig, None, inputs=["s3://calls/x@y/in"], output="out",
+               s3={"endpoint_url": "https://svc:hunter2@minio.local:9000/"})
+    assert public_dict(cfg)["s3"]["endpoint_url"] == "https://minio.local:9000/"
+    assert public_dict(cfg)["inputs"] == ["s3://calls/x@y/in"]  # an @ in a key is no password
+    assert redact({"a": ["http://u@h", 3]}) == {"a": ["http://h", 3]}
+    dump(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "hunter2" not in text and "minio.local" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temp file left

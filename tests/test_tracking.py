@@ -93,3 +93,19 @@ def test_tracking_is_off_unless_asked(tmp_path, monkeypatch):
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "out").exists()
     assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == \
         {"a.b": "1", "a.c": "[1, 2]", "d": "x"}
+
+
+def test_mlflow_params_carry_no_password(tmp_path):
+    """A URL with user:password@ in a run's parameters is logged without them."""
+    from ser_ray.config import TrackingConfig
+    from ser_ray.tracking import Tracker
+
+    store = tmp_path / "mlruns"
+    cfg = TrackingConfig(mlflow=True, tracking_uri=store.as_uri())
+    (tmp_path / "out").mkdir()
+    t = Tracker(cfg, tmp_path / "out", "cv", {"noise_dir": "s3://b/noise",
+                                               "s3": {"endpoint_url": "http://me:hunter2@s3:9"}})
+    t.finish({"ua": 0.5}, tmp_path / "out")
+    _, (run,) = mlflow_runs(store)
+    assert "hunter2" not in json.dumps(run.data.params)
+    assert "http://s3:9" in json.dumps(run.data.params)

@@ -13,7 +13,7 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from ser_ray.config import check_ranges
+from ser_ray.ranges import check_ranges
 from ser_ray.registry import registrar
 
 _REGISTRY: dict[str, type["Extractor"]] = {}
