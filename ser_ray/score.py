@@ -287,7 +287,7 @@ class CallReader:
             return fail("unreadable", f"{type(exc).__name__}: {exc}")
         row["size_bytes"] = len(data)
         try:
-            decoded = audio.decode(data, self.s["max_call_s"], self.s["max_decoded_bytes"],
+            decoded = audio.decode(data, self.s["max_call_s"], self.s.get("max_decoded_bytes"),
                                    "max_call_s")
         except audio.AudioError as exc:
             return fail(exc.reason, exc.detail)

@@ -129,7 +129,14 @@ class NightLock:
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
                 if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
                     return False
-                raise
+                if code != "NotImplemented":
+                    raise
+                # A store without conditional puts (Swift's s3api): look, then put. Two runs
+                # starting within the same instant can both pass the look; the read-back
+                # below then lets only the last writer go on.
+                if self.storage.exists(self.uri):
+                    return False
+                self.storage._s3.put_object(Bucket=bucket, Key=key, Body=data)
             # A store that ignores If-None-Match lets the last writer win: read back who did.
             return (self._holder() or {}).get("token") == self.body["token"]
         os.makedirs(os.path.dirname(self.uri), exist_ok=True)

@@ -110,7 +110,7 @@ def test_a_sweep_loses_a_node_and_no_trial_is_lost(cluster, learn_corpus, tmp_pa
     space.write_text("""
 base: {protocol: speaker-kfold, folds: 2, features: [handcrafted94], model: logreg}
 space:
-  model_options.C: {grid: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]}
+  model_options.C: {grid: [0.1, 1.0, 10.0, 100.0]}
 search: grid
 scheduler: fifo
 export_best: false
@@ -126,5 +126,5 @@ resources: {cpus_per_trial: 1}
     import pandas as pd
 
     table = pd.read_csv(out / "results.csv")
-    assert len(table) == 6 and table["complete"].all()
-    assert sorted(table["config/model_options.C"]) == [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
+    assert len(table) == 4 and table["complete"].all()
+    assert sorted(table["config/model_options.C"]) == [0.1, 1.0, 10.0, 100.0]

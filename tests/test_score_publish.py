@@ -36,6 +36,21 @@ def nights(tmp_path_factory):
     return folders
 
 
+@pytest.fixture(scope="module")
+def crashing_ray():
+    """The module's Ray, started with the fault-injection switch set (its workers inherit it):
+    reading a call named ``crash-me`` kills the worker process. Only one test has such a call."""
+    import ray
+
+    from cli_helpers import patched_environ
+
+    with patched_environ({"SER_RAY_CRASH_ON_CALL": "crash-me"}):
+        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
+                 include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 def _cfg(model, folder, out, night, **kw) -> ScoreConfig:
     return load(ScoreConfig, None, model=str(model), inputs=[str(folder)], output=str(out),
                 run_date=night, customer_channel="right", **kw)
@@ -49,20 +64,22 @@ def _ids(folder) -> list[str]:
 STEPS = ("calls", "segments", "reports", "runs")
 
 
-@pytest.mark.parametrize("step", STEPS)
 def test_a_publish_that_fails_at_any_step_is_redone_and_loses_nothing(
-        ray_session, score_model, nights, tmp_path, step):
+        crashing_ray, score_model, nights, tmp_path):
+    """The first night fails to publish at each step in turn (its reruns resume its staged
+    units); the next night runs in between; then the first night's rerun publishes it."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / step).write_text("in the way")
     first, second = NIGHTS
-    with pytest.raises(OSError):
-        run_score(_cfg(score_model, nights[first], out, first), progress=False)
-    # Nothing of the failed night is readable, its units stay staged, no temp file is left.
-    assert read_calls(out).empty and read_segments(out).empty
-    assert list((out / "_staging").glob(f"{first}_*/units/*/calls.parquet"))
-    assert not [p for p in out.rglob("*.tmp")]
-    (out / step).unlink()
+    for step in STEPS:
+        (out / step).write_text("in the way")
+        with pytest.raises(OSError):
+            run_score(_cfg(score_model, nights[first], out, first), progress=False)
+        (out / step).unlink()
+        # Nothing of the failed night is readable, its units stay staged, no temp file is left.
+        assert read_calls(out).empty and read_segments(out).empty, step
+        assert list((out / "_staging").glob(f"{first}_*/units/*/calls.parquet")), step
+        assert not [p for p in out.rglob("*.tmp")], step
     # The next night neither fails nor skips anything; the failed night's rerun publishes it.
     run_score(_cfg(score_model, nights[second], out, second), progress=False)
     run = run_score(_cfg(score_model, nights[first], out, first), progress=False)
@@ -76,7 +93,7 @@ def test_a_publish_that_fails_at_any_step_is_redone_and_loses_nothing(
     assert not list((out / "_staging").iterdir())  # staging is gone only after the commit
 
 
-def test_a_same_night_run_over_other_inputs_refuses_to_drop_rows(ray_session, score_model,
+def test_a_same_night_run_over_other_inputs_refuses_to_drop_rows(crashing_ray, score_model,
                                                                  nights, tmp_path):
     out = tmp_path / "out"
     first, second = NIGHTS
@@ -124,26 +141,22 @@ def test_one_run_of_a_night_at_a_time(score_model, nights, tmp_path):
 
 
 @pytest.mark.parametrize("engine", ["actors", "staged"])
-def test_a_call_that_kills_its_worker_gets_a_row_and_the_night_goes_on(score_model, nights,
-                                                                       tmp_path, engine):
-    """Reading one call kills its worker process every time (SER_RAY_CRASH_ON_CALL, the
-    fault-injection switch): after one retry its unit is split into its calls, that call gets
-    status worker_died, and every other call is scored."""
+def test_a_call_that_kills_its_worker_gets_a_row_and_the_night_goes_on(
+        crashing_ray, score_model, nights, tmp_path, engine):
+    """Reading one call kills its worker process every time: after one retry its unit is split
+    into its calls, that call gets status worker_died, and every other call is scored."""
     night = NIGHTS[0]
-    victim = _ids(nights[night])[0]
+    folder = tmp_path / "calls"
+    shutil.copytree(nights[night], folder)
+    victim = _ids(folder)[0]
+    (folder / f"{victim}.wav").rename(folder / "crash-me.wav")
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "ser_ray.cli", "score", "--model", str(score_model), "--input",
-            str(nights[night]), "--output", str(out), "--run-date", night, "--customer-channel",
-            "right", "--num-workers", "1", "--set", f"engine={engine}", "--no-progress"]
-    if engine == "staged":
-        args += ["--set", "read_cpus=0.5"]
-    env = {**os.environ, "SER_RAY_CRASH_ON_CALL": victim}
-    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "one by one" in r.stderr
+    extra = {"read_cpus": 0.5} if engine == "staged" else {}
+    run_score(_cfg(score_model, folder, out, night, engine=engine, num_workers=1, **extra),
+              progress=False)
     calls = read_calls(out).set_index("call_id")
-    assert sorted(calls.index) == _ids(nights[night])
-    assert calls.loc[victim, "status"] == "worker_died" and "killed its worker" in \
-        calls.loc[victim, "reason"]
-    assert (calls.drop(index=victim)["status"] == "scored").all()
+    assert sorted(calls.index) == _ids(folder)
+    assert calls.loc["crash-me", "status"] == "worker_died" and "killed its worker" in \
+        calls.loc["crash-me", "reason"]
+    assert (calls.drop(index="crash-me")["status"] == "scored").all()
     assert not list((out / "_staging").iterdir())  # the calls' own staged units are gone too

@@ -60,6 +60,15 @@ def test_s3_backlog_and_reports_equal_a_local_run(ray_after_s3, score_model, tmp
     c = read_calls("s3://calls/reports", storage=storage)
     assert c["call_id"].is_unique and len(c) == len(truth) and again["calls"] == len(truth)
 
+    # One run of a night at a time on S3 too (a lock object; this store has no conditional put).
+    from ser_ray.score_commit import NightLock, NightLocked
+
+    with NightLock(storage, "s3://calls/reports", NIGHT, ttl_s=3600):
+        with pytest.raises(NightLocked, match="another run of night"):
+            run_score(_config(score_model, "s3://calls/incoming/2026-11-22", "s3://calls/reports",
+                              "s3://calls/meta/2026-11-22.csv"), progress=False)
+    assert not storage.exists(f"s3://calls/reports/_staging/{NIGHT}.lock")
+
 
 def test_an_encoder_feature_model_on_s3_with_the_staged_pools_equals_a_local_run(ray_after_s3, tmp_path):
     """A model on (tiny, random) Whisper encoder features, trained by ``ser-ray train``, scores
