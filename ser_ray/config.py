@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ser_ray.ranges import Checked, check_ranges  # noqa: F401  (re-exported)
+from ser_ray.ranges import Checked
 from ser_ray.urgency import UrgencyConfig
 
 

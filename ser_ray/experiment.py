@@ -514,14 +514,12 @@ def write_run_files(out_dir: str | Path, cfg: LearnConfig, data: FeatureData,
                     extra: dict[str, Any] | None = None) -> None:
     """Resolved config, label map, seed, feature config and package versions of a run."""
     from ser_ray import io
-    from ser_ray.config import to_dict
+    from ser_ray.config import dump
     from ser_ray.prepare import versions
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    io.write_text_atomic(yaml.safe_dump(public_dict(cfg), sort_keys=False), out_dir / "config.yaml")
+    dump(cfg, out_dir / "config.yaml")  # whole, and without URL passwords
     io.write_text_atomic(json.dumps({lab: i for i, lab in enumerate(data.labels)}, indent=2),
                          out_dir / "label_map.json")
     io.write_text_atomic(json.dumps({"seed": cfg.seed, "versions": versions(),

@@ -33,7 +33,6 @@ import io as _io
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -680,8 +679,6 @@ def check_config(cfg: ScoreConfig) -> None:
         raise ValueError(f"vad_sample_rate={cfg.vad_sample_rate}: silero runs at 8000 or 16000 Hz")
     if cfg.engine not in ("auto", *ENGINES):
         raise ValueError(f"engine={cfg.engine!r}: choose auto, {', '.join(ENGINES)}")
-    if not cfg.lock_ttl_h > 0:
-        raise ValueError(f"lock_ttl_h={cfg.lock_ttl_h} must be > 0 (hours after which a night's lock is stale)")
     if cfg.read_cpus <= 0 or cfg.read_ahead < 1:
         raise ValueError(f"score: read_cpus must be > 0 (got {cfg.read_cpus}) and read_ahead >= 1 "
                          f"(got {cfg.read_ahead})")
@@ -899,7 +896,7 @@ def iter_units(calls: Iterator[dict[str, Any]], calls_per_task: int, bytes_per_t
 def previously_scored(storage: io.Storage, output: str, run_date: str, model_hash: str) -> dict[str, int]:
     """call_id -> size of calls earlier nights scored with this model (status not retried)."""
     done: dict[str, int] = {}
-    for night, uri in _published(storage, output, "calls"):
+    for night, uri in published(storage, output, "calls"):
         if night == run_date:
             continue
         t = _read_parquet(storage, uri, ["call_id", "size_bytes", "status", "model_hash"]).to_pandas()
@@ -1055,10 +1052,8 @@ class _ActorsEngine:
         return _pool_size(cfg, n_units)
 
     def _grow(self, n: int) -> None:
-        """The first actors of a run are fed at once (a unit then names an actor that cannot
-        start); later ones wait in ``starting`` until they are up."""
-        import ray
-
+        """The pool's actors, fed at once (a unit then names an actor that cannot start);
+        replacements wait in ``starting`` until they are up (:meth:`_replace`)."""
         while len(self.actors) + len(self.starting) < n:
             self.actors.append(self.actor_cls.remote(self.settings, [self.model_ref]))
 
@@ -1090,15 +1085,12 @@ class _ActorsEngine:
         self._grow(n)
         queue = collections.deque(units)
         pending: dict[Any, tuple[Any, dict[str, Any]]] = {}
-        idle = [a for a in self.actors]
+        idle = list(self.actors)
         while queue or pending:
             while idle and queue:
                 actor, unit = idle.pop(0), queue.popleft()
                 pending[actor.score.remote(json.dumps(unit))] = (actor, unit)
-            if not pending and not self.starting:  # every actor died: start afresh
-                self._grow(1)
-                idle = list(self.actors)
-                continue
+            # (an actor lost here has a replacement in self.starting: something is awaited)
             [ref], _ = ray.wait(list(pending) + list(self.starting), num_returns=1)
             if ref in self.starting:
                 idle.append(self._started(ref))
@@ -1272,10 +1264,6 @@ class _StagedEngine(_ActorsEngine):
                 busy[ref] = (actor, unit)
             if not reading and not busy and not ready and not queue:
                 break
-            if not reading and not busy and not self.starting:  # every actor died
-                self._grow(1)
-                idle = list(self.actors)
-                continue
             done, _ = ray.wait(list(reading) + list(busy) + list(self.starting), num_returns=1)
             ref = done[0]
             if ref in self.starting:
@@ -1787,10 +1775,5 @@ def read_segments(output: str | os.PathLike, run_date: str | None = None,
 def _read_table(output: str | os.PathLike, table: str, run_date: str | None, storage: io.Storage | None) -> pd.DataFrame:
     storage = storage or io.Storage()
     frames = [_read_parquet(storage, uri).to_pandas().assign(run_date=night)
-              for night, uri in _published(storage, str(output), table) if not run_date or night == run_date]
+              for night, uri in published(storage, str(output), table) if not run_date or night == run_date]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _published(storage: io.Storage, output: str, table: str) -> Iterator[tuple[str, str]]:
-    """(run date, uri) of every committed Parquet file of ``table`` under ``output``."""
-    return published(storage, output, table)

@@ -93,7 +93,8 @@ def test_hostile_tar_members_and_manifest_rows_get_their_reasons(hostile, tmp_pa
     assert len(pq.read_table(out / "manifest")) == len(good)
 
     manifest = tmp_path / "labels.csv"
-    lines = ["path,label,speaker"] + [f"{corpus / good[0]},angry,1"] * 2 + [f"{corpus / good[1]},sad,1"]
+    lines = (["path,label,speaker"] + [f"{corpus / good[0]},angry,1"] * 2
+             + [f"{corpus / good[1]},sad,1"])
     manifest.write_text("\n".join(lines) + "\n")
     out = tmp_path / "manifest"
     run_prepare(config(inputs=[str(manifest)], output=str(out), corpus="auto", features=["mfcc"]),

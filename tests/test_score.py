@@ -324,8 +324,9 @@ def test_caps_and_unreadable_files_get_a_status(ray_session, score_model, tmp_pa
     # metadata for a stem two files share, with columns named like the call rows' own
     meta = tmp_path / "meta.csv"
     meta.write_text("call_id,status,meta_status,queue\nlong,vip,x,billing\nfifo,,,sales\n")
-    run = run_score(_config(score_model, [folder], tmp_path / "out", max_call_s=15.0, max_file_mb=0.5,
-                            max_decoded_mb=8, metadata=str(meta)), progress=False)
+    run = run_score(_config(score_model, [folder], tmp_path / "out", max_call_s=15.0,
+                            max_file_mb=0.5, max_decoded_mb=8, metadata=str(meta)),
+                    progress=False)
     calls = read_calls(tmp_path / "out").query("status != 'duplicate_call_id'").set_index("call_id")
     assert calls.loc["long", "status"] == "too_long" and "max_call_s" in calls.loc["long", "reason"]
     assert calls.loc["big", "status"] == "too_large"
@@ -333,7 +334,8 @@ def test_caps_and_unreadable_files_get_a_status(ray_session, score_model, tmp_pa
     assert calls.loc["fifo", "status"] == "not_a_file" and "FIFO" in calls.loc["fifo", "reason"]
     assert calls.loc["loop", "status"] == "not_a_file"
     assert calls.loc["outside", "status"] == "outside_root"
-    assert calls.loc["bomb", "status"] == "too_large" and "max_decoded_mb" in calls.loc["bomb", "reason"]
+    assert calls.loc["bomb", "status"] == "too_large"
+    assert "max_decoded_mb" in calls.loc["bomb", "reason"]
     dup = read_calls(tmp_path / "out").query("status == 'duplicate_call_id'")
     assert len(dup) == 1 and "call_id=path" in dup["reason"].item()
     assert run["calls"] == 8

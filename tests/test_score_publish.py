@@ -89,7 +89,8 @@ def test_a_publish_that_fails_at_any_step_is_redone_and_loses_nothing(
         assert sorted(calls.loc[calls["run_date"] == night, "call_id"]) == _ids(nights[night])
     assert calls["call_id"].is_unique
     assert set(read_segments(out)["call_id"]) <= set(calls["call_id"])
-    assert os.path.exists(run["outputs"]["report"]) and os.path.exists(run["outputs"]["report_html"])
+    assert os.path.exists(run["outputs"]["report"])
+    assert os.path.exists(run["outputs"]["report_html"])
     assert not list((out / "_staging").iterdir())  # staging is gone only after the commit
 
 
