@@ -49,7 +49,7 @@ def pytest_unconfigure(config):
 # not named here follows in file order.
 HEAVY_FIRST = (
     "test_encoder_pipeline", "test_score", "test_score_normalisation", "test_fusion",
-    "test_score_publish",
+    "test_cluster", "test_score_publish",
     "test_tuning", "test_learning", "test_jobs", "test_imagenet", "test_score_s3",
     "test_readme", "test_transcribe", "test_synth", "test_console", "test_warmup",
 )
