@@ -94,8 +94,6 @@ def test_score_loses_a_node_and_every_call_appears_once(cluster, score_model, tm
     assert (calls["status"] == "scored").all()
     segments = read_segments(out)
     assert not segments.duplicated(["call_id", "segment_index"]).any()
-    run = json.loads(next((out / "runs").glob("*.json")).read_text())
-    assert run["worker_processes"] >= 2  # units ran on both nodes before one went away
     proc = _ser_ray(cluster, *args)  # a rerun of the night: the same rows
     _finish(proc)
     again = read_calls(out)
