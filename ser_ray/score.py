@@ -222,6 +222,12 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def stage_unit(storage: io.Storage, base: str, segments: pa.Table, calls: pa.Table) -> None:
+    """A unit's staged rows: segments first, then the calls file, which marks the unit done."""
+    storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segments))
+    storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls))
+
+
 def _read_parquet(storage: io.Storage, uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(pa.BufferReader(storage.read_bytes(uri)), columns=columns)
 
@@ -430,9 +436,7 @@ class UnitScorer:
         segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
         calls_t = pa.Table.from_pylist(rows, self.call_schema)
         base = unit_dir(self.s["staging"], unit["unit_id"], reference.key)
-        # Segments first: the calls file marks the unit done.
-        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(segs))
-        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(calls_t))
+        stage_unit(self.storage, base, segs, calls_t)
         return {**self._stats(unit, rows, t0), "read_s": read_s}
 
     def _stats(self, unit: dict[str, Any], rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
@@ -974,12 +978,10 @@ class _Splitter:
                "reason": f"reading or scoring this call killed its worker on {TASK_RETRIES + 1} "
                          f"tries ({type(exc).__name__}); too big or malformed for a worker?"}
         log(f"call {call['uri']}: {row['reason']}")
-        base = unit_dir(self.s["staging"], unit["unit_id"])
         labels = self.s["labels"]
-        self.storage.write_bytes(io.join(base, "segments.parquet"),
-                                 _parquet_bytes(segments_schema(labels).empty_table()))
-        self.storage.write_bytes(io.join(base, "calls.parquet"),
-                                 _parquet_bytes(pa.Table.from_pylist([row], calls_schema(labels))))
+        stage_unit(self.storage, unit_dir(self.s["staging"], unit["unit_id"]),
+                   segments_schema(labels).empty_table(),
+                   pa.Table.from_pylist([row], calls_schema(labels)))
         return []
 
     def done(self, unit: dict[str, Any], stats: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -1005,11 +1007,9 @@ class _Splitter:
                  for k in range(len(unit["calls"]))]
         segs = [_read_parquet(self.storage, io.join(b, "segments.parquet")) for b in bases]
         calls = [_read_parquet(self.storage, io.join(b, "calls.parquet")) for b in bases]
-        base = unit_dir(self.s["staging"], unit["unit_id"])
-        self.storage.write_bytes(io.join(base, "segments.parquet"), _parquet_bytes(
-            pa.concat_tables([t.cast(segments_schema(labels)) for t in segs])))
-        self.storage.write_bytes(io.join(base, "calls.parquet"), _parquet_bytes(
-            pa.concat_tables([t.cast(calls_schema(labels)) for t in calls])))
+        stage_unit(self.storage, unit_dir(self.s["staging"], unit["unit_id"]),
+                   pa.concat_tables([t.cast(segments_schema(labels)) for t in segs]),
+                   pa.concat_tables([t.cast(calls_schema(labels)) for t in calls]))
         for b in bases:
             self.storage.delete_tree(b)
         status: Counter = Counter()

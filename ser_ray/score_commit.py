@@ -151,13 +151,11 @@ class NightLock:
         return True
 
     def _holder(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.storage.read_bytes(self.uri))
+        try:  # read_text says FileNotFoundError for a missing S3 key too
+            return json.loads(self.storage.read_text(self.uri))
         except FileNotFoundError:
             return None
-        except Exception as exc:
-            if "NoSuchKey" in str(exc) or "404" in str(exc):
-                return None
+        except Exception:
             return {}  # unreadable: half-written by its holder, which is alive
 
     def _stale(self, holder: dict[str, Any]) -> bool:
