@@ -22,6 +22,6 @@ COPY configs configs
 # torch first, pinned, from the variant's index; then the project (its pins match)
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" torch==2.13.0 torchvision==0.28.0 \
     && pip install --no-cache-dir . \
-    && python -m ser_ray.warmup \
+    && python -m ser_ray.features.warmup \
     && chown -R ray /opt/ser-ray
 USER ray

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip check
-	$(PY) -m ser_ray.warmup
+	$(PY) -m ser_ray.features.warmup
 	touch $(STAMP)
 
 s3-server:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from prepare_helpers import kill_cli_once_staged
     from s3.server import S3Server
     from ser_ray.config import ScoreConfig, load
-    from ser_ray.io import Storage
+    from ser_ray.storage import Storage
     from ser_ray.score import read_calls, read_segments, run_score
     from ser_ray.synth import synthesize_backlog
 

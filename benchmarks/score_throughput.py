@@ -126,9 +126,9 @@ def write_default_model(path: Path) -> Path:
     import numpy as np
     import torch
 
-    from ser_ray.artifact import save_model_dir
+    from ser_ray.models.artifact import save_model_dir
     from ser_ray.config import AudioConfig, to_dict
-    from ser_ray.data import TIME_AXIS
+    from ser_ray.learn.data import TIME_AXIS
     from ser_ray.features import extractor_config, get_extractor
     from ser_ray.models import build_model, model_config
 
@@ -196,15 +196,17 @@ def units_in_process(backlog: Path, model: Path, out: Path) -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from ser_ray import io, score
+    from ser_ray import score
+    from ser_ray.score import read as score_read
+    from ser_ray.storage import Storage
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = score_config(backlog, model, out, 1)
     info = score.ModelInfo.read(model)
     settings = score.worker_settings(cfg, info, "bench", str(out / "_staging"))
-    calls = score.iter_calls(cfg.inputs, io.Storage(), Counter(), [], call_id=cfg.call_id)
+    calls = score.iter_calls(cfg.inputs, Storage(), Counter(), [], call_id=cfg.call_id)
     units = list(score.iter_units(calls, cfg.calls_per_task, int(cfg.mb_per_task * 2**20), "bench"))
-    detect_speech = score.detect_speech
+    detect_speech = score_read.detect_speech
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a Ray worker (OMP_NUM_THREADS=1)
     try:
@@ -215,12 +217,12 @@ def units_in_process(backlog: Path, model: Path, out: Path) -> dict[str, Any]:
             # First calls pay one-off costs (numba's set-up under librosa, silero's and torch's
             # first passes), as each new actor does: one call is scored first, timed apart.
             t0 = time.perf_counter()
-            st0 = scorer.score_unit({"unit_id": "warm-up", "calls": units[0]["calls"][:1]})
+            st0 = scorer.score_unit(score.Unit("warm-up", units[0].calls[:1]))
             warmup_s = time.perf_counter() - t0
             parts = {"decode": 0.0, "vad": 0.0, "features": 0.0, "model": 0.0}
-            scorer.load = _Clock(scorer.load, parts, "decode")
-            score.detect_speech = _Clock(detect_speech, parts, "vad")  # a module-level call
-            scorer.features = _Clock(scorer.features, parts, "features")
+            scorer.reader.load = _Clock(scorer.reader.load, parts, "decode")
+            score_read.detect_speech = _Clock(detect_speech, parts, "vad")  # a module-level call
+            scorer.features.many = _Clock(scorer.features.many, parts, "features")
             scorer.predictor.predict_proba = _Clock(scorer.predictor.predict_proba, parts, "model")
             status: Counter = Counter()
             audio_s, t0 = 0.0, time.perf_counter()
@@ -231,11 +233,11 @@ def units_in_process(backlog: Path, model: Path, out: Path) -> dict[str, Any]:
             seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-        score.detect_speech = detect_speech
+        score_read.detect_speech = detect_speech
     parts["rest (summaries, Parquet writes)"] = seconds - sum(parts.values())
     return {"audio_s": audio_s, "seconds": seconds, "load_s": load_s, "warmup_unit_s": warmup_s,
             "first_unit_audio_s": st0["audio_s"], "parts_s": parts,
-            "status": dict(status), "units": len(units), "vad": scorer.detector.name}
+            "status": dict(status), "units": len(units), "vad": scorer.reader.detector.name}
 
 
 class ActorMonitor(Monitor):
@@ -273,7 +275,7 @@ def _ray_workers(psutil, me, match) -> list:
 
 
 def _scoring_actors(psutil, me) -> list:
-    return _ray_workers(psutil, me, lambda title: "_ScoreActor" in title)
+    return _ray_workers(psutil, me, lambda title: "ScoreActor" in title)
 
 
 def _wait_gone(match, max_s: float) -> float:
@@ -290,7 +292,7 @@ def wait_actors_gone(max_s: float = 60.0) -> float:
 
     A finished run's actors take seconds (and about a core) to exit; a run measured meanwhile
     would pay for them."""
-    return _wait_gone(lambda title: "_ScoreActor" in title, max_s)
+    return _wait_gone(lambda title: "ScoreActor" in title, max_s)
 
 
 # Ray Data's detached helpers (name, namespace). A Ray Data run starts them and they stay for the

@@ -58,8 +58,8 @@ def prepare(root: Path, speakers: int) -> Path:
 def cv(prepared: Path, trainer: str, folds: int, out: Path) -> dict:
     from ser_ray import config as config_mod
     from ser_ray.config import LearnConfig
-    from ser_ray.data import load_learn_features
-    from ser_ray.experiment import cross_validate
+    from ser_ray.learn.data import load_learn_features
+    from ser_ray.learn.experiment import cross_validate
 
     cfg = config_mod.from_dict(LearnConfig, {**MODEL, "protocol": "speaker-kfold",
                                              "folds": folds, "trainer": trainer}, "benchmark")
@@ -73,7 +73,7 @@ def cv(prepared: Path, trainer: str, folds: int, out: Path) -> dict:
 
 def sweep(prepared: Path, trainer: str, trials: int, folds: int, out: Path) -> dict:
     lrs = trials // 4
-    from ser_ray.tuning import load_space, run_sweep
+    from ser_ray.learn.tuning import load_space, run_sweep
 
     space = {"base": {**MODEL, "protocol": "speaker-kfold", "folds": folds, "trainer": trainer},
              "space": {"model_options.lr": {"grid": [3e-4, 1e-3, 3e-3, 1e-2][:lrs]},
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ser_ray  # noqa: F401  (before torch/transformers: the torchvision hook)
     from ser_ray.runtime import init_ray
-    from ser_ray.training import fit_torch
+    from ser_ray.learn.training import fit_torch
 
     load0 = os.getloadavg()[0]
     init_ray()

@@ -10,7 +10,7 @@ Input: the same synthetic arrays for every run: ``--samples`` training rows of s
 ``--model``/``--options`` say otherwise; ``patience`` is set above ``--epochs`` so every run trains
 every epoch.
 
-Runs (each is one ``ser_ray.training.fit_torch`` call, i.e. one TorchTrainer):
+Runs (each is one ``ser_ray.learn.training.fit_torch`` call, i.e. one TorchTrainer):
   1 worker       num_workers=1, cpus_per_worker=1 (one torch thread);
   N workers      num_workers=N = the cluster's CPUs, cpus_per_worker=1 (DDP, one thread each);
   1 worker x N   (``--threaded``) num_workers=1, cpus_per_worker=N (N intra-op threads): is DDP
@@ -86,7 +86,7 @@ def epoch_clock(path: str):
 def fit_once(train, val, *, model: str, options: dict, epochs: int, num_workers: int,
              cpus_per_worker: float, work: Path, name: str) -> dict:
     """One fit_torch call; returns its wall time and the (time, epoch) of each report."""
-    from ser_ray.training import fit_torch
+    from ser_ray.learn.training import fit_torch
 
     clock = work / f"{name}.clock"
     opts = {**options, "epochs": epochs, "patience": epochs + 1000}
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from ser_ray.runtime import init_ray
-    from ser_ray.training import quiet_data_progress, resolve_hyperparameters
+    from ser_ray.runtime import quiet_data_progress
+    from ser_ray.learn.training import resolve_hyperparameters
 
     batch = resolve_hyperparameters(args.model, options)["batch_size"]
     load_start = os.getloadavg()

@@ -17,7 +17,7 @@ PROTOCOL=${PROTOCOL:-"--protocol speaker-kfold --folds 2"}
 $PY -m ser_ray.cli prepare --input "$EMODB" --corpus emodb --features logmel \
     --set feature_options.logmel.n_mels=64 --set audio.block_s=1.0 --set audio.trim=true \
     --output "$RUNS/emodb-logmel-blocks" --no-progress
-$PY -c "from ser_ray.augment import babble; babble(['$EMODB/wav'], '$RUNS/emodb-babble')"
+$PY -c "from ser_ray.learn.augment import babble; babble(['$EMODB/wav'], '$RUNS/emodb-babble')"
 for variant in none merged; do
   # shellcheck disable=SC2086
   $PY -m ser_ray.cli cv --config configs/noise_protocol.yaml $PROTOCOL \

@@ -38,12 +38,17 @@ def catalog(kind: str) -> list[tuple[str, str]]:
 
         return [(n, f"file names {c.pattern}") for n, c in sorted(CORPORA.items())]
     if kind == "protocols":
-        from ser_ray.splits import PROTOCOLS
+        from ser_ray.learn.splits import PROTOCOLS
 
         return [(n, first_sentence(p.split.__doc__) + (" Speakers shared: optimistic."
                                                        if p.shares_speakers else ""))
                 for n, p in PROTOCOLS.items()]
     raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def names(kind: str) -> list[str]:
+    """The registered names of ``kind``: what the CLI's choices and help list."""
+    return [n for n, _ in catalog(kind)]
 
 
 def render(kinds=KINDS) -> str:

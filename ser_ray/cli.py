@@ -13,6 +13,37 @@ EXIT_NOTHING_USABLE = 1
 EXIT_STRICT = 3
 
 
+class Registered:
+    """The names of a registry, looked up only when argparse needs them (a ``--help``, a value
+    to check): importing every registry costs seconds that most commands never need. Used as a
+    ``choices`` container, or as an action's ``names`` for ``%(names)s`` in its help."""
+
+    def __init__(self, names):
+        self._names, self._got = names, None
+
+    def _all(self) -> list[str]:
+        if self._got is None:
+            self._got = [str(n) for n in self._names()]
+        return self._got
+
+    def __contains__(self, value) -> bool:
+        return value in self._all()
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __str__(self) -> str:
+        return ", ".join(self._all())
+
+
+def _registered(action: argparse.Action, kind: str) -> argparse.Action:
+    """``action``'s help names every registered thing of ``kind`` (``ser-ray list KIND``)."""
+    from ser_ray.catalog import names
+
+    action.names = Registered(lambda: names(kind))
+    return action
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -28,15 +59,13 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", action="extend", dest="inputs", metavar="URI",
                    help="folder, glob, tar shard(s) (shard-{000..009}.tar), s3://bucket/prefix, "
                         "or a manifest CSV/Parquet with path,label columns")
-    p.add_argument("--corpus", help="ravdess, cremad, tess, savee, emodb, iemocap, manifest, "
-                                    "sidecar (labels in tar JSON sidecars) or auto (default)")
-    p.add_argument("--label-set", dest="label_set",
-                   help="all (default), ravdess8, merged8, ekman7, iemocap4, iemocap4-aesn, "
-                        "gender16")
-    p.add_argument("--features", type=_csv, help="comma-separated extractors: mfcc, logmel, "
-                                                 "stft, handcrafted173, handcrafted94, egemaps, "
-                                                 "encoder (set feature_options.encoder.model), "
-                                                 "waveform")
+    _registered(p.add_argument("--corpus", help="%(names)s, manifest, sidecar (labels in tar JSON "
+                                                "sidecars) or auto (default)"), "corpora")
+    _registered(p.add_argument("--label-set", dest="label_set", help="%(names)s (default all)"),
+                "label-sets")
+    _registered(p.add_argument("--features", type=_csv,
+                               help="comma-separated extractors: %(names)s (the encoder's model: "
+                                    "feature_options.encoder.model)"), "extractors")
     p.add_argument("--output", help="output folder (rerun into it to resume)")
     _config_args(p, "YAML config file (see configs/)",
                  "--set audio.trim=true --set feature_options.mfcc.n_mfcc=20")
@@ -105,13 +134,11 @@ def add_learn_args(p: argparse.ArgumentParser) -> None:
                    help="feature table(s) to learn from (default: the one table the folder "
                         "holds; with several, name one); several 1-D vectors are "
                         "concatenated, e.g. egemaps,handcrafted173")
-    p.add_argument("--model",
-                   help="registered model (svm, knn, logreg, cnn1d, cnn2d_smote, lstm_v2, "
-                        "layer_weighted, encoder_finetune, imagenet_cnn, ...); required unless "
-                        "--config names one")
+    _registered(p.add_argument("--model", help="registered model: %(names)s; required unless "
+                                               "--config names one"), "models")
     _config_args(p, "YAML LearnConfig (see configs/)", "--set balance=smote "
                  "--set model_options.epochs=20 --set augment.variant=merged")
-    p.add_argument("--label-set", dest="label_set")
+    _registered(p.add_argument("--label-set", dest="label_set", help="%(names)s"), "label-sets")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int, dest="num_workers",
                    help="Ray Train workers per fit (DDP)")
@@ -124,7 +151,7 @@ def learn_config(args: argparse.Namespace, **extra):
     import dataclasses
 
     from ser_ray.config import LearnConfig
-    from ser_ray.data import resolve_feature_set
+    from ser_ray.learn.data import resolve_feature_set
 
     data = config_mod.merged(
         args.config, args.set, features=args.features, model=args.model,
@@ -141,7 +168,7 @@ def learn_config(args: argparse.Namespace, **extra):
 
 
 def _load_data(args: argparse.Namespace, cfg):
-    from ser_ray.data import load_learn_features
+    from ser_ray.learn.data import load_learn_features
 
     data = load_learn_features(args.roots, cfg)
     if data.feature_config["dropped_labels"]:
@@ -151,7 +178,7 @@ def _load_data(args: argparse.Namespace, cfg):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ser_ray.experiment import train_model
+    from ser_ray.learn.experiment import train_model
     from ser_ray.runtime import init_ray
 
     cfg = learn_config(args)
@@ -166,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ser_ray.experiment import run_cv
+    from ser_ray.learn.experiment import run_cv
     from ser_ray.runtime import init_ray
 
     cfg = learn_config(args, protocol=args.protocol, folds=args.folds,
@@ -181,7 +208,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ser_ray.experiment import evaluate_model
+    from ser_ray.learn.evaluate import evaluate_model
 
     metrics = evaluate_model(args.model, args.roots, args.output, trust=args.trust_model)
     print(json.dumps({k: metrics[k] for k in ("protocol", "ua_mean", "wa_mean",
@@ -190,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from ser_ray.fusion import save_late_fusion
+    from ser_ray.models.late_fusion import save_late_fusion
 
     weights = [float(w) for w in _csv(args.weights)] if args.weights else None
     out = save_late_fusion(args.models, args.output, weights, trust=args.trust_model)
@@ -200,7 +227,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from ser_ray.runtime import init_ray
-    from ser_ray.tuning import load_space, run_sweep
+    from ser_ray.learn.tuning import load_space, run_sweep
 
     space = load_space(args.space)
     init_ray()
@@ -267,6 +294,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_layouts() -> list[str]:
+    from ser_ray.synth import LAYOUTS
+
+    return [*LAYOUTS, "backlog"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ser_ray import __version__
     from ser_ray.catalog import KINDS
@@ -283,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
     s = sub.add_parser("synth", help="write a synthetic emotional-speech corpus (for demos/tests)")
     s.add_argument("--layout", required=True,
-                   choices=["ravdess", "cremad", "tess", "savee", "emodb", "iemocap", "backlog"],
+                   choices=Registered(_synth_layouts),
                    help="a corpus layout, or backlog: recorded calls for `ser-ray score`")
     s.add_argument("--output", required=True)
     s.add_argument("--speakers", type=int)
@@ -302,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cv", help="cross-validate one configuration under a protocol")
     add_learn_args(c)
-    c.add_argument("--protocol", help="speaker-kfold (default), loso, random-kfold "
-                                      "(shares speakers: optimistic), explicit, cross-corpus")
+    _registered(c.add_argument("--protocol", help="%(names)s (default speaker-kfold; random-kfold "
+                                                  "shares speakers: optimistic)"), "protocols")
     c.add_argument("--folds", type=int)
     c.add_argument("--test-speakers", type=_csv, dest="test_speakers")
     c.add_argument("--train-corpora", type=_csv, dest="train_corpora")
@@ -341,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--run-date", dest="run_date", metavar="YYYY-MM-DD",
                     help="night being scored (default today); rerunning a night replaces its rows")
     sc.add_argument("--metadata", help="CSV/Parquet of call metadata with a call_id column")
-    sc.add_argument("--customer-channel", dest="customer_channel", choices=["left", "right", "mono"],
+    sc.add_argument("--customer-channel", dest="customer_channel", choices=config_mod.CHANNELS,
                     help="channel of stereo recordings holding the customer (default mono: downmix)")
     _config_args(sc, "YAML ScoreConfig (see configs/score.yaml)",
                  "--set vad.name=energy --set urgency.weights.sad=1.0 --set window_s=2")

@@ -12,12 +12,42 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
 from ser_ray.ranges import Checked
 from ser_ray.urgency import UrgencyConfig
+
+
+
+# Allowed values of config fields that more than one plane reads.
+NORMALISE_GROUPS = {"none": None, "global": None, "speaker": "speaker", "corpus": "corpus"}
+TRAINERS = ("auto", "local", "ray_train")
+CHANNELS = ("left", "right", "mono")          # ScoreConfig.customer_channel
+REFERENCES = ("run", "training", "call")      # ScoreNormalisation.reference
+
+
+def check_normalise(mode: str) -> None:
+    """``normalise``: how feature rows are standardised (the group each is standardised by)."""
+    if mode not in NORMALISE_GROUPS:
+        raise ValueError(f"normalise={mode!r} is not one of {list(NORMALISE_GROUPS)}")
+
+
+def pick_trainer(trainer: str, num_workers: int, use_gpu: bool, callbacks: Sequence[Any] = ()
+                 ) -> str:
+    """``auto`` -> ``local`` for one CPU worker without Ray Train callbacks, else ``ray_train``."""
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer={trainer!r} is not one of {list(TRAINERS)}")
+    distributed = num_workers != 1 or use_gpu
+    if trainer == "local" and distributed:
+        raise ValueError(f"trainer=local runs one CPU worker; num_workers={num_workers}, "
+                         f"use_gpu={use_gpu} need trainer=ray_train (or auto)")
+    if trainer == "local" and callbacks:
+        raise ValueError("Ray Train callbacks need trainer=ray_train (or auto)")
+    if trainer == "auto":
+        return "ray_train" if distributed or callbacks else "local"
+    return trainer
 
 
 
@@ -126,9 +156,6 @@ class LearnConfig(Checked):
 
     def __post_init__(self):
         super().__post_init__()
-        from ser_ray.data import check_normalise
-        from ser_ray.training import pick_trainer
-
         check_normalise(self.normalise)
         pick_trainer(self.trainer, self.num_workers, self.use_gpu)
         if self.augment.variant not in ("none", "augmented", "merged"):
@@ -208,7 +235,7 @@ class ScoreConfig(Checked):
     urgency: UrgencyConfig = field(default_factory=UrgencyConfig)
     normalisation: ScoreNormalisation = field(default_factory=ScoreNormalisation)
     rescore: bool = False            # also score calls an earlier night scored with this model
-    trust_model: bool = False        # also load a model that needs pickle (see ser_ray.artifact)
+    trust_model: bool = False        # also load a model that needs pickle (see ser_ray.models.artifact)
     replace_night: bool = False      # republish a night even if its committed rows hold calls
                                      # this run does not list (other inputs)
     lock_ttl_h: float = 24.0         # a night's lock older than this is stale (its run died)

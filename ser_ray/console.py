@@ -14,13 +14,14 @@ terminal, else a plain line at most every ``every_s`` seconds, and a last line a
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 # Loggers whose records go to the log file in a quiet run.
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "transformers",
@@ -62,6 +63,11 @@ def say(msg: str, stage: str = "") -> None:
     print(line, file=sys.stderr, flush=True)
     if _state["log"] is not None:
         _state["log"].write(line + "\n")
+
+
+def logger(stage: str = "") -> Callable[[str], None]:
+    """:func:`say` for one stage: ``log = logger("score")``, then ``log(msg)``."""
+    return functools.partial(say, stage=stage)
 
 
 @contextlib.contextmanager

@@ -73,8 +73,9 @@ def run(out: Path, args: argparse.Namespace) -> int:
 def learn(out: Path) -> None:
     """Cross-validate a classical baseline, train a 1-D CNN, evaluate it."""
     from ser_ray.config import LearnConfig
-    from ser_ray.data import load_features
-    from ser_ray.experiment import evaluate_model, run_cv, train_model
+    from ser_ray.learn.data import load_features
+    from ser_ray.learn.evaluate import evaluate_model
+    from ser_ray.learn.experiment import run_cv, train_model
 
     prepared = out / "prepared"
     cfg = LearnConfig(features=("handcrafted94",), model="logreg", protocol="speaker-kfold",
@@ -114,8 +115,8 @@ def score(out: Path) -> None:
     import pandas as pd
 
     from ser_ray.config import LearnConfig, ScoreConfig
-    from ser_ray.data import load_features
-    from ser_ray.experiment import train_model
+    from ser_ray.learn.data import load_features
+    from ser_ray.learn.experiment import train_model
     from ser_ray.score import read_calls, run_score
 
     model = LearnConfig(features=("handcrafted94",), model="logreg")

@@ -66,6 +66,24 @@ REASONS = (
     "worker_died",        # reading or scoring it killed its worker, on every try
 )
 
+# Statuses of a scored call row (the ``calls`` table): ``scored``, ``no_speech``, or why it was
+# not scored: one of REASONS, or ``duplicate_call_id`` (another file bears its call id).
+SCORED, NO_SPEECH, DUPLICATE_CALL_ID = "scored", "no_speech", "duplicate_call_id"
+CALL_STATUSES = (SCORED, NO_SPEECH, DUPLICATE_CALL_ID, *REASONS)
+# Statuses worth another try on a later night (the file may still have been uploading).
+RETRY_STATUSES = ("unreadable", "internal_error")
+
+
+def error_detail(exc: BaseException) -> str:
+    """How a row names the exception that stopped it: ``Type: message``."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def internal_error(row: dict, exc: BaseException) -> None:
+    """Mark ``row`` (a call or quarantine row) as stopped by a bug: status ``internal_error``."""
+    row["status"], row["reason"] = "internal_error", error_detail(exc)
+
+
 # Files found under an input that are not inputs: counted and listed in `skipped`, never lost.
 SKIP_REASONS = ("hidden", "corpus_metadata", "sidecar")
 

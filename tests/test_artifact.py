@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ser_ray.artifact import FORMAT_VERSION, Predictor, load_predictor, save_model_dir
+from ser_ray.models.artifact import FORMAT_VERSION, Predictor, load_predictor, save_model_dir
 from ser_ray.models import build_model, model_config
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -53,7 +53,7 @@ def test_torch_round_trip_is_exact(tmp_path, torch_model):
          "labels.json", "metrics.json", "versions.json"])
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dir left behind
     assert json.loads((out / "model.json").read_text())["extra"] == {"fold": 0}
-    assert {"python", "torch", "sklearn", "ser_ray"} <= set(json.loads((out / "versions.json").read_text()))
+    assert {"python", "torch", "scikit-learn", "ser-ray"} <= set(json.loads((out / "versions.json").read_text()))
 
     X = rng.normal(0, 1, (7, *TORCH_SHAPE)).astype(np.float32)
     loaded = load_predictor(out)
@@ -106,10 +106,10 @@ def test_classical_class_missing_from_training_gets_zero_column(tmp_path, vector
 LOAD_IN_FRESH_PROCESS = """
 import json, sys
 import numpy as np
-from ser_ray.artifact import load_predictor
+from ser_ray.models.artifact import load_predictor
 p = load_predictor(sys.argv[1])
 X = np.load(sys.argv[2])
-assert "ser_ray.training" not in sys.modules, "loading imported the training code"
+assert "ser_ray.learn.training" not in sys.modules, "loading imported the training code"
 print(json.dumps(p.predict_proba(X).tolist()))
 """
 

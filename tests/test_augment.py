@@ -11,10 +11,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from ser_ray import audio, io
-from ser_ray.augment import (DEFAULT_CHAIN, VARIANTS, AugmentError, Chain, Gain, Pitch, Shift,
-                             Stretch, augmented_features, available_steps, make_step, mix_at_snr,
-                             noisy_features, read_sources, row_rng, select_variant)
+from ser_ray import audio
+
+from ser_ray.storage import Storage
+from ser_ray.learn.augment import (DEFAULT_CHAIN, VARIANTS, AugmentError, Chain, Gain, Pitch, Shift,
+                                   Stretch, augmented_features, available_steps, make_step,
+                                   mix_at_snr, noisy_features, read_sources, row_rng,
+                                   select_variant)
 from ser_ray.config import AudioConfig
 from ser_ray.features import get_extractor
 
@@ -236,12 +239,12 @@ def test_read_sources_reads_tar_members_and_names_missing_files(tmp_path):
         info = tarfile.TarInfo("x/utt1.wav")
         info.size = len(buf.getvalue())
         tf.addfile(info, pyio.BytesIO(buf.getvalue()))
-    got = read_sources(io.Storage(), [f"{shard}#x/utt1.wav"])
+    got = read_sources(Storage(), [f"{shard}#x/utt1.wav"])
     assert got[f"{shard}#x/utt1.wav"] == buf.getvalue()
     with pytest.raises(AugmentError, match="gone.wav"):
-        read_sources(io.Storage(), [str(tmp_path / "gone.wav")])
+        read_sources(Storage(), [str(tmp_path / "gone.wav")])
     with pytest.raises(AugmentError, match="x/utt2.wav"):
-        read_sources(io.Storage(), [f"{shard}#x/utt2.wav"])
+        read_sources(Storage(), [f"{shard}#x/utt2.wav"])
 
 
 # ------------------------------------------------------------------------------------- Ray
@@ -337,7 +340,7 @@ def test_augmented_features_names_a_file_that_no_longer_decodes(ray_session, tin
 def test_babble_mixes_voices_into_a_noise_bank(tmp_path):
     import soundfile as sf
 
-    from ser_ray.augment import babble, noise_bank
+    from ser_ray.learn.augment import babble, noise_bank
 
     rng = np.random.default_rng(0)
     src = tmp_path / "speech"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ser_ray.balance import SAMPLERS, class_weights, fit_resample
+from ser_ray.learn.balance import SAMPLERS, class_weights, fit_resample
 
 
 def data(counts=(30, 8, 6), shape=(4, 3), seed=0):

@@ -36,7 +36,7 @@ def test_list_names_everything_registered_with_its_doc(capsys):
     from ser_ray.features import available
     from ser_ray.labels import LABEL_SETS
     from ser_ray.models import available_models
-    from ser_ray.splits import PROTOCOLS
+    from ser_ray.learn.splits import PROTOCOLS
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -113,5 +113,5 @@ def test_every_install_warms_up_librosa_kernels_before_workers_start(config):
     for cmds in (config["setup_commands"],
                  config["available_node_types"]["gpu_worker"]["worker_setup_commands"]):
         install_at = next(i for i, c in enumerate(cmds) if "pip install -e ." in c)
-        warm_at = next(i for i, c in enumerate(cmds) if "-m ser_ray.warmup" in c)
+        warm_at = next(i for i, c in enumerate(cmds) if "-m ser_ray.features.warmup" in c)
         assert warm_at > install_at

@@ -9,8 +9,8 @@ import yaml
 
 from ser_ray import config as config_mod
 from ser_ray.cli import build_parser, prepare_config
-from ser_ray.config import (AudioConfig, PrepareConfig, S3Config, apply_overrides, dump,
-                            from_dict, load, to_dict)
+from ser_ray.config import (AudioConfig, PrepareConfig, S3Config, apply_overrides, dump, from_dict,
+                            load, to_dict)
 
 
 # --- from_dict --------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_shipped_presets_load(request):
     configs = request.config.rootpath / "configs"
     presets = sorted(configs.glob("*.yaml"))
     assert presets, "configs/*.yaml missing"
-    from ser_ray.tuning import SweepSpace, load_space
+    from ser_ray.learn.tuning import SweepSpace, load_space
 
     for path in presets:
         if path.name.startswith("tune_"):  # Ray Tune search spaces

@@ -5,9 +5,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from ser_ray.corpora import (
-    CORPORA, UnrecognisedName, Utterance, detect_corpus, get_corpus, load_manifest, utterance_from_fields,
-)
+from ser_ray.corpora import (CORPORA, UnrecognisedName, Utterance, detect_corpus, get_corpus,
+                             load_manifest, utterance_from_fields)
 from ser_ray.labels import CANONICAL_LABELS
 
 

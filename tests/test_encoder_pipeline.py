@@ -44,7 +44,7 @@ def world(ray_session, tmp_path_factory):
 
 
 def test_prepare_runs_the_encoder_on_ray_data_and_matches_the_task_engine(world):
-    from ser_ray.data import load_features
+    from ser_ray.learn.data import load_features
 
     assert "engine data" in world["log"] and "encoder on" in world["log"]
     summary = json.loads((world["prepared"] / "summary.json").read_text())
@@ -79,7 +79,7 @@ def test_classical_heads_pick_layers_at_learn_time(world, tmp_path):
 
 
 def test_layer_weighted_head_trains_evaluates_and_scores(world, tmp_path):
-    from ser_ray.artifact import load_predictor
+    from ser_ray.models.artifact import load_predictor
 
     model = tmp_path / "lw"
     _ok("train", "--features", str(world["prepared"]), "--feature-set", "encoder",
@@ -97,7 +97,7 @@ def test_layer_weighted_head_trains_evaluates_and_scores(world, tmp_path):
 
 
 def test_finetuned_encoder_resumes_after_a_failure_and_scores(world, tmp_path):
-    from ser_ray.artifact import BACKBONE, load_predictor
+    from ser_ray.models.artifact import BACKBONE, load_predictor
 
     model = tmp_path / "ft"
     args = ["train", "--features", str(world["prepared"]), "--feature-set", "waveform",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from encoder_helpers import FAMILIES, WHISPER_BASE, make_tiny_encoder
-from ser_ray.data import layer_selection, select_layers
+from ser_ray.features.inputs import layer_selection, select_layers
 from ser_ray.features import get_extractor
 
 SR = 16000
@@ -96,7 +96,7 @@ def test_auto_engine_is_ray_data_only_for_encoders_on_gpus(monkeypatch):
     import ray
 
     from ser_ray.config import PrepareConfig
-    from ser_ray.prepare import engine_for
+    from ser_ray.prepare.engines import engine_for
 
     gpus = {"GPU": 0}
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
@@ -159,7 +159,7 @@ def test_layer_weighted_learns_weights_over_the_states():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_finetune_trains_the_transformer_not_the_frozen_parts_and_saves_a_hf_backbone(
         tiny, family, tmp_path):
-    from ser_ray.artifact import BACKBONE, load_predictor, save_model_dir
+    from ser_ray.models.artifact import BACKBONE, load_predictor, save_model_dir
     from ser_ray.models import build_model, model_config
 
     opts = {"model": tiny[family], "freeze_layers": 1, "pooling": "attentive"}

@@ -75,7 +75,7 @@ def test_text_extractor_errors_are_clear(tiny):
 
 
 def test_audio_text_needs_text_and_an_audio_feature():
-    from ser_ray.data import _check_needs
+    from ser_ray.learn.data import _check_needs
     from ser_ray.models import build_model
 
     net = build_model("audio_text", (96,), 4)
@@ -120,10 +120,10 @@ pipeline = pytest.mark.slow
 
 @pipeline
 def test_prepare_writes_transcripts_and_text_embeddings(world):
-    from ser_ray.data import load_features
-    from ser_ray.features.text import read_transcripts
+    from ser_ray.learn.data import load_features
+    from ser_ray.features.text import read_prepared_transcripts
 
-    tx = read_transcripts(world / "prepared")
+    tx = read_prepared_transcripts(world / "prepared")
     assert len(tx) == 32 and tx["utterance_id"].is_unique
     assert tx["language"].isin(["en", "de"]).all() and tx["text"].map(type).eq(str).all()
     data = load_features(world / "prepared", ["encoder", "text"], model="audio_text")
@@ -134,7 +134,7 @@ def test_prepare_writes_transcripts_and_text_embeddings(world):
     at = {u: i for i, u in enumerate(on_data.meta["utterance_id"])}
     np.testing.assert_allclose(on_data.X[[at[u] for u in data.meta["utterance_id"]]], data.X,
                                rtol=1e-4, atol=1e-5)
-    assert read_transcripts(world / "prepared-data").set_index("utterance_id")["text"].equals(
+    assert read_prepared_transcripts(world / "prepared-data").set_index("utterance_id")["text"].equals(
         tx.set_index("utterance_id")["text"])
     alone = load_features(world / "prepared", ["encoder"], model="logreg")
     order = {u: i for i, u in enumerate(alone.meta["utterance_id"])}
@@ -175,7 +175,7 @@ def test_audio_text_trains_evaluates_and_scores(world, tiny, tmp_path):
 
 @pipeline
 def test_late_fusion_of_two_saved_models_evaluates(world, tmp_path):
-    from ser_ray.experiment import evaluate_model
+    from ser_ray.learn.evaluate import evaluate_model
 
     models = {}
     for feature, model in (("encoder", "logreg"), ("text", "logreg")):
@@ -190,8 +190,8 @@ def test_late_fusion_of_two_saved_models_evaluates(world, tmp_path):
     m = evaluate_model(fused, [str(world / "prepared")], tmp_path / "eval")
     assert m["late_fusion"]["utterances_left_out"] == 0 and m["folds"][0]["n_test"] == 32
     # the fused accuracy is that of the weighted mean of the members' own probabilities
-    from ser_ray.experiment import _utterances
-    from ser_ray.fusion import load_late_fusion
+    from ser_ray.learn.evaluate import _utterances
+    from ser_ray.models.late_fusion import load_late_fusion
 
     fusion = load_late_fusion(fused)
     (ia, pa, ya, _), (ib, pb, yb, _) = (_utterances(p, [str(world / "prepared")])

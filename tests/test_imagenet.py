@@ -171,7 +171,7 @@ def test_noise_protocol_runs_in_one_cv_command(world, tmp_path):
 
 @pipeline
 def test_train_with_a_weights_file_then_evaluate_and_score_without_it(world, tmp_path):
-    from ser_ray.artifact import load_predictor
+    from ser_ray.models.artifact import load_predictor
     from ser_ray.score import read_calls
 
     weights = tmp_path / "mnv2.pth"

@@ -63,7 +63,7 @@ def test_manifest_entrypoint_runs_a_job_with_arguments_it_accepts(path):
         cfg = cli.score_config(args)  # every --set key resolves
         assert cfg.run_date == NIGHT and NIGHT in cfg.inputs[0]
     elif command == "tune":
-        from ser_ray.tuning import load_space
+        from ser_ray.learn.tuning import load_space
 
         load_space(ROOT / Path(args.space).relative_to("/opt/ser-ray"))
     if "gpu" in " ".join(images):

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from ser_ray import splits
+from ser_ray.learn import splits
 from ser_ray.config import AugmentConfig, LearnConfig
-from ser_ray.data import load_features
+from ser_ray.learn.data import load_features
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -61,7 +61,7 @@ def test_cv_command_writes_the_report_and_run_files(learn_corpus, tmp_path):
 
 
 def test_random_kfold_is_reported_as_sharing_speakers(vectors, tmp_path):
-    from ser_ray.experiment import run_cv
+    from ser_ray.learn.experiment import run_cv
 
     cfg = LearnConfig(features=("handcrafted94",), model="logreg", protocol="random-kfold",
                       folds=3)
@@ -73,7 +73,7 @@ def test_random_kfold_is_reported_as_sharing_speakers(vectors, tmp_path):
 
 def test_oversampling_augmentation_and_scaling_never_touch_the_test_side(arrays, tmp_path):
     """Merged augmentation + SMOTE + normalisation through prepare_fold on real folds."""
-    from ser_ray.experiment import make_augmenter, prepare_fold
+    from ser_ray.learn.experiment import make_augmenter, prepare_fold
 
     cfg = LearnConfig(features=("mfcc",), frames=80, model="cnn1d", balance="smote",
                       augment=AugmentConfig(variant="merged", steps=({"name": "gain"},)),
@@ -96,7 +96,7 @@ def test_oversampling_augmentation_and_scaling_never_touch_the_test_side(arrays,
         assert np.bincount(p.y_train).min() == np.bincount(p.y_train).max()
         # The test side is the original rows, normalised on the predict path with train-side
         # statistics (the ones a saved model dir keeps).
-        from ser_ray.artifact import Predictor
+        from ser_ray.models.artifact import Predictor
         pred = Predictor("cnn1d", "torch", None, arrays.labels, arrays.X.shape[1:], normalisation=p.norm)
         Xn = (arrays.X[fold.test] - p.norm["mean"]) / p.norm["std"]
         np.testing.assert_allclose(pred.prepare(arrays.X[fold.test]), Xn, rtol=1e-5, atol=1e-5)
@@ -108,7 +108,7 @@ def test_oversampling_augmentation_and_scaling_never_touch_the_test_side(arrays,
 
 
 def test_classical_scaler_is_fitted_on_the_training_rows_only(vectors, tmp_path):
-    from ser_ray.experiment import cross_validate
+    from ser_ray.learn.experiment import cross_validate
 
     cfg = LearnConfig(features=("handcrafted94",), model="logreg", balance="ros",
                       protocol="speaker-kfold", folds=2)
@@ -121,7 +121,7 @@ def test_classical_scaler_is_fitted_on_the_training_rows_only(vectors, tmp_path)
 
 
 def test_fit_torch_is_deterministic_on_both_trainers_and_resumes_after_a_failure(tmp_path):
-    from ser_ray.training import fit_torch
+    from ser_ray.learn.training import fit_torch
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(96, 20, 6)).astype(np.float32)
@@ -241,7 +241,7 @@ def test_every_torch_model_trains_through_cv_above_chance(model, learn_corpus, t
 def test_cv_scores_noisy_test_sets_at_each_snr(vectors, tmp_path):
     import soundfile as sf
 
-    from ser_ray.experiment import run_cv
+    from ser_ray.learn.experiment import run_cv
 
     noise_dir = tmp_path / "noise"
     noise_dir.mkdir()

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score,
                              precision_recall_fscore_support)
 
-from ser_ray.metrics import aggregate, compute_metrics, confusion_matrix, pooled
+from ser_ray.learn.metrics import aggregate, compute_metrics, confusion_matrix, pooled
 
 # "sad" is predicted once but never true; "happy" is true twice but never predicted;
 # "fearful" is neither, and must not drag any average down.

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ser_ray.artifact import (SKOPS_TYPES, UntrustedModel, load_predictor, save_model_dir)
+from ser_ray.models.artifact import SKOPS_TYPES, UntrustedModel, load_predictor, save_model_dir
 from ser_ray.models import available_models, build_model
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -114,7 +114,7 @@ def test_a_skops_file_with_a_foreign_type_is_refused(tmp_path):
 
 
 def test_late_fusion_members_live_inside_the_folder(tmp_path):
-    from ser_ray.fusion import load_late_fusion, save_late_fusion
+    from ser_ray.models.late_fusion import load_late_fusion, save_late_fusion
 
     a, b = _classical(tmp_path / "a"), _classical(tmp_path / "b", "knn")
     fused = save_late_fusion([a, b], tmp_path / "fused")

@@ -174,14 +174,26 @@ def test_classical_model_fits_with_scaler_first(name):
 
 @pytest.mark.parametrize("name", sorted(CLASSICAL))
 def test_classical_sample_weight_support_is_declared(name):
-    X, y = blobs()
-    clf = build_model(name, (X.shape[1],), 3, **CLASSICAL[name])
-    fit = lambda: clf.fit(X, y, model__sample_weight=np.ones(len(y)))  # noqa: E731
+    """A model that declares sample weights fits differently with them: rows of class 0 weighed
+    fifty times as much pull its probabilities towards class 0. One that does not, refuses."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 1.0, (3, 4))
+    y = np.repeat(np.arange(3), 30)
+    X, X_new = ((centres[y] + rng.normal(0, 1.5, (len(y), 4))).astype(np.float32) for _ in "ab")
+    weights = np.where(y == 0, 50.0, 1.0)
+
+    def proba(w):  # on rows it did not see: overlapping classes, where weights decide
+        clf = build_model(name, (X.shape[1],), 3, **CLASSICAL[name])
+        clf.fit(X, y, model__sample_weight=w)
+        return clf.predict_proba(X_new)
+
     if get_model_spec(name).config.supports_sample_weight:
-        fit()
+        even, heavy = proba(np.ones(len(y))), proba(weights)
+        assert not np.allclose(even, heavy)
+        assert heavy[:, 0].mean() > even[:, 0].mean()
     else:
         with pytest.raises(TypeError):
-            fit()
+            proba(weights)
 
 
 @pytest.mark.parametrize("name", sorted(CLASSICAL))

@@ -20,11 +20,11 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
 from ser_ray.config import LearnConfig, PrepareConfig, from_dict
-from ser_ray.data import load_features
-from ser_ray.experiment import run_cv
+from ser_ray.learn.data import load_features
+from ser_ray.learn.experiment import run_cv
 from ser_ray.prepare import run_prepare
 from ser_ray.synth import synthesize_corpus
-from ser_ray.tuning import SweepSpace, run_sweep
+from ser_ray.learn.tuning import SweepSpace, run_sweep
 
 pytestmark = pytest.mark.slow
 

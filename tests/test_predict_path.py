@@ -13,12 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ser_ray import splits
-from ser_ray.artifact import Predictor, load_predictor, save_predictor
+from ser_ray.learn import splits
+from ser_ray.models.artifact import Predictor, load_predictor, save_predictor
 from ser_ray.config import LearnConfig
-from ser_ray.data import FeatureData, Moments, group_standardise, moments, resolve_feature_set
-from ser_ray.experiment import cross_validate, fit, predict_rows, prepare_fold
-from ser_ray.metrics import compute_metrics
+from ser_ray.learn.data import FeatureData, resolve_feature_set
+from ser_ray.normalise import Moments, group_standardise, moments
+from ser_ray.learn.evaluate import predict_rows
+from ser_ray.learn.experiment import cross_validate, fit, prepare_fold
+from ser_ray.learn.metrics import compute_metrics
 
 from prepare_helpers import fake_prepared
 

@@ -18,7 +18,7 @@ import pytest
 from prepare_helpers import REPO, assert_same, config, make_corpus, make_shards, tables
 from ser_ray.cli import main as cli_main
 from ser_ray.features.arrays import column_to_numpy
-from ser_ray import io
+from ser_ray.storage import Storage
 from ser_ray.prepare import CONFIG_STAMP, iter_units, plan_inputs, run_prepare
 
 EMODB = REPO.parent / "shared" / "data" / "emodb"
@@ -213,7 +213,7 @@ def test_killed_run_resumes_to_the_same_result(corpus, clean_run, tmp_path):
     assert_same(tables(clean_run[0]), tables(out))
 
 
-class _EndlessPrefix(io.Storage):
+class _EndlessPrefix(Storage):
     """A prefix too large to list: a few top-level files, then sub-folders without end."""
 
     def walk(self, uri):
@@ -237,7 +237,7 @@ def test_units_are_cut_lazily_per_top_level_folder():
 def test_a_folder_unit_holds_one_top_level_folder_or_top_level_files(corpus):
     root, _ = corpus
     cfg = config(inputs=[str(root)], output="unused")
-    st = io.Storage()
+    st = Storage()
     units = [u for s in plan_inputs(cfg, st) for u in iter_units(s, st, cfg.files_per_task)]
     groups = [{r.split("/")[0] if "/" in r else "" for r in u["relpaths"]} for u in units]
     assert all(len(g) == 1 for g in groups)

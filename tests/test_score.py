@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 
 from ser_ray.config import ScoreConfig, load
-from ser_ray.score import (ModelInfo, WindowFeatures, check_config, iter_calls, iter_units, largest_first,
-                           load_metadata,
-                           model_window, pick_channel, read_calls, read_segments, resolve_run_date, run_score)
+from ser_ray.score import (Call, ModelInfo, Unit, WindowFeatures, check_config, iter_calls, iter_units,
+                           largest_first, load_metadata, model_window, pick_channel, read_calls,
+                           read_segments, resolve_run_date, run_score)
 from ser_ray.synth import synthesize_backlog
 
 from cli_helpers import ser_ray_cli
@@ -210,7 +210,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(scored, score_model, backl
         args += ["--set", "read_cpus=0.5", "--set", "cpus_per_worker=1"]
     proc = subprocess.Popen([sys.executable, "-m", "ser_ray.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    targets = ["_ScoreActor"] + (["_read_unit"] if engine == "staged" else [])
+    targets = ["ScoreActor"] + (["_read_unit"] if engine == "staged" else [])
     killed: dict[str, int] = {}
     deadline = time.time() + 300
     while len(killed) < len(targets) and time.time() < deadline and proc.poll() is None:
@@ -290,7 +290,7 @@ def test_staged_pools_leave_cpus_for_reading(ray_session, score_model, tmp_path)
 
 def test_a_model_the_actors_cannot_load_fails_the_run_naming_the_unit(ray_session, score_model, backlog,
                                                                        tmp_path):
-    from ser_ray.artifact import WEIGHTS
+    from ser_ray.models.artifact import WEIGHTS
 
     broken = tmp_path / "broken-model"
     shutil.copytree(score_model, broken)
@@ -355,14 +355,14 @@ def test_bad_arguments_are_clear_errors(ray_session, score_model, tmp_path):
     with pytest.raises(FileNotFoundError, match="model"):
         ModelInfo.read(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no such file, folder"):
-        list(iter_calls([str(tmp_path / "missing")], __import__("ser_ray.io").io.Storage(), {}, []))
+        list(iter_calls([str(tmp_path / "missing")], __import__("ser_ray.storage").storage.Storage(), {}, []))
     bad = tmp_path / "meta.csv"
     bad.write_text("id,agent\n1,a\n")
     with pytest.raises(ValueError, match="call_id column"):
-        load_metadata(str(bad), __import__("ser_ray.io").io.Storage())
+        load_metadata(str(bad), __import__("ser_ray.storage").storage.Storage())
     bad.write_text("call_id,agent\n1,a\n1,b\n")
     with pytest.raises(ValueError, match="more than once"):
-        load_metadata(str(bad), __import__("ser_ray.io").io.Storage())
+        load_metadata(str(bad), __import__("ser_ray.storage").storage.Storage())
     r = ser_ray_cli("score", "--model", str(score_model), "--input", str(tmp_path), "--output",
                     str(tmp_path / "o"), "--run-date", "yesterday", check=False)
     assert r.returncode == 2 and "YYYY-MM-DD" in r.stderr
@@ -383,7 +383,7 @@ def test_model_window_follows_what_the_model_saw(score_model):
 
 
 def test_window_features_match_the_models_input(score_model):
-    from ser_ray.artifact import load_predictor
+    from ser_ray.models.artifact import load_predictor
 
     pred = load_predictor(score_model)
     feats = WindowFeatures(pred.feature_config)
@@ -391,6 +391,35 @@ def test_window_features_match_the_models_input(score_model):
     for seconds in (0.3, 2.0, 5.0):
         x = feats(rng.normal(0, 0.1, int(seconds * feats.sr)).astype(np.float32))
         assert x.shape == tuple(pred.input_shape) and np.isfinite(x).all()
+
+
+def test_a_scoring_window_is_the_training_row_of_the_same_audio(ray_session, tmp_path):
+    """Train/serve parity: a call that is one training clip, read and cut the way scoring reads
+    and cuts calls, gives exactly the feature row training learnt from (conditioning, extractor,
+    the frames a 2-D feature is cropped or padded to), for a 2-D and a vector feature."""
+    from ser_ray import audio
+    from ser_ray.config import AudioConfig, PrepareConfig
+    from ser_ray.learn.data import load_features
+    from ser_ray.prepare import run_prepare
+    from ser_ray.synth import synthesize_corpus
+
+    synthesize_corpus("emodb", tmp_path / "corpus", n_speakers=2, per_emotion=1,
+                      emotions=["angry", "sad", "neutral"], sr=22050, seed=4)
+    run_prepare(PrepareConfig(inputs=[str(tmp_path / "corpus")], corpus="emodb",
+                              features=["mfcc", "handcrafted94"], output=str(tmp_path / "prepared"),
+                              audio=AudioConfig(pre_emphasis=0.97, normalise="rms")),
+                progress=False)
+    uris = pd.read_parquet(tmp_path / "prepared" / "manifest").set_index("utterance_id")["uri"]
+    for feature in ("mfcc", "handcrafted94"):
+        data = load_features(tmp_path / "prepared", [feature])
+        windows = WindowFeatures(data.feature_config)
+        assert len(data) == 6
+        for row, utt in enumerate(data.meta["utterance_id"]):
+            decoded = audio.decode(Path(uris[utt]).read_bytes())  # as CallReader.load reads a call
+            y = audio.resample(pick_channel(decoded.samples, "mono")[0], decoded.sample_rate,
+                               windows.sr)
+            np.testing.assert_allclose(windows.many([y])[0], data.X[row], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{feature} of {utt}")
 
 
 def test_pick_channel():
@@ -403,41 +432,41 @@ def test_pick_channel():
 
 
 def test_units_are_cut_by_count_and_size_with_stable_ids():
-    calls = [{"call_id": f"c{i}", "uri": f"/x/c{i}.wav", "size": s} for i, s in enumerate([10, 10, 10, 500, 10])]
+    calls = [Call(f"c{i}", f"/x/c{i}.wav", s) for i, s in enumerate([10, 10, 10, 500, 10])]
     units = list(iter_units(iter(calls), 2, 100, "m"))
-    assert [[c["call_id"] for c in u["calls"]] for u in units] == [["c0", "c1"], ["c2"], ["c3"], ["c4"]]
-    assert [u["unit_id"] for u in units] == [u["unit_id"] for u in iter_units(iter(calls), 2, 100, "m")]
-    assert units[0]["unit_id"] != next(iter_units(iter(calls), 2, 100, "other config"))["unit_id"]
+    assert [[c.call_id for c in u.calls] for u in units] == [["c0", "c1"], ["c2"], ["c3"], ["c4"]]
+    assert [u.unit_id for u in units] == [u.unit_id for u in iter_units(iter(calls), 2, 100, "m")]
+    assert units[0].unit_id != next(iter_units(iter(calls), 2, 100, "other config")).unit_id
+    assert Unit.from_json(units[0].to_json()) == units[0]  # as it crosses to an actor
 
 
 def test_a_wave_runs_its_largest_units_first():
-    calls = [{"call_id": f"c{i}", "uri": f"/x/c{i}.wav", "size": s}
+    calls = [Call(f"c{i}", f"/x/c{i}.wav", s)
              for i, s in enumerate([10, 10, 10, 500, 30, -1, 40])]  # -1: size unknown
     units = list(iter_units(iter(calls), 2, 100, "m"))
-    sizes = [sum(max(c["size"], 0) for c in u["calls"]) for u in units]
+    sizes = [sum(max(c.size, 0) for c in u.calls) for u in units]
     assert sizes == [20, 10, 500, 30, 40]  # listing order
     ordered = largest_first(units)
-    assert [sum(max(c["size"], 0) for c in u["calls"]) for u in ordered] == [500, 40, 30, 20, 10]
-    assert sorted(u["unit_id"] for u in ordered) == sorted(u["unit_id"] for u in units)
-    assert [u["unit_id"] for u in units] == [u["unit_id"] for u in iter_units(iter(calls), 2, 100, "m")]
+    assert [sum(max(c.size, 0) for c in u.calls) for u in ordered] == [500, 40, 30, 20, 10]
+    assert sorted(u.unit_id for u in ordered) == sorted(u.unit_id for u in units)
+    assert [u.unit_id for u in units] == [u.unit_id for u in iter_units(iter(calls), 2, 100, "m")]
 
 
 def test_call_ids_are_paths_below_the_input(tmp_path):
     from collections import Counter
 
-    from ser_ray.io import Storage
+    from ser_ray.storage import Storage
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     for rel in ("a/b/c1.wav", "a/c2.FLAC", "a/.hidden.wav", "a/notes.json"):
         (tmp_path / rel).write_bytes(b"x")
     ignored, examples = Counter(), []
     calls = list(iter_calls([str(tmp_path)], Storage(), ignored, examples, "path"))
-    assert sorted(c["call_id"] for c in calls) == ["a/b/c1", "a/c2"]
+    assert sorted(c.call_id for c in calls) == ["a/b/c1", "a/c2"]
     assert ignored == Counter({"hidden": 1, ".json": 1}) and examples == [str(tmp_path / "a/notes.json")]
-    assert sorted(c["call_id"] for c in iter_calls([str(tmp_path)], Storage(), Counter(), [])) == ["c1", "c2"]
+    assert sorted(c.call_id for c in iter_calls([str(tmp_path)], Storage(), Counter(), [])) == ["c1", "c2"]
     single = list(iter_calls([str(tmp_path / "a/c2.FLAC")], Storage(), Counter(), []))
-    assert single == [{"call_id": "c2", "uri": str(tmp_path / "a/c2.FLAC"), "size": 1,
-                       "root": str(tmp_path / "a")}]
+    assert single == [Call("c2", str(tmp_path / "a/c2.FLAC"), 1, str(tmp_path / "a"))]
 
 
 def test_the_documented_config_is_the_default():

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from ser_ray.config import ScoreConfig, ScoreNormalisation, load
-from ser_ray.data import Moments
+from ser_ray.normalise import Moments
 from ser_ray.score import read_calls, read_segments, reference_table, run_score
 from ser_ray.synth import synthesize_backlog, synthesize_corpus
 
@@ -33,8 +33,8 @@ MODES = ("global", "speaker", "corpus")
 def models(ray_session, tmp_path_factory):
     """logreg on handcrafted94 trained with each normalisation mode."""
     from ser_ray.config import LearnConfig
-    from ser_ray.data import load_features
-    from ser_ray.experiment import train_model
+    from ser_ray.learn.data import load_features
+    from ser_ray.learn.experiment import train_model
 
     root = tmp_path_factory.mktemp("norm-models")
     synthesize_corpus("ravdess", root / "corpus", n_speakers=8, per_emotion=4,

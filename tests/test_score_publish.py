@@ -14,9 +14,9 @@ import pytest
 
 from ser_ray.config import ScoreConfig, load
 from ser_ray.score import read_calls, read_segments, run_score
-from ser_ray.score_commit import NightLock, NightLocked
+from ser_ray.score.commit import NightLock, NightLocked
 from ser_ray.synth import synthesize_backlog
-from ser_ray import io
+from ser_ray.storage import Storage
 
 NIGHTS = ("2026-12-01", "2026-12-02")
 
@@ -115,7 +115,7 @@ def test_a_same_night_run_over_other_inputs_refuses_to_drop_rows(crashing_ray, s
 def test_one_run_of_a_night_at_a_time(score_model, nights, tmp_path):
     out = str(tmp_path / "out")
     night = NIGHTS[0]
-    storage = io.Storage()
+    storage = Storage()
     with NightLock(storage, out, night, ttl_s=3600):
         with pytest.raises(NightLocked, match=r"another run of night 2026-12-01 .*pid \d+"):
             run_score(_cfg(score_model, nights[night], out, night), progress=False)

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser_ray import score_report
-from ser_ray.score_report import dominant_negative, render
+from ser_ray.score import report as score_report
+from ser_ray.score.report import dominant_negative, render
 
 LABELS = ["angry", "happy", "neutral", "sad", "calm"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

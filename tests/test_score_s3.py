@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ser_ray.config import ScoreConfig, load
-from ser_ray.io import Storage
+from ser_ray.storage import Storage
 from ser_ray.score import read_calls, read_segments, run_score
 from ser_ray.synth import synthesize_backlog
 
@@ -61,7 +61,7 @@ def test_s3_backlog_and_reports_equal_a_local_run(ray_after_s3, score_model, tmp
     assert c["call_id"].is_unique and len(c) == len(truth) and again["calls"] == len(truth)
 
     # One run of a night at a time on S3 too (a lock object; this store has no conditional put).
-    from ser_ray.score_commit import NightLock, NightLocked
+    from ser_ray.score.commit import NightLock, NightLocked
 
     with NightLock(storage, "s3://calls/reports", NIGHT, ttl_s=3600):
         with pytest.raises(NightLocked, match="another run of night"):

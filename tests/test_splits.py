@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser_ray.splits import (PROTOCOLS, Fold, LeakageError, check_fold, make_folds,
-                            validation_split)
+from ser_ray.learn.splits import (PROTOCOLS, Fold, LeakageError, check_fold, make_folds,
+                                  validation_split)
 
 
 def make_meta(seed=0) -> pd.DataFrame:

@@ -83,7 +83,7 @@ def test_cv_and_train_log_params_metrics_and_reports(learn_corpus, tmp_path, ray
 
 def test_tracking_is_off_unless_asked(tmp_path, monkeypatch):
     from ser_ray.config import LearnConfig
-    from ser_ray.tracking import Tracker, flat_params
+    from ser_ray.learn.tracking import Tracker, flat_params
 
     monkeypatch.chdir(tmp_path)
     cfg = LearnConfig(model="logreg")
@@ -98,7 +98,7 @@ def test_tracking_is_off_unless_asked(tmp_path, monkeypatch):
 def test_mlflow_params_carry_no_password(tmp_path):
     """A URL with user:password@ in a run's parameters is logged without them."""
     from ser_ray.config import TrackingConfig
-    from ser_ray.tracking import Tracker
+    from ser_ray.learn.tracking import Tracker
 
     store = tmp_path / "mlruns"
     cfg = TrackingConfig(mlflow=True, tracking_uri=store.as_uri())

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ser_ray.config import ScoreConfig, TranscribeConfig, load
-from ser_ray.transcribe import SAMPLE_RATE, Transcriber, check, spans, transcribe_group
+from ser_ray.score.transcripts import spans, transcribe_group
+from ser_ray.transcribe import SAMPLE_RATE, Transcriber, check
 
 from encoder_helpers import WHISPER_BASE, make_tiny_encoder, make_tiny_whisper_asr
 
@@ -95,13 +96,27 @@ def test_all_spans_cover_every_segment_cut_at_max_span():
 
 # ------------------------------------------------------------------------------ the stage
 
+def _settings(**given):
+    """A scoring worker's settings for a mono call read at 16 kHz."""
+    from ser_ray.config import S3Config, ScoreNormalisation
+    from ser_ray.score.settings import WorkerSettings
+    from ser_ray.urgency import UrgencyConfig
+
+    return WorkerSettings(**{
+        "model_id": "m", "model_hash": "h", "run_id": "r", "staging": "", "window_s": 3.0,
+        "hop_s": 3.0, "min_window_s": 1.0, "max_call_s": 60.0, "max_bytes": 2 ** 20,
+        "max_decoded_bytes": 2 ** 31, "customer_channel": "mono", "vad": {"name": "energy"},
+        "vad_sample_rate": 16000, "batch_size": 8, "labels": ("angry",), "sample_rate": 16000,
+        "gpus_per_worker": 0, "trust_model": False, "urgency": UrgencyConfig(),
+        "normalisation": ScoreNormalisation(), "reference": {"mode": "model"}, "s3": S3Config(),
+        **given})
+
 def test_a_call_that_cannot_be_read_again_gets_an_error_row(tiny_whisper, tmp_path):
     import soundfile as sf
 
     ok = tmp_path / "ok.wav"
     sf.write(ok, _noise(3), SAMPLE_RATE)
-    settings = {"s3": {}, "max_bytes": 2 ** 30, "max_call_s": 3600.0, "customer_channel": "mono",
-                "labels": ["angry", "neutral"], "model_id": "m", "model_hash": "h", "run_id": "r"}
+    settings = _settings(max_bytes=2 ** 30, max_call_s=3600.0, labels=("angry", "neutral"))
     cfg = TranscribeConfig(model=str(tiny_whisper), max_new_tokens=4)
     jobs = [{"call_id": "gone", "uri": str(tmp_path / "gone.wav"), "channel": "mono", "spans": [(0, 1)]},
             {"call_id": "ok", "uri": str(ok), "channel": "mono", "spans": [(0.0, 1.0), (1.5, 3.0)]}]
@@ -194,13 +209,12 @@ def test_score_refuses_a_transcripts_model_that_is_not_whisper_before_scoring(sc
 def test_a_transcripts_task_that_fails_leaves_error_rows_not_a_failed_night(ray_session, tmp_path):
     """A worker that cannot transcribe (here: its model folder vanished after the check) gives
     each of its calls a row naming the error; the run goes on to its report."""
-    from ser_ray.transcribe import run_transcripts
+    from ser_ray.score.transcripts import run_transcripts
 
     cfg = TranscribeConfig(model=str(tmp_path / "gone"), calls_per_task=2)
     jobs = [{"call_id": f"c{i}", "uri": "x.wav", "channel": "mono", "spans": [(0.0, 1.0)]}
             for i in range(3)]
-    settings = {"s3": {}, "max_bytes": 2 ** 20, "max_call_s": 60.0, "customer_channel": "mono",
-                "labels": ["angry"], "model_id": "m", "model_hash": "h", "run_id": "r"}
+    settings = _settings(max_bytes=2 ** 20, max_call_s=60.0, labels=("angry",))
     df = run_transcripts(cfg, jobs, settings, "r")
     assert list(df["call_id"]) == ["c0", "c1", "c2"] and df["text"].isna().all()
     assert df["error"].str.contains("gone").all()

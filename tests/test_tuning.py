@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from prepare_helpers import fake_prepared
-from ser_ray.tuning import Resources, concurrent_trials, load_space, trial_config, with_feature_set
+from ser_ray.learn.tuning import (Resources, concurrent_trials, load_space, trial_config,
+                                  with_feature_set)
 
 
 def _write(tmp_path, data) -> str:
@@ -131,7 +132,7 @@ def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
 def test_optuna_search_is_available(tmp_path):
     from ray.tune.search.optuna import OptunaSearch
 
-    from ser_ray.tuning import SEARCHERS
+    from ser_ray.learn.tuning import SEARCHERS
 
     space = load_space(_write(tmp_path, {"search": "optuna",
                                          "space": {"model_options.C": {"loguniform": [0.1, 10]}}}))

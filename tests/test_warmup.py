@@ -10,7 +10,7 @@ import textwrap
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from ser_ray.warmup import machine_lock
+    from ser_ray.features.warmup import machine_lock
     with machine_lock(Path(sys.argv[1])):
         Path(sys.argv[2]).write_text(str(time.time()))
         time.sleep(0.5)
@@ -34,7 +34,7 @@ def test_numba_cache_survives_workers_starting_together(tmp_path):
     empty cache dir; a fifth process then uses the cache. Without the lock (extractors called
     directly), about one run in three here ended in segmentation faults."""
     env_cache = tmp_path / "numba-cache"
-    code = ("from ser_ray.warmup import warm_up; from ser_ray.features import get_extractor; "
+    code = ("from ser_ray.features.warmup import warm_up; from ser_ray.features import get_extractor; "
             "warm_up([get_extractor('handcrafted94')])")
     env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(env_cache)}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(4)]
@@ -45,7 +45,7 @@ def test_numba_cache_survives_workers_starting_together(tmp_path):
 
 
 def _enter(key, markers, lock, out: list):
-    from ser_ray.warmup import first_use
+    from ser_ray.features.warmup import first_use
 
     with first_use(key, markers, lock) as held:
         out.append(held)
@@ -56,7 +56,7 @@ def test_first_use_skips_the_lock_only_for_a_warmed_key_and_unchanged_cache(tmp_
     files sends them through the lock again."""
     import threading
 
-    from ser_ray.warmup import machine_lock
+    from ser_ray.features.warmup import machine_lock
 
     cache, markers, lock = tmp_path / "numba-cache", tmp_path / "markers", tmp_path / "lock"
     (cache / "librosa").mkdir(parents=True)
@@ -97,7 +97,7 @@ def test_first_use_skips_the_lock_only_for_a_warmed_key_and_unchanged_cache(tmp_
 def test_first_use_leaves_no_marker_when_the_warm_up_fails(tmp_path, monkeypatch):
     import pytest
 
-    from ser_ray.warmup import first_use
+    from ser_ray.features.warmup import first_use
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="boom"):

@@ -7,9 +7,12 @@ so a batch of spectrograms costs one copy.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 
 def encode(a: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -86,3 +89,23 @@ def stack(table: pa.Table, values: str = "values", shape: str = "shape") -> np.n
             "(e.g. fixed-length blocks) or use column_to_numpy for ragged rows"
         )
     return np.stack(arrays)
+
+
+# The columns beside the values that every feature table carries (schema.FEATURE_SCHEMA).
+META_COLUMNS = ("utterance_id", "source_id", "block_index", "corpus", "speaker", "sex", "label")
+
+
+def read_feature(root: str | Path, name: str) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """A prepared folder's feature table ``name`` -> (one array per row, meta columns)."""
+    root = Path(root)
+    path = root / "features" / name
+    if not path.exists():
+        have = sorted(p.name for p in (root / "features").glob("*")) if (root / "features").exists() else []
+        raise FileNotFoundError(
+            f"{root}: no feature table {name!r} (have {have}); rerun `ser-ray prepare` with "
+            f"--features {name}"
+        )
+    table = pads.dataset(str(path), format="parquet").to_table()
+    arrays = column_to_numpy(table)
+    meta = table.select(list(META_COLUMNS)).to_pandas()
+    return arrays, meta

@@ -4,7 +4,7 @@ encoder's embedding of it (``text``), for audio + text fusion (``audio_text``).
 Both transcribe with :class:`ser_ray.transcribe.Transcriber`, the one Whisper loader scoring's
 transcripts use. A process keeps one Transcriber per model and remembers the transcripts of
 the clips it saw last, so preparing ``transcript`` and ``text`` together runs Whisper once per
-clip. ``transcript`` rows hold the text as UTF-8 bytes (``decode``; :func:`read_transcripts`
+clip. ``transcript`` rows hold the text as UTF-8 bytes (``decode``; :func:`read_prepared_transcripts`
 reads a prepared folder's table as text). Acted corpora read the same sentences in every
 emotion, so their text carries no emotion: fusion is meant for real calls.
 """
@@ -20,19 +20,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from ser_ray.features.arrays import read_feature
 from ser_ray.features.base import Extractor, register
 from ser_ray.transcribe import MIN_SAMPLES, SAMPLE_RATE
 _MEMO: "OrderedDict[tuple, tuple[str, str | None]]" = OrderedDict()
 MEMO_SIZE = 4096
-
-
-@lru_cache(maxsize=4)
-def _transcriber(asr: str, language: str | None, max_new_tokens: int, batch_size: int,
-                 device: str, dtype: str):
-    from ser_ray.transcribe import Transcriber
-
-    return Transcriber(asr, device=device, dtype=dtype, language=language,
-                       max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -60,8 +52,10 @@ class _Speech(Extractor):
 
     def transcriber(self):
         """The loaded :class:`~ser_ray.transcribe.Transcriber`, one per process and model."""
-        return _transcriber(self.asr, self.language, self.max_new_tokens, self.batch_size,
-                            self.device, self.dtype)
+        from ser_ray.transcribe import transcriber
+
+        return transcriber(self.asr, self.device, self.dtype, self.language, self.max_new_tokens,
+                           self.batch_size)
 
     def load(self) -> None:
         self.transcriber()
@@ -101,7 +95,7 @@ def decode(row: np.ndarray) -> tuple[str, str | None]:
 @dataclass(frozen=True)
 class Transcript(_Speech):
     """The clip's Whisper transcript (``asr``), its language detected unless ``language`` is
-    set: a UTF-8 row of variable length (``ser_ray.features.text.read_transcripts`` reads it as
+    set: a UTF-8 row of variable length (``ser_ray.features.text.read_prepared_transcripts`` reads it as
     text). Not a model input; prepared beside ``text`` to see what was said."""
 
     def compute_many(self, ys, sr):
@@ -163,12 +157,10 @@ def _text_encoder(model: str, device: str):
     return tok, net, dev
 
 
-def read_transcripts(root: str | Path):
+def read_prepared_transcripts(root: str | Path):
     """A prepared folder's ``transcript`` table -> DataFrame (utterance_id, block_index,
     speaker, label, language, text)."""
-    from ser_ray.data import _read_feature
-
-    arrays, meta = _read_feature(Path(root), "transcript")
+    arrays, meta = read_feature(root, "transcript")
     pairs = [decode(a) for a in arrays]
     out = meta[["utterance_id", "block_index", "speaker", "label"]].copy()
     out["language"] = [lang for _, lang in pairs]

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ser_ray.models.base import (
-    TorchConfig, channels_over_time, check_rank, dense_head, probe, register_model, same_conv1d,
-)
+from ser_ray.models.base import (TorchConfig, channels_over_time, check_rank, dense_head, probe,
+                                 register_model, same_conv1d)
 
 HINT = "pass a vector (d,) or a matrix (time, features) per example"
 

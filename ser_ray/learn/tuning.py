@@ -27,8 +27,10 @@ import yaml
 
 from ser_ray import config as config_mod
 from ser_ray.config import LearnConfig, TrackingConfig
+from ser_ray.console import logger
 from ser_ray.ranges import Checked
-from ser_ray.experiment import log
+
+log = logger()
 
 METRIC = "ua_mean"
 
@@ -54,7 +56,7 @@ class SweepSpace(Checked):
     resources: Resources = field(default_factory=Resources)
     export_best: bool = True
     max_failures: int = 3             # a trial whose worker or node dies is retried this often
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # see ser_ray.tracking
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # see ser_ray.learn.tracking
     seed: int = 0
 
 
@@ -132,8 +134,8 @@ def concurrent_trials(res: Resources, cluster_cpus: float) -> int:
 def trial_resources(space: SweepSpace, sampled: dict[str, Any]) -> dict[str, float]:
     """What one trial's task reserves: its own CPUs, plus its worker's when its torch fits run
     in the task (one CPU worker, the local trainer). Ray Train workers reserve their own."""
-    from ser_ray.experiment import is_torch
-    from ser_ray.training import pick_trainer
+    from ser_ray.learn.experiment import is_torch
+    from ser_ray.config import pick_trainer
 
     cfg = trial_config(space, sampled)
     local = is_torch(cfg.model) and \
@@ -144,8 +146,8 @@ def trial_resources(space: SweepSpace, sampled: dict[str, Any]) -> dict[str, flo
 def _trainable(config: dict[str, Any], space: SweepSpace, roots: list[str]) -> None:
     from ray import tune
 
-    from ser_ray.data import load_learn_features
-    from ser_ray.experiment import cross_validate
+    from ser_ray.learn.data import load_learn_features
+    from ser_ray.learn.experiment import cross_validate
 
     cfg = trial_config(space, dict(config))
     data = load_learn_features(roots, cfg)
@@ -167,7 +169,7 @@ def with_feature_set(space: SweepSpace, roots: Sequence[str]) -> SweepSpace:
     base nor its space names ``features`` (several tables: an error naming them)."""
     from dataclasses import replace
 
-    from ser_ray.data import resolve_feature_set
+    from ser_ray.learn.data import resolve_feature_set
 
     # A domain's options may be dicts merged into the config (model: {choice: [{...}, ...]}).
     merged = [v for dom in space.space.values() if isinstance(dom, dict)
@@ -244,9 +246,9 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from ser_ray.data import load_learn_features
-    from ser_ray.experiment import train_model, write_run_files
-    from ser_ray.tracking import Tracker, tune_callbacks
+    from ser_ray.learn.data import load_learn_features
+    from ser_ray.learn.experiment import train_model, write_run_files
+    from ser_ray.learn.tracking import Tracker, tune_callbacks
 
     output = Path(output).resolve()
     roots = [str(Path(r).resolve()) for r in roots]
@@ -286,15 +288,15 @@ def run_sweep(roots: Sequence[str], space: SweepSpace, output: str | Path, *,
     with library_output():
         grid = tuner.fit()
     table = results_table(grid)
-    from ser_ray import io
+    from ser_ray.storage import write_text_atomic
 
-    io.write_text_atomic(table.to_csv(index=False), output / "results.csv")
+    write_text_atomic(table.to_csv(index=False), output / "results.csv")
     if not len(table) or table[METRIC].isna().all():
         raise RuntimeError(f"no trial finished; see the trial logs under {path}")
     best = table.iloc[0]
     best_cfg = trial_config(space, {k[len("config/"):]: v for k, v in best.items()
                                     if k.startswith("config/") and _present(v)})
-    io.write_text_atomic(json.dumps({"metric": METRIC, "value": float(best[METRIC]),
+    write_text_atomic(json.dumps({"metric": METRIC, "value": float(best[METRIC]),
                                      "trial_id": best["trial_id"],
                                      "config": config_mod.public_dict(best_cfg)}, indent=2,
                                     default=str), output / "best.json")

@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ser_ray.report import _esc, _table
+from ser_ray.markdown import esc, table
+from ser_ray.schema import SCORED
 from ser_ray.urgency import UrgencyConfig
 
-SCORED = "scored"
 MAX_UNSCORED_LINES = 50
 _REQUIRED = ("call_id", "status", "urgency_score", "urgency_rank", "duration_s", "negative_peak",
              "longest_negative_s", "peak_start_s")
@@ -181,9 +181,9 @@ def _status_counts(calls: pd.DataFrame, run: Mapping[str, Any]) -> dict[str, int
 
 
 def _header(calls: pd.DataFrame, run: Mapping[str, Any]) -> list[str]:
-    lines = [f"# Urgent calls, {_esc(run.get('run_date', 'unknown date'))}", ""]
+    lines = [f"# Urgent calls, {esc(run.get('run_date', 'unknown date'))}", ""]
     lines.append(f"- Run: {_code(run.get('run_id', '?'))}, started "
-                 f"{_esc(run.get('started_at', '?'))}, finished {_esc(run.get('finished_at', '?'))}")
+                 f"{esc(run.get('started_at', '?'))}, finished {esc(run.get('finished_at', '?'))}")
     lines.append(f"- Model: {_code(run.get('model_id', '?'))} "
                  f"(hash {_code(_short_hash(run.get('model_hash')))})")
 
@@ -206,7 +206,7 @@ def _header(calls: pd.DataFrame, run: Mapping[str, Any]) -> list[str]:
 def _top_table(top_calls: pd.DataFrame, labels: Sequence[str], extra_columns: Sequence[str],
                cfg: UrgencyConfig, transcripts: pd.DataFrame | None = None) -> list[str]:
     header = ["rank", "call", "urgency", "dominant negative emotion", "negative peak",
-              "longest negative run (s)", "peak at", "duration", *map(_esc, extra_columns)]
+              "longest negative run (s)", "peak at", "duration", *map(esc, extra_columns)]
     if transcripts is not None:
         header.append("said at the peak")
     rows = []
@@ -224,7 +224,7 @@ def _top_table(top_calls: pd.DataFrame, labels: Sequence[str], extra_columns: Se
         if transcripts is not None:
             said = peak_snippet(transcripts, row["call_id"], row["peak_start_s"])
             rows[-1].append(f"“{_oneline(said)}”" if said else "–")
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _unscored_lines(unscored: pd.DataFrame, cap: int) -> list[str]:
@@ -235,8 +235,8 @@ def _unscored_lines(unscored: pd.DataFrame, cap: int) -> list[str]:
             reason = "status is scored but urgency_score is missing" + (
                 "" if _missing(reason) else f"; {reason}")
         text = "no reason recorded" if _missing(reason) else str(reason)
-        # Every value inert: the call id as a code span, status and reason escaped (_esc).
-        lines.append(f"- {_code(row['call_id'])}: **{_esc(row['status'])}**, {_esc(text)}")
+        # Every value inert: the call id as a code span, status and reason escaped (esc).
+        lines.append(f"- {_code(row['call_id'])}: **{esc(row['status'])}**, {esc(text)}")
     if len(unscored) > cap:
         lines.append(f"- … and {len(unscored) - cap} more not listed here (see the run's call "
                      "table, status column)")

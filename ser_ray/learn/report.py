@@ -12,16 +12,16 @@ import dataclasses
 import io
 import json
 import math
-import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ser_ray.config import redact
-from ser_ray.io import write_bytes_atomic
-from ser_ray.metrics import SCALAR_METRICS, scores_from_confusion
+from ser_ray.storage import write_bytes_atomic
+from ser_ray.learn.metrics import SCALAR_METRICS, scores_from_confusion
+from ser_ray.markdown import table
 
 # What a reader needs to know to trust a number: does a test speaker also appear in training?
 PROTOCOL_MEANINGS: dict[str, str] = {
@@ -63,7 +63,7 @@ def describe_protocol(name: str) -> str:
     if name in PROTOCOL_MEANINGS:
         return PROTOCOL_MEANINGS[name]
     try:  # protocols registered in splits.py after this table was written
-        from ser_ray.splits import PROTOCOLS
+        from ser_ray.learn.splits import PROTOCOLS
     except ImportError:
         PROTOCOLS = {}
     spec = PROTOCOLS.get(name)
@@ -165,21 +165,6 @@ def _pct(x: Any) -> str:
     return "–" if x is None else f"{100 * float(x):.1f}"
 
 
-def _esc(text: Any) -> str:
-    """``text`` as inert Markdown: one line (``\\r``, ``\\n``, tabs become spaces), no HTML
-    (``<script>``, ``<img onerror>``, autolinks: ``<``, ``>``, ``&`` as entities), no link
-    or image (``[``, ``]`` escaped), no code span or table cell break (`` ` ``, ``|``)."""
-    text = " ".join(str(text).split())
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"([\\`\[\]|])", r"\\\1", text)
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_esc(v) for v in row) + " |" for row in rows]
-    return lines
-
-
 def _speakers(speakers: Any) -> str:
     if speakers is None:
         return "–"
@@ -268,14 +253,14 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
         if pooled:
             row.append(_pct(pooled.get(key)))
         rows.append(row)
-    lines += _table(header, rows)
+    lines += table(header, rows)
     lines += ["", "UA (unweighted accuracy) is the mean per-class recall over the classes present "
               "in a test set; WA (weighted accuracy) is plain accuracy. Std is the population "
               "std (ddof=0) of the per-fold values; pooled scores come from all folds' "
               "predictions together.", ""]
 
     lines += ["## Folds", ""]
-    lines += _table(
+    lines += table(
         ["fold", "n", "UA (%)", "WA (%)", "train speakers", "test speakers"],
         [[fold.get("name", i), fold.get("n", "–"), _pct(fold.get("ua")), _pct(fold.get("wa")),
           _speakers(fold.get("train_speakers")), _speakers(fold.get("test_speakers"))]
@@ -284,7 +269,7 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
     lines.append("")
 
     lines += ["## Per class (pooled over folds)", ""]
-    lines += _table(
+    lines += table(
         ["label", "precision (%)", "recall (%)", "F1 (%)", "support"],
         [[row["label"], _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
           row["support"]] for row in per_class],
@@ -295,7 +280,7 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
     if noisy:
         lines += ["## Noisy test sets", "",
                   "The test side mixed with background noise at each signal-to-noise ratio.", ""]
-        lines += _table(["SNR (dB)", "UA (%)", "WA (%)"], _noisy_rows(noisy))
+        lines += table(["SNR (dB)", "UA (%)", "WA (%)"], _noisy_rows(noisy))
         lines.append("")
 
     lines += ["## Confusion matrix", "",
@@ -315,7 +300,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Seq
 
     ``metrics`` holds at least ``protocol`` (a name, see :data:`PROTOCOL_MEANINGS`), ``folds``
     (one dict per fold: name, ua, wa, train_speakers, test_speakers, ...), the keys of
-    :func:`ser_ray.metrics.aggregate` (``confusion`` (C, C) counts, ``ua_mean`` ...), and
+    :func:`ser_ray.learn.metrics.aggregate` (``confusion`` (C, C) counts, ``ua_mean`` ...), and
     optionally ``noisy``: {snr_db: {ua, wa} or {ua_mean, ua_std, ...}}. ``per_class`` is derived
     from ``confusion`` when absent. metrics.json is ``metrics`` as strict JSON (sorted keys,
     NaN -> null) with ``labels`` and ``seed`` added when missing. Returns the paths by role.
@@ -325,7 +310,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Seq
     config = redact(dict(config or {}))  # no user:password@ of a URL in a report
     missing = [k for k in _REQUIRED if k not in metrics]
     if missing:
-        raise ValueError(f"metrics lacks {missing}: merge ser_ray.metrics.aggregate() of the folds "
+        raise ValueError(f"metrics lacks {missing}: merge ser_ray.learn.metrics.aggregate() of the folds "
                          "with protocol and folds before writing the report")
     labels = [str(label) for label in labels]
     c = len(labels)

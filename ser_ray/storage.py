@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ser_ray.atomic import write_atomic, write_bytes_atomic, write_text_atomic  # noqa: F401
 from ser_ray.config import S3Config
+from ser_ray.schema import error_detail
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
@@ -385,7 +386,7 @@ def tar_members(stream: IO[bytes], max_bytes: int | None = None,
                 raise tarfile.ReadError(f"archive cut short at byte {tf.fileobj.pos}: no "
                                         f"end-of-archive block after the last member")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        yield "", None, f"{type(exc).__name__}: {exc}"
+        yield "", None, error_detail(exc)
 
 
 def sample_paths(storage: Storage, uri: str, n: int = 2000) -> list[str]:

@@ -1,4 +1,4 @@
-"""Sources and sinks (ser_ray.io) on local files: URIs, listing, byte caps, tar streams, tables.
+"""Sources and sinks (ser_ray.storage) on local files: URIs, listing, byte caps, tar streams, tables.
 
 S3 listing and reading against a real server are in test_s3_server.py; here S3 URIs are only
 handled as strings.
@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ser_ray import io
-from ser_ray.io import Storage, TooLarge, expand_braces, glob_root, join, relpath, tar_members
+from ser_ray import storage
+from ser_ray.storage import Storage, TooLarge, expand_braces, glob_root, join, relpath, tar_members
 
 
 # --- URIs -------------------------------------------------------------------------------------
@@ -82,18 +82,18 @@ def test_join_and_relpath_s3(root):
 def test_s3_bucket_root_and_split():
     assert join("s3://bucket", "a/b.wav") == "s3://bucket/a/b.wav"
     assert relpath("s3://bucket", "s3://bucket/a/b.wav") == "a/b.wav"
-    assert io.split_s3("s3://bucket/a/b.wav") == ("bucket", "a/b.wav")
-    assert io.split_s3("s3://bucket") == ("bucket", "")
+    assert storage.split_s3("s3://bucket/a/b.wav") == ("bucket", "a/b.wav")
+    assert storage.split_s3("s3://bucket") == ("bucket", "")
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
-        io.split_s3("s3:///key")
+        storage.split_s3("s3:///key")
 
 
 def test_kind_predicates():
-    assert io.is_s3("s3://b/k") and not io.is_s3("/s3/b")
-    assert io.is_tar("x/shard-000.TAR") and io.is_tar("a.tar.gz") and io.is_tar("a.tgz")
-    assert not io.is_tar("a.tar.json")
-    assert io.is_table("labels.CSV") and io.is_table("m.tsv") and io.is_table("m.parquet")
-    assert not io.is_table("a.wav")
+    assert storage.is_s3("s3://b/k") and not storage.is_s3("/s3/b")
+    assert storage.is_tar("x/shard-000.TAR") and storage.is_tar("a.tar.gz") and storage.is_tar("a.tgz")
+    assert not storage.is_tar("a.tar.json")
+    assert storage.is_table("labels.CSV") and storage.is_table("m.tsv") and storage.is_table("m.parquet")
+    assert not storage.is_table("a.wav")
 
 
 # --- listing ----------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_walk_lists_each_folder_once_and_never_leaves_the_root(tree):
     """A second path to a folder (a link), a loop (a link to ..) and a link out of the input
     (to /) are each one entry of their own, not walked: no file is listed twice, the host is
     not walked, and reading such an entry says why."""
-    from ser_ray.io import NotAFile, OutsideRoot
+    from ser_ray.storage import NotAFile, OutsideRoot
 
     before = [relpath(str(tree), u) for u in Storage().walk(str(tree))]
     os.symlink(tree / "c", tree / "d_link")
@@ -142,7 +142,7 @@ def test_walk_lists_each_folder_once_and_never_leaves_the_root(tree):
 
 
 def test_a_fifo_is_refused_without_blocking(tree):
-    from ser_ray.io import NotAFile
+    from ser_ray.storage import NotAFile
 
     os.mkfifo(tree / "x.wav")  # opening it for reading the usual way blocks forever
     with pytest.raises(NotAFile, match="FIFO"):
@@ -330,10 +330,10 @@ def test_sample_paths_of_tar_and_folder(tmp_path, tree):
     shard = tmp_path / "shard-000.tar"
     shard.write_bytes(make_tar())
     s = Storage()
-    assert io.sample_paths(s, str(shard)) == [n for n, _ in MEMBERS]
-    assert io.sample_paths(s, str(shard), n=2) == ["k1/a.wav", "k1/a.json"]
-    assert io.sample_paths(s, str(tree), n=3) == [".hidden", "A.wav", "b.wav"]
-    assert io.sample_paths(s, str(tree / "b.wav")) == ["b.wav"]
+    assert storage.sample_paths(s, str(shard)) == [n for n, _ in MEMBERS]
+    assert storage.sample_paths(s, str(shard), n=2) == ["k1/a.wav", "k1/a.json"]
+    assert storage.sample_paths(s, str(tree), n=3) == [".hidden", "A.wav", "b.wav"]
+    assert storage.sample_paths(s, str(tree / "b.wav")) == ["b.wav"]
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def test_read_table_csv_keeps_text(tmp_path):
     p.write_text("path,label,speaker,age,note\n"
                  "a/03-01.wav,angry,03,007,\n"
                  "b.wav,NA,10,1e3,null\n")
-    t = io.read_table(str(p))
+    t = storage.read_table(str(p))
     assert t.column_names == ["path", "label", "speaker", "age", "note"]
     assert all(pa.types.is_string(f.type) or pa.types.is_large_string(f.type) for f in t.schema)
     rows = t.to_pylist()
@@ -356,11 +356,11 @@ def test_read_table_csv_keeps_text(tmp_path):
 def test_read_table_tsv_and_parquet(tmp_path):
     tsv = tmp_path / "m.tsv"
     tsv.write_text("path\tlabel\tspeaker\nx, y.wav\thappy\t03\n")
-    assert io.read_table(str(tsv)).to_pylist() == [
+    assert storage.read_table(str(tsv)).to_pylist() == [
         {"path": "x, y.wav", "label": "happy", "speaker": "03"}]
     pqf = tmp_path / "m.parquet"
     pq.write_table(pa.table({"path": ["a.wav"], "label": ["sad"], "n": [3]}), pqf)
-    t = io.read_table(str(pqf))
+    t = storage.read_table(str(pqf))
     assert t.to_pylist() == [{"path": "a.wav", "label": "sad", "n": 3}]
     assert pa.types.is_integer(t.schema.field("n").type)  # Parquet keeps its own types
 
@@ -368,17 +368,44 @@ def test_read_table_tsv_and_parquet(tmp_path):
 # --- atomic writes ----------------------------------------------------------------------------
 
 def test_atomic_writes_leave_no_temporaries(tmp_path):
-    io.write_parquet_atomic(pa.table({"a": [1, 2]}), tmp_path / "sub" / "part-x.parquet")
-    io.write_text_atomic("hi", tmp_path / "sub" / "m.json")
-    io.write_text_atomic("again", tmp_path / "sub" / "m.json")
+    storage.write_parquet_atomic(pa.table({"a": [1, 2]}), tmp_path / "sub" / "part-x.parquet")
+    storage.write_text_atomic("hi", tmp_path / "sub" / "m.json")
+    storage.write_text_atomic("again", tmp_path / "sub" / "m.json")
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["m.json", "part-x.parquet"]
     assert pq.read_table(tmp_path / "sub" / "part-x.parquet").column("a").to_pylist() == [1, 2]
     assert (tmp_path / "sub" / "m.json").read_text() == "again"
 
 
+def test_a_folder_is_written_whole_or_not_at_all(tmp_path):
+    """A model or fusion folder: a reader sees the old folder or the whole new one, a failed
+    write leaves the old one as it was, and no temporary folder stays behind."""
+    import pytest as _pytest
+
+    from ser_ray.atomic import write_folder_atomic
+
+    def fill(text):
+        return lambda tmp: (tmp / "a").write_text(text) and (tmp / "b").write_text(text)
+
+    out = tmp_path / "model"
+    write_folder_atomic(out, fill("one"))
+    with _pytest.raises(FileExistsError):
+        write_folder_atomic(out, fill("two"))
+
+    def half(tmp):
+        (tmp / "a").write_text("two")
+        raise OSError("disk full")
+
+    with _pytest.raises(OSError, match="disk full"):
+        write_folder_atomic(out, half, replace=True)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "one", "b": "one"}
+    write_folder_atomic(out, fill("two"), replace=True)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a": "two", "b": "two"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 def test_expand_braces_rejects_an_empty_range():
     import pytest as _pytest
 
-    from ser_ray.io import expand_braces
+    from ser_ray.storage import expand_braces
     with _pytest.raises(ValueError, match="empty"):
         expand_braces("s{5..3}.tar")

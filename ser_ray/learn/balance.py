@@ -1,7 +1,7 @@
 """Class-imbalance handling chosen by name: SMOTE, random oversampling, class weights.
 
 Only ever call these on the TRAIN split of a fold (imbalanced-learn: "samplers are only applied
-during fit"); callers split first with :mod:`ser_ray.splits`, so no synthetic row is ever built
+during fit"); callers split first with :mod:`ser_ray.learn.splits`, so no synthetic row is ever built
 from a test recording. Resampling SMOTE before the split is the leak one published 2D-CNN result
 made.
 

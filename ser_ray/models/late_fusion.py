@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ser_ray.atomic import write_folder_atomic
 
 FUSION_FILE = "fusion.json"
 
@@ -48,8 +49,8 @@ class LateFusion:
 def save_late_fusion(models: Sequence[str | Path], output: str | Path,
                      weights: Sequence[float] | None = None, trust: bool = False) -> Path:
     """Check the members load and share their label set, then write the fusion folder."""
-    from ser_ray.artifact import load_predictor
-    from ser_ray.prepare import versions
+    from ser_ray.models.artifact import load_predictor
+    from ser_ray.runtime import versions
 
     if len(models) < 2:
         raise ValueError("fuse: give at least two --model folders")
@@ -67,9 +68,8 @@ def save_late_fusion(models: Sequence[str | Path], output: str | Path,
     out = Path(output)
     if out.exists():
         raise ValueError(f"fuse: {out} exists; choose another --output")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent if out.parent.exists()
-                                else None))
-    try:
+
+    def write(tmp: Path) -> None:
         for k, m in enumerate(models):
             shutil.copytree(m, tmp / "members" / str(k))
         (tmp / FUSION_FILE).write_text(json.dumps({
@@ -78,18 +78,15 @@ def save_late_fusion(models: Sequence[str | Path], output: str | Path,
             "labels": labels, "member_models": [p.model_name for p in preds],
             "member_features": [p.feature_config.get("features") for p in preds],
             "versions": versions()}, indent=2) + "\n")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp), out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomic(out, write)  # beside --output: one rename, whatever the filesystem
     return out
 
 
 def load_late_fusion(path: str | Path, trust: bool = False) -> LateFusion:
     """A fusion folder -> its members, each a model dir inside it (``members/<k>``): a member
     named anywhere else (an absolute path, ``..``, a link) is refused, never followed."""
-    from ser_ray.artifact import UntrustedModel, check_model_dir, load_predictor
+    from ser_ray.models.artifact import UntrustedModel, check_model_dir, load_predictor
 
     path = Path(path)
     root = check_model_dir(path, trust=trust)

@@ -1,9 +1,8 @@
-"""Train, cross-validate and evaluate: the learning plane's one code path.
+"""Train and cross-validate: the learning plane's one code path (``evaluate`` scores saved models).
 
 Per fold, in this order and on the training side only: augmentation copies of training
 recordings, normalisation statistics, oversampling; then the model is fitted and scored on the
-untouched test side. Splits come first and are checked for leakage (``splits.check_fold``).
-"""
+untouched test side. Splits come first and are checked for leakage (``splits.check_fold``)."""
 
 from __future__ import annotations
 
@@ -17,17 +16,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ser_ray import balance, splits
-from ser_ray.config import LearnConfig, public_dict
-from ser_ray.data import (FeatureData, NORMALISE_GROUPS, conform,
-                          group_standardise, moments, standardise)
-from ser_ray.metrics import aggregate, compute_metrics
+from ser_ray.config import NORMALISE_GROUPS, LearnConfig, public_dict
+from ser_ray.console import logger
+from ser_ray.features.inputs import conform
+from ser_ray.learn import balance, splits
+from ser_ray.learn.data import FeatureData
+from ser_ray.learn.evaluate import predict_rows, utterance_level
+from ser_ray.learn.metrics import aggregate, compute_metrics
+from ser_ray.normalise import group_standardise, moments, standardise
 
 
-def log(msg: str) -> None:
-    from ser_ray.console import say
-
-    say(msg)
+log = logger()
 
 
 def takes_raw_input(model: str) -> bool:
@@ -42,10 +41,6 @@ def is_torch(model: str) -> bool:
 
     return get_model_spec(model).kind == "torch"
 
-
-# --------------------------------------------------------------------------------------------
-# Training-side treatment
-# --------------------------------------------------------------------------------------------
 
 @dataclass
 class Prepared:
@@ -67,7 +62,7 @@ class Prepared:
 def with_noise_dir(cfg: LearnConfig) -> list[dict[str, Any]]:
     """The training chain (``augment.steps``, else METHODS.md's); a ``background_noise`` step
     that names no ``noise`` draws from ``noise_dir``, the bank the noisy test sets use."""
-    from ser_ray import augment
+    from ser_ray.learn import augment
 
     steps = [dict(s) for s in cfg.augment.steps] or list(augment.DEFAULT_CHAIN)
     for s in steps:
@@ -85,8 +80,9 @@ class Augmenter:
         self._meta: pd.DataFrame | None = None
 
     def compute(self, utterance_ids: set[str]) -> None:
-        from ser_ray import augment
-        from ser_ray.data import extractor_from_settings, manifest
+        from ser_ray.learn import augment
+        from ser_ray.features.inputs import extractor_from_settings
+        from ser_ray.learn.data import manifest
         from ser_ray.config import AudioConfig, from_dict
 
         fc = self.data.feature_config
@@ -163,16 +159,12 @@ def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
                     data.y[val_idx], norm, weights)
 
 
-# --------------------------------------------------------------------------------------------
-# Fitting
-# --------------------------------------------------------------------------------------------
-
 @dataclass
 class Fitted:
-    """A trained model as the :class:`~ser_ray.artifact.Predictor` that every prediction goes
+    """A trained model as the :class:`~ser_ray.models.artifact.Predictor` that every prediction goes
     through (the same object a saved model dir loads as), and its training history."""
 
-    predictor: Any               # ser_ray.artifact.Predictor
+    predictor: Any               # ser_ray.models.artifact.Predictor
     history: list[dict[str, float]] = field(default_factory=list)
     timing: dict[str, Any] = field(default_factory=dict)  # torch: trainer, fit_s, startup_s
 
@@ -188,7 +180,7 @@ class Fitted:
 def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
         run_name: str, callbacks: Sequence[Any] = ()) -> Fitted:
     """Fit ``cfg.model`` on prepared training rows (validation rows stop torch training)."""
-    from ser_ray.artifact import Predictor
+    from ser_ray.models.artifact import Predictor
     from ser_ray.models import build_model, get_model_spec, model_config
 
     shape = tuple(data.X.shape[1:])
@@ -201,7 +193,7 @@ def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
             kwargs = {model.steps[-1][0] + "__sample_weight": p.class_weights[p.y_train]}
         model.fit(p.X_train, p.y_train, **kwargs)
     else:
-        from ser_ray.training import fit_torch, load_torch_model
+        from ser_ray.learn.training import fit_torch, load_torch_model
 
         tf = fit_torch(cfg.model, cfg.model_options, shape, len(data.labels),
                        (p.X_train, p.y_train), (p.X_val, p.y_val), storage_path=storage_path,
@@ -227,21 +219,6 @@ def fit(data: FeatureData, p: Prepared, cfg: LearnConfig, *, storage_path: Path,
 def best_epoch(history: list[dict[str, float]]) -> int | None:
     return min(history, key=lambda h: h["val_loss"])["epoch"] if history else None
 
-
-def utterance_level(meta: pd.DataFrame, proba: np.ndarray, y: np.ndarray):
-    """Mean class probabilities over each utterance's blocks -> (ids, proba, y)."""
-    ids = meta["utterance_id"].to_numpy()
-    if len(pd.unique(ids)) == len(ids):
-        return ids, proba, y
-    frame = pd.DataFrame(proba).assign(_id=ids, _y=y)
-    grouped = frame.groupby("_id", sort=True)
-    p = grouped[list(range(proba.shape[1]))].mean().to_numpy()
-    return np.asarray(grouped.size().index), p, grouped["_y"].first().to_numpy()
-
-
-# --------------------------------------------------------------------------------------------
-# Cross-validation
-# --------------------------------------------------------------------------------------------
 
 def _val_split(data: FeatureData, train_idx: np.ndarray, cfg: LearnConfig):
     if not is_torch(cfg.model):
@@ -339,9 +316,10 @@ class NoisySets:
     """Test rows re-extracted from their audio mixed with noise at each SNR (test side only)."""
 
     def __init__(self, data: FeatureData, cfg: LearnConfig):
-        from ser_ray import augment
+        from ser_ray.learn import augment
         from ser_ray.config import AudioConfig, from_dict
-        from ser_ray.data import extractor_from_settings, manifest
+        from ser_ray.features.inputs import extractor_from_settings
+        from ser_ray.learn.data import manifest
 
         if not cfg.noise_dir:
             raise ValueError("noisy_snr_db needs noise_dir: a folder of noise recordings")
@@ -377,21 +355,17 @@ class NoisySets:
         return out
 
 
-# --------------------------------------------------------------------------------------------
-# Train one model for use; evaluate a saved model
-# --------------------------------------------------------------------------------------------
-
 def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
                 work_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit on every row (torch models hold out ``validation_fraction`` of the speakers for early
     stopping and report on them) and save a model artifact in ``out_dir``."""
-    from ser_ray.artifact import save_predictor
+    from ser_ray.models.artifact import save_predictor
     from ser_ray.config import to_dict
 
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
-    from ser_ray.tracking import Tracker
+    from ser_ray.learn.tracking import Tracker
 
     tracker = Tracker(cfg.tracking, out_dir, "train", to_dict(cfg),
                       tensorboard_dir=work_dir / "tensorboard")
@@ -426,103 +400,19 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
     return metrics
 
 
-def predict_rows(predictor, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
-    """Class probabilities (columns in ``predictor.labels`` order) of labelled rows: each
-    speaker's or corpus's rows standardised by their own statistics, as the model's training
-    rows were, then :meth:`Predictor.predict_proba`. cv folds, noisy test sets, a trained
-    model's validation speakers and ``evaluate`` all predict through here."""
-    fc = predictor.feature_config
-    col = NORMALISE_GROUPS[fc.get("normalise", "global")]
-    if col is not None and len(X):
-        X = group_standardise(X, meta[col].to_numpy(), fc.get("time_axis"))
-    return predictor.predict_proba(X)
-
-
-def _utterances(pred, roots: Sequence[str]):
-    """A saved model on the rows of its own feature table under ``roots`` -> utterance ids,
-    their class probabilities (``pred.labels`` order), label indices and the loaded data."""
-    from ser_ray.data import load_features
-
-    fc = pred.feature_config
-    data = load_features(roots, fc["features"], label_set=fc.get("label_set"),
-                         labels=pred.labels, frames=fc.get("frames"), layers=fc.get("layers"))
-    if tuple(data.X.shape[1:]) != tuple(pred.input_shape):
-        raise ValueError(f"features under {list(roots)} have shape {data.X.shape[1:]} but the "
-                         f"model expects {tuple(pred.input_shape)}")
-    ids, proba, y = utterance_level(data.meta, predict_rows(pred, data.X, data.meta), data.y)
-    return ids, proba, y, data
-
-
-def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | Path,
-                   trust: bool = False) -> dict[str, Any]:
-    """Score a saved model on the feature tables under ``roots``; write a report folder.
-    ``trust``: load a folder that needs pickle (``--trust-model``, see ``ser_ray.artifact``)."""
-    from ser_ray.artifact import load_predictor
-    from ser_ray.fusion import is_late_fusion, load_late_fusion
-    from ser_ray.report import write_report
-
-    extra_metrics: dict[str, Any] = {}
-    if is_late_fusion(model_dir):
-        fusion = load_late_fusion(model_dir, trust=trust)
-        per = [_utterances(p, roots) for p in fusion.members]
-        common = sorted(set.intersection(*(set(ids) for ids, *_ in per)))
-        if not common:
-            raise ValueError(f"the late-fusion members share no utterance under {list(roots)}")
-        probas, y_true = [], None
-        for k, (ids, proba, y, data) in enumerate(per):
-            at = pd.Series(np.arange(len(ids)), index=ids)[common].to_numpy()
-            probas.append(proba[at][:, fusion.columns(k)])
-            names = np.asarray(data.labels)[y[at]]
-            y_k = np.array([fusion.labels.index(n) for n in names])
-            if y_true is not None and not np.array_equal(y_true, y_k):
-                raise ValueError("the late-fusion members' feature tables disagree on labels")
-            y_true = y_k
-        proba = fusion.combine(probas)
-        labels, data = fusion.labels, per[0][3]
-        pred = fusion.members[0]
-        extra_metrics = {"late_fusion": {"members": fusion.paths, "weights": list(fusion.weights),
-                                         "utterances_left_out": int(
-                                             len(set().union(*(set(i) for i, *_ in per)))
-                                             - len(common))}}
-        name, features = "late_fusion", [p.feature_config["features"] for p in fusion.members]
-    else:
-        pred = load_predictor(model_dir, trust=trust)
-        _, proba, y_true, data = _utterances(pred, roots)
-        labels, name, features = data.labels, pred.model_name, pred.feature_config["features"]
-    m = compute_metrics(y_true, proba.argmax(1), labels)
-    trained_on = set((pred.extra or {}).get("train_speakers", []))
-    test_speakers = sorted(set(data.meta["speaker"]))
-    shared = sorted(trained_on & set(test_speakers))
-    metrics = {"protocol": "held-out", "shares_speakers": bool(shared),
-               "shared_speakers": shared, "model_dir": str(model_dir), "n_folds": 1,
-               "labels": labels, "dropped_labels": data.feature_config["dropped_labels"],
-               **extra_metrics,
-               **aggregate([m]),
-               "folds": [{"name": "held-out", "index": 0, "ua": m["ua"], "wa": m["wa"],
-                          "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
-                          "train_speakers": sorted(trained_on), "test_speakers": test_speakers,
-                          "n_test": int(len(y_true)), "confusion": m["confusion"]}]}
-    if shared:
-        log(f"warning: {len(shared)} test speaker(s) were in the training data: {shared[:5]}")
-    write_report(out_dir, metrics, labels=labels, seed=(pred.extra or {}).get("seed", 0),
-                 config={"model": name, "features": features})
-    log(f"UA {m['ua']:.3f} WA {m['wa']:.3f} on {len(y_true)} utterances -> {out_dir}")
-    return metrics
-
-
 def write_run_files(out_dir: str | Path, cfg: LearnConfig, data: FeatureData,
                     extra: dict[str, Any] | None = None) -> None:
     """Resolved config, label map, seed, feature config and package versions of a run."""
-    from ser_ray import io
+    from ser_ray.storage import write_text_atomic
     from ser_ray.config import dump
-    from ser_ray.prepare import versions
+    from ser_ray.runtime import versions
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump(cfg, out_dir / "config.yaml")  # whole, and without URL passwords
-    io.write_text_atomic(json.dumps({lab: i for i, lab in enumerate(data.labels)}, indent=2),
+    write_text_atomic(json.dumps({lab: i for i, lab in enumerate(data.labels)}, indent=2),
                          out_dir / "label_map.json")
-    io.write_text_atomic(json.dumps({"seed": cfg.seed, "versions": versions(),
+    write_text_atomic(json.dumps({"seed": cfg.seed, "versions": versions(),
                                      "feature_config": data.feature_config, **(extra or {})},
                                     indent=2, default=str), out_dir / "run.json")
 
@@ -530,9 +420,9 @@ def write_run_files(out_dir: str | Path, cfg: LearnConfig, data: FeatureData,
 def run_cv(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, **kwargs) -> dict[str, Any]:
     """``ser-ray cv``: cross-validate, then write the report folder and the run files."""
     from ser_ray.config import to_dict
-    from ser_ray.report import write_report
+    from ser_ray.learn.report import write_report
 
-    from ser_ray.tracking import Tracker
+    from ser_ray.learn.tracking import Tracker
 
     out_dir = Path(out_dir)
     t0 = time.time()

@@ -7,7 +7,7 @@ that loads it dies with a segmentation fault (seen with ``piptrack``, which ``ch
 the handcrafted vectors use). So every worker runs its extractors once on a second of noise
 while holding a machine-wide file lock before it does real work: the first compiles and writes
 the cache alone, the rest load it (milliseconds). ``make install`` runs ``python -m
-ser_ray.warmup`` after installing, so a fresh venv starts with a complete cache.
+ser_ray.features.warmup`` after installing, so a fresh venv starts with a complete cache.
 
 Waiting for the lock is not free: warming up includes importing librosa (its ``guvectorize``
 kernels compile or load at import), ~2-3 s per process, so workers starting together queued

@@ -15,7 +15,7 @@ A model dir holds::
                                fallback reference population, see ``ser_ray.score``)
     labels.json                class names; model output i is labels[i]
     metrics.json               evaluation metrics ({} when none)
-    versions.json              python, numpy, torch, sklearn, safetensors, ser_ray
+    versions.json              python and package versions (runtime.versions), format_version
 
 Nothing in a model dir can run code when it is loaded (docs/guide.md, "Guarantees"):
 
@@ -33,22 +33,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import shutil
-import tempfile
-import uuid
-from importlib.metadata import version as _version
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
 import torch
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
-import ser_ray
+from ser_ray.atomic import write_folder_atomic
+from ser_ray.runtime import versions
 from ser_ray.models import (ModelConfig, build_model, get_model_spec, model_config as make_config,
                             rebuild_options)
 
@@ -183,19 +178,17 @@ def save_model_dir(
     if path.exists() and not replaceable:
         raise FileExistsError(f"{path} exists and is not a model dir; choose another path or remove it")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        os.chmod(tmp, 0o755)
-        meta = {"format_version": FORMAT_VERSION, "name": model_name, "kind": kind, "config": config,
-                "input_shape": list(input_shape), "n_classes": len(labels), "weights": WEIGHTS[kind],
-                "trained_classes": None if trained_classes is None else [int(c) for c in trained_classes],
-                "extra": extra or {}}
+    meta = {"format_version": FORMAT_VERSION, "name": model_name, "kind": kind, "config": config,
+            "input_shape": list(input_shape), "n_classes": len(labels), "weights": WEIGHTS[kind],
+            "trained_classes": None if trained_classes is None else [int(c) for c in trained_classes],
+            "extra": extra or {}}
+
+    def write(tmp: Path) -> None:
         _write_json(tmp / "model.json", meta)
         _write_json(tmp / "features.json", feature_config)
         _write_json(tmp / "labels.json", labels)
         _write_json(tmp / "metrics.json", metrics or {})
-        _write_json(tmp / "versions.json", versions())
+        _write_json(tmp / "versions.json", {**versions(), "format_version": str(FORMAT_VERSION)})
         save_numpy(norm, str(tmp / "normalisation.safetensors"))
         if kind == "torch":
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -208,14 +201,8 @@ def save_model_dir(
             import skops.io  # classical models only: scoring a torch model never imports it
 
             skops.io.dump(model, tmp / WEIGHTS[kind])
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomic(path, write, replace=True)
     return path
 
 
@@ -348,13 +335,6 @@ def save_predictor(path: str | os.PathLike, predictor: Predictor, *, metrics: di
         feature_config=predictor.feature_config, normalisation=predictor.normalisation,
         metrics=metrics, extra={**predictor.extra, **(extra or {})},
         trained_classes=predictor.trained_classes)
-
-
-def versions() -> dict[str, str]:
-    """Versions of the packages a model dir depends on."""
-    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "sklearn": _version("scikit-learn"), "safetensors": safetensors.__version__,
-            "ser_ray": ser_ray.__version__, "format_version": str(FORMAT_VERSION)}
 
 
 def _check_model(name: str, kind: str, model, input_shape: tuple[int, ...], n_classes: int) -> None:

@@ -21,7 +21,7 @@ import socket
 import uuid
 from typing import Any, Iterator
 
-from ser_ray import io
+from ser_ray.storage import Storage, is_s3, join, relpath, split_s3
 
 RUN_ID = re.compile(r"^(?P<run>[^/.][^/]*?)(?:-part-\d+)?\.parquet$")
 
@@ -31,39 +31,39 @@ class NightLocked(RuntimeError):
 
 
 def run_record_uri(output: str, run_id: str) -> str:
-    return io.join(output, f"runs/{run_id}.json")
+    return join(output, f"runs/{run_id}.json")
 
 
-def committed_runs(storage: io.Storage, output: str) -> set[str]:
+def committed_runs(storage: Storage, output: str) -> set[str]:
     """Run ids whose run record exists: the nights that were published whole."""
-    runs = io.join(output, "runs")
+    runs = join(output, "runs")
     if not storage.exists_dir(runs):
         return set()
     return {uri.rsplit("/", 1)[-1][:-len(".json")] for uri in storage.walk(runs)
             if uri.endswith(".json") and not uri.rsplit("/", 1)[-1].startswith(".")}
 
 
-def published(storage: io.Storage, output: str, table: str) -> Iterator[tuple[str, str]]:
+def published(storage: Storage, output: str, table: str) -> Iterator[tuple[str, str]]:
     """(run date, uri) of every committed Parquet file of ``table`` (calls, segments,
     transcripts) under ``output``: temporary files and files of runs without a run record (a
     publish that failed before its commit) are not published."""
-    root = io.join(output, table)
+    root = join(output, table)
     if not storage.exists_dir(root):
         return
     committed = committed_runs(storage, output)
     for uri in storage.walk(root):
-        m = re.match(r"run_date=([^/]+)/([^/]+)$", io.relpath(root, uri))
+        m = re.match(r"run_date=([^/]+)/([^/]+)$", relpath(root, uri))
         name = RUN_ID.match(m.group(2)) if m else None
         if name and name.group("run") in committed:
             yield m.group(1), uri
 
 
-def committed_record(storage: io.Storage, output: str, run_id: str) -> dict[str, Any] | None:
+def committed_record(storage: Storage, output: str, run_id: str) -> dict[str, Any] | None:
     uri = run_record_uri(output, run_id)
     return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
 
-def check_replaces_whole(storage: io.Storage, output: str, run_id: str, listed: set[str],
+def check_replaces_whole(storage: Storage, output: str, run_id: str, listed: set[str],
                          replace: bool) -> None:
     """Refuse to publish run ``run_id`` again when it would drop calls its committed rows hold
     (a same-night run over other inputs), unless ``replace`` (``replace_night``)."""
@@ -92,9 +92,9 @@ class NightLock:
     A lock left by a run that died is taken over when it is provably stale: on local storage
     its process is gone from this host; anywhere, it is older than ``ttl_s``."""
 
-    def __init__(self, storage: io.Storage, output: str, run_date: str, ttl_s: float):
+    def __init__(self, storage: Storage, output: str, run_date: str, ttl_s: float):
         self.storage, self.ttl_s = storage, ttl_s
-        self.uri = io.join(output, f"_staging/{run_date}.lock")
+        self.uri = join(output, f"_staging/{run_date}.lock")
         now = dt.datetime.now(dt.timezone.utc)
         self.body = {"token": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
                      "started": now.isoformat(timespec="seconds"), "run_date": run_date}
@@ -121,8 +121,8 @@ class NightLock:
             self.storage.delete(self.uri)
 
     def _create(self, data: bytes) -> bool:
-        if io.is_s3(self.uri):
-            bucket, key = io.split_s3(self.uri)
+        if is_s3(self.uri):
+            bucket, key = split_s3(self.uri)
             try:
                 self.storage._s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
             except Exception as exc:
@@ -166,7 +166,7 @@ class NightLock:
             return False
         if age > self.ttl_s:
             return True
-        if io.is_s3(self.uri) or holder.get("host") != socket.gethostname():
+        if is_s3(self.uri) or holder.get("host") != socket.gethostname():
             return False
         try:
             os.kill(int(holder["pid"]), 0)

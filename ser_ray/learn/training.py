@@ -27,6 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ser_ray.config import pick_trainer
+from ser_ray.runtime import quiet_data_progress
+
 # Fault injection for the resume test: the worker raises once this epoch has been checkpointed.
 FAIL_AT_EPOCH_ENV = "SER_RAY_FAIL_AT_EPOCH"
 
@@ -59,16 +62,6 @@ def to_ray_dataset(X: np.ndarray, y: np.ndarray):
     return ray.data.from_arrow(table)
 
 
-def quiet_data_progress() -> None:
-    """Ray Data's per-epoch progress bars drown our own per-fold lines in training logs."""
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
 def _optimizer(name: str, params, lr: float, weight_decay: float):
     import torch
 
@@ -82,7 +75,6 @@ def _optimizer(name: str, params, lr: float, weight_decay: float):
     return makers[name]()
 
 
-TRAINERS = ("auto", "local", "ray_train")
 
 
 class _Rows:
@@ -385,22 +377,6 @@ def resolve_hyperparameters(model: str, options: dict[str, Any]) -> dict[str, An
     mc = dataclasses.asdict(model_config(model, **options))
     return {k: mc[k] for k in ("lr", "batch_size", "epochs", "patience", "optimizer",
                                "weight_decay", "grad_accum", "warmup_steps", "precision")}
-
-
-def pick_trainer(trainer: str, num_workers: int, use_gpu: bool, callbacks: Sequence[Any] = ()
-                 ) -> str:
-    """``auto`` -> ``local`` for one CPU worker without Ray Train callbacks, else ``ray_train``."""
-    if trainer not in TRAINERS:
-        raise ValueError(f"trainer={trainer!r} is not one of {list(TRAINERS)}")
-    distributed = num_workers != 1 or use_gpu
-    if trainer == "local" and distributed:
-        raise ValueError(f"trainer=local runs one CPU worker; num_workers={num_workers}, "
-                         f"use_gpu={use_gpu} need trainer=ray_train (or auto)")
-    if trainer == "local" and callbacks:
-        raise ValueError("Ray Train callbacks need trainer=ray_train (or auto)")
-    if trainer == "auto":
-        return "ray_train" if distributed or callbacks else "local"
-    return trainer
 
 
 def fit_torch(model: str, options: dict[str, Any], input_shape: Sequence[int], n_classes: int,

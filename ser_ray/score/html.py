@@ -1,9 +1,9 @@
 """The night's report page: one self-contained HTML file per scoring run, and an index across
 nights.
 
-:func:`render_html` takes the same per-call table as :func:`ser_ray.score_report.render` (and the
-same rules: :func:`~ser_ray.score_report._split` ranks, :func:`~ser_ray.score_report.dominant_negative`
-names the emotion, :func:`~ser_ray.score_report.explain_urgency` says how the score is made), plus
+:func:`render_html` takes the same per-call table as :func:`ser_ray.score.report.render` (and the
+same rules: :func:`~ser_ray.score.report._split` ranks, :func:`~ser_ray.score.report.dominant_negative`
+names the emotion, :func:`~ser_ray.score.report.explain_urgency` says how the score is made), plus
 the run's segments and, when the run made them, its transcripts. The page holds:
 
 - the run (date, model, counts, audio, time) and the urgent calls, ranked, with metadata columns
@@ -24,9 +24,9 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ser_ray.score_report import (SCORED, _cell, _clock, _duration, _label_colors, _missing, _num,
-                                  _short_hash, _split, _status_counts, _validate,
-                                  dominant_negative, explain_urgency, peak_snippet)
+from ser_ray.score.report import (SCORED, _cell, _clock, _duration, _label_colors, _missing, _num,
+                                  _short_hash, _split, _status_counts, _validate, dominant_negative,
+                                  explain_urgency, peak_snippet)
 from ser_ray.urgency import PROB_PREFIX, UrgencyConfig, negative_emotion
 
 _W, _H, _PAD = 640, 150, 28  # timeline size in px

@@ -1,0 +1,81 @@
+"""What every scoring worker is told: :func:`worker_settings` resolves a :class:`ScoreConfig` and
+the model into one frozen :class:`WorkerSettings`, which travels to the actors, the read tasks and
+the transcripts tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from ser_ray import vad
+from ser_ray.config import AudioConfig, S3Config, ScoreConfig, ScoreNormalisation, from_dict
+from ser_ray.score.model import ModelInfo, model_window
+from ser_ray.score.reference import reference_settings
+from ser_ray.urgency import UrgencyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a scoring worker needs, resolved once on the driver (times in seconds)."""
+
+    model_id: str
+    model_hash: str
+    run_id: str
+    staging: str                 # where units stage their rows (``_staging/<run_id>``)
+    window_s: float              # analysis window, hop and the shortest window kept
+    hop_s: float
+    min_window_s: float
+    max_call_s: float
+    max_bytes: int               # a file larger than this is not read (``too_large``)
+    max_decoded_bytes: int       # nor one that would decode to more than this
+    customer_channel: str        # left, right or mono
+    vad: dict[str, Any]          # the resolved detector's config (``vad.detector_config``)
+    vad_sample_rate: int
+    batch_size: int
+    labels: tuple[str, ...]
+    sample_rate: int             # the rate the model reads
+    gpus_per_worker: float
+    trust_model: bool
+    urgency: UrgencyConfig
+    normalisation: ScoreNormalisation
+    reference: dict[str, Any]    # see score.reference.Reference
+    s3: S3Config
+    staged: bool = False         # engine ``staged``: VAD runs in the read pool, not the actor
+
+    def material(self) -> str:
+        """The settings that change what a unit's rows hold (not where they go), as JSON: part
+        of every unit id, so a change starts units afresh."""
+        d = dataclasses.asdict(self)
+        return json.dumps({k: d[k] for k in MATERIAL}, sort_keys=True)
+
+    def key(self) -> dict[str, Any]:
+        """All of it as plain data (a per-process cache's key)."""
+        return dataclasses.asdict(self)
+
+
+# Fields of WorkerSettings that change what a unit's rows hold.
+MATERIAL = ("model_hash", "window_s", "hop_s", "min_window_s", "max_call_s", "max_bytes",
+            "max_decoded_bytes", "customer_channel", "vad", "vad_sample_rate", "urgency",
+            "normalisation")
+
+
+def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: str) -> WorkerSettings:
+    """The settings of this run's workers: the window from the model unless the config sets one,
+    the VAD detector resolved (``auto`` -> what is installed), byte caps in bytes."""
+    window, _ = model_window(model.feature_config)
+    window_s = cfg.window_s or window
+    opts = dict(cfg.vad)
+    detector = vad.get_detector(opts.pop("name", "auto"), **opts)
+    audio = from_dict(AudioConfig, dict(model.feature_config.get("audio") or {}))
+    return WorkerSettings(
+        model_id=model.model_id, model_hash=model.model_hash, run_id=run_id, staging=staging,
+        window_s=window_s, hop_s=cfg.hop_s or window_s,
+        min_window_s=min(cfg.min_window_s, window_s), max_call_s=cfg.max_call_s,
+        max_bytes=int(cfg.max_file_mb * 2 ** 20),
+        max_decoded_bytes=int(cfg.max_decoded_mb * 2 ** 20),
+        customer_channel=cfg.customer_channel, vad=vad.detector_config(detector),
+        vad_sample_rate=cfg.vad_sample_rate, batch_size=cfg.batch_size,
+        labels=tuple(model.labels), sample_rate=int(audio.sample_rate),
+        gpus_per_worker=cfg.gpus_per_worker, trust_model=cfg.trust_model, urgency=cfg.urgency,
+        normalisation=cfg.normalisation, reference=reference_settings(cfg, model), s3=cfg.s3)
