@@ -251,13 +251,12 @@ def units_in_process(input_root: Path, out: Path) -> float:
     import pyarrow.parquet as pq
 
     from ser_ray.storage import Storage
-    from ser_ray.config import to_dict
     from ser_ray.prepare import UnitProcessor, iter_units, plan_inputs
 
     shutil.rmtree(out, ignore_errors=True)  # a marker left by an earlier attempt would resume
     cfg = prepare_config(input_root, out, None)
     storage = Storage(cfg.s3)
-    proc = UnitProcessor(to_dict(cfg), str(out))
+    proc = UnitProcessor(cfg, str(out))
     for source in plan_inputs(cfg, storage):
         for unit in iter_units(source, storage, cfg.files_per_task):
             proc.process(unit)

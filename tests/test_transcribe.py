@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ser_ray.config import ScoreConfig, TranscribeConfig, load
-from ser_ray.score.transcripts import spans, transcribe_group
+from ser_ray.score.transcripts import TranscriptJob, spans, transcribe_group
 from ser_ray.transcribe import SAMPLE_RATE, Transcriber, check
 
 from encoder_helpers import WHISPER_BASE, make_tiny_encoder, make_tiny_whisper_asr
@@ -118,11 +118,9 @@ def test_a_call_that_cannot_be_read_again_gets_an_error_row(tiny_whisper, tmp_pa
     sf.write(ok, _noise(3), SAMPLE_RATE)
     settings = _settings(max_bytes=2 ** 30, max_call_s=3600.0, labels=("angry", "neutral"))
     cfg = TranscribeConfig(model=str(tiny_whisper), max_new_tokens=4)
-    jobs = [{"call_id": "gone", "uri": str(tmp_path / "gone.wav"), "channel": "mono", "spans": [(0, 1)]},
-            {"call_id": "ok", "uri": str(ok), "channel": "mono", "spans": [(0.0, 1.0), (1.5, 3.0)]}]
-    from ser_ray.config import to_dict
-
-    rows = transcribe_group(jobs, to_dict(cfg), settings)
+    jobs = [TranscriptJob("gone", str(tmp_path / "gone.wav"), "mono", ((0, 1),)),
+            TranscriptJob("ok", str(ok), "mono", ((0.0, 1.0), (1.5, 3.0)))]
+    rows = transcribe_group(jobs, cfg, settings)
     assert [r["call_id"] for r in rows] == ["gone", "ok", "ok"]
     assert rows[0]["error"].startswith("unreadable") and rows[0]["text"] is None
     assert [(r["start_s"], r["end_s"]) for r in rows[1:]] == [(0.0, 1.0), (1.5, 3.0)]
@@ -212,8 +210,7 @@ def test_a_transcripts_task_that_fails_leaves_error_rows_not_a_failed_night(ray_
     from ser_ray.score.transcripts import run_transcripts
 
     cfg = TranscribeConfig(model=str(tmp_path / "gone"), calls_per_task=2)
-    jobs = [{"call_id": f"c{i}", "uri": "x.wav", "channel": "mono", "spans": [(0.0, 1.0)]}
-            for i in range(3)]
+    jobs = [TranscriptJob(f"c{i}", "x.wav", "mono", ((0.0, 1.0),)) for i in range(3)]
     settings = _settings(max_bytes=2 ** 20, max_call_s=60.0, labels=("angry",))
     df = run_transcripts(cfg, jobs, settings, "r")
     assert list(df["call_id"]) == ["c0", "c1", "c2"] and df["text"].isna().all()

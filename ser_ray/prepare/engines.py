@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ser_ray.console import logger
-from ser_ray.config import PrepareConfig, to_dict
+from ser_ray.config import PrepareConfig
 from ser_ray.runtime import quiet_data_progress, uses_gpus, worker_slots
 from ser_ray.prepare.units import batched, process_unit, processor
 
@@ -107,7 +107,7 @@ def run_units(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any]],
     if engine_for(cfg) == "data":
         return _run_units_data(cfg, out, units, progress)
     task = ray.remote(process_unit).options(num_cpus=cfg.cpus_per_worker)
-    cfg_ref = ray.put(to_dict(cfg))
+    cfg_ref = ray.put(cfg)
     tally = Tally(progress)
     pending: list = []
     sized = time.time()
@@ -153,7 +153,7 @@ def encoder_pool(cfg: PrepareConfig) -> dict[str, float]:
             "num_cpus": cfg.cpus_per_worker * (1 - DECODE_CPUS), "num_gpus": 0}
 
 
-def _decode_row(row: dict[str, Any], cfg: dict[str, Any], output: str) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], cfg: PrepareConfig, output: str) -> dict[str, Any]:
     """Ray Data map (CPU): a unit -> its decoded rows, batched extractors' audio waiting."""
     import pickle
 
@@ -165,7 +165,7 @@ class EncodeUnits:
     """Ray Data actor: loads the encoder once, then finishes units (encoder features over all a
     unit's clips, grouped by length, then the parts and the marker)."""
 
-    def __init__(self, cfg: dict[str, Any], output: str):
+    def __init__(self, cfg: PrepareConfig, output: str):
         import torch
 
         self.proc = processor(cfg, output)
@@ -201,11 +201,10 @@ def _run_units_data(cfg: PrepareConfig, out: Path, units: Iterator[dict[str, Any
         pool = encoder_pool(cfg)
         log(f"Ray Data: decoding on CPU tasks, encoder on {pool['actors']} actor(s) "
             f"({pool['num_cpus']:g} CPU, {pool['num_gpus']:g} GPU each)")
-        cfg_d = to_dict(cfg)
         ds = ray.data.from_items([{"unit": u} for u in todo], override_num_blocks=len(todo))
-        ds = ds.map(_decode_row, fn_kwargs={"cfg": cfg_d, "output": str(out)},
+        ds = ds.map(_decode_row, fn_kwargs={"cfg": cfg, "output": str(out)},
                     num_cpus=DECODE_CPUS)
-        ds = ds.map_batches(EncodeUnits, fn_constructor_kwargs={"cfg": cfg_d, "output": str(out)},
+        ds = ds.map_batches(EncodeUnits, fn_constructor_kwargs={"cfg": cfg, "output": str(out)},
                             batch_size=1, compute=ActorPoolStrategy(size=pool["actors"],
                                                     max_tasks_in_flight_per_actor=1),
                             num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"])

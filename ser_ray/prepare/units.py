@@ -9,13 +9,13 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from ser_ray import audio
-from ser_ray.config import PrepareConfig, from_dict
+from ser_ray.config import AudioConfig, PrepareConfig, to_dict
 from ser_ray.prepare.plan import SIDECAR_EXTENSIONS, hidden
 from ser_ray.runtime import process_cached
 from ser_ray.schema import (FEATURE_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA,
@@ -40,11 +40,11 @@ class Rows:
 class UnitProcessor:
     """Processes units of files; built once per worker process and config (extractors loaded)."""
 
-    def __init__(self, cfg: dict[str, Any], output: str):
+    def __init__(self, cfg: PrepareConfig, output: str):
         from ser_ray.features import get_extractor
         from ser_ray.features.warmup import warm_up
 
-        self.cfg = from_dict(PrepareConfig, cfg)
+        self.cfg = cfg
         self.out = Path(output)
         self.storage = Storage(self.cfg.s3)
         self.label_set = get_label_set(self.cfg.label_set)
@@ -238,24 +238,7 @@ class UnitProcessor:
                                      "array": a} for i, (s, e, a) in enumerate(blocks)]
 
     def _features(self, y: np.ndarray) -> dict[str, list[tuple[float, float, np.ndarray]]]:
-        """Conditioned audio -> per extractor, [(start_s, end_s, array)] over its blocks; a
-        batched extractor's entries hold the block's audio, for :meth:`_run_deferred`."""
-        a, sr = self.cfg.audio, self.cfg.audio.sample_rate
-        out = {}
-        for name, ext in self.extractors.items():
-            block_s = a.block_s or getattr(ext, "block_s", None)
-            hop_s = a.block_hop_s if a.block_s else None
-            segs = audio.split_blocks(y, sr, block_s, hop_s) if block_s else [(0, y)]
-            try:
-                if name in self.batched:
-                    out[name] = [(st / sr, (st + len(seg)) / sr, ext.check(seg, sr))
-                                 for st, seg in segs]
-                    continue
-                out[name] = [(st / sr, (st + len(seg)) / sr, np.asarray(ext(seg, sr), np.float32))
-                             for st, seg in segs]
-            except Exception as exc:
-                raise audio.AudioError("feature_error", f"{name}: {error_detail(exc)}")
-        return out
+        return block_features(y, self.cfg.audio, self.extractors, self.batched)
 
     def _run_deferred(self, rows: "Rows") -> None:
         """The batched extractors over every block of the unit at once (grouped by length by
@@ -352,12 +335,36 @@ def _merge_sidecar(utt, sidecar: dict):
     return replace(utt, extra={**{f"sidecar_{k}": v for k, v in sidecar.items()}, **utt.extra})
 
 
-def processor(cfg: dict[str, Any], output: str) -> UnitProcessor:
+def block_features(y: np.ndarray, a: AudioConfig, extractors: dict[str, Any],
+                   deferred: Sequence[str] = ()) -> dict[str, list[tuple[float, float, np.ndarray]]]:
+    """Conditioned audio -> per extractor, [(start_s, end_s, array)] over its blocks (the
+    extractor's own ``block_s`` unless ``audio.block_s`` sets one). A ``deferred`` (batched)
+    extractor's entries hold the checked block audio, extracted later for the whole unit. The
+    one way prepare, augmented copies and noisy test sets cut and extract a clip."""
+    sr = a.sample_rate
+    out = {}
+    for name, ext in extractors.items():
+        block_s = a.block_s or getattr(ext, "block_s", None)
+        hop_s = a.block_hop_s if a.block_s else None
+        segs = audio.split_blocks(y, sr, block_s, hop_s) if block_s else [(0, y)]
+        try:
+            if name in deferred:
+                out[name] = [(st / sr, (st + len(seg)) / sr, ext.check(seg, sr)) for st, seg in segs]
+                continue
+            out[name] = [(st / sr, (st + len(seg)) / sr, np.asarray(ext(seg, sr), np.float32))
+                         for st, seg in segs]
+        except Exception as exc:
+            raise audio.AudioError("feature_error", f"{name}: {error_detail(exc)}")
+    return out
+
+
+def processor(cfg: PrepareConfig, output: str) -> UnitProcessor:
     """The worker process's UnitProcessor for this run (extractors, label set and corpora are
     built once per process, not once per unit)."""
-    return process_cached("unit_processor", [cfg, output], lambda: UnitProcessor(cfg, output))
+    return process_cached("unit_processor", [to_dict(cfg), output],
+                          lambda: UnitProcessor(cfg, output))
 
 
-def process_unit(cfg: dict[str, Any], output: str, unit: dict[str, Any]) -> dict[str, Any]:
+def process_unit(cfg: PrepareConfig, output: str, unit: dict[str, Any]) -> dict[str, Any]:
     """The Ray task: one unit -> its part files and marker; returns the unit's stats."""
     return processor(cfg, output).process(unit)

@@ -48,8 +48,8 @@ from ser_ray.score.commit import NightLock, check_replaces_whole, run_record_uri
 from ser_ray.score.engines import ENGINES, engine_for, make_engine, run_wave
 from ser_ray.score.model import ModelInfo, model_window
 from ser_ray.score.publish import publish, write_index, write_report
-from ser_ray.score.reference import (ONE_PASS_STATISTICS, Populations, reference_key, reference_table,
-                                     trained_normalisation, training_population)
+from ser_ray.score.reference import (ONE_PASS_STATISTICS, Populations, reference_key,
+                                     reference_table, trained_normalisation, training_population)
 from ser_ray.score.settings import WorkerSettings, worker_settings
 from ser_ray.score.tables import staged_stats, unit_dir
 from ser_ray.score.transcripts import transcribe_night
@@ -59,6 +59,7 @@ log = logger("score")
 
 
 def check_config(cfg: ScoreConfig) -> None:
+    """Every score setting checked before any work (a bad transcripts model too)."""
     if not cfg.model:
         raise ValueError("score: give --model MODEL_DIR")
     from ser_ray.models.late_fusion import is_late_fusion
@@ -145,10 +146,13 @@ class Night:
         return self.settings.reference["mode"] == "run"
 
     def staged(self, unit_id: str, name: str, key: str | None = None) -> str:
+        """Where a unit's staged file ``name`` is (``key``: the run's reference statistics)."""
         return join(unit_dir(self.staging, unit_id, key), name)
 
 
 def plan_night(cfg: ScoreConfig, storage: Storage) -> Night:
+    """The model read and checked, the run's id and staging folder, the workers' settings, the
+    metadata and the reference groups: everything the night needs before its first unit."""
     run_date = resolve_run_date(cfg.run_date)
     model = ModelInfo.read(cfg.model, trust=cfg.trust_model)
     run_id = f"{run_date}_{model.model_hash[:12]}"

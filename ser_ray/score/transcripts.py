@@ -5,6 +5,7 @@ transcribe them with the process's one Whisper (``ser_ray.transcribe.transcriber
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any, Sequence
 
@@ -12,19 +13,31 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ser_ray.config import ScoreConfig, TranscribeConfig
 from ser_ray.console import logger
-from ser_ray.config import ScoreConfig, TranscribeConfig, from_dict, to_dict
 from ser_ray.schema import SCORED, error_detail
 from ser_ray.score.backlog import Call
+from ser_ray.score.model import ModelInfo
 from ser_ray.score.read import CallReader
 from ser_ray.score.settings import WorkerSettings
-from ser_ray.transcribe import SAMPLE_RATE, transcriber
-from ser_ray.urgency import PROB_PREFIX, negative_emotion
-from ser_ray.score.model import ModelInfo
 from ser_ray.score.tables import parquet_bytes, published_segments
 from ser_ray.storage import Storage, join
+from ser_ray.transcribe import SAMPLE_RATE, transcriber
+from ser_ray.urgency import PROB_PREFIX, negative_emotion
 
 log = logger("score")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptJob:
+    """One published call to transcribe: its id, its file, the channel scoring used, and the
+    spans (start, end in seconds, in time order) of it to transcribe (:func:`spans`)."""
+
+    call_id: str
+    uri: str
+    channel: str
+    spans: tuple[tuple[float, float], ...]
 
 
 def spans(start_s: np.ndarray, end_s: np.ndarray, negative: np.ndarray, cfg: TranscribeConfig,
@@ -58,31 +71,30 @@ def spans(start_s: np.ndarray, end_s: np.ndarray, negative: np.ndarray, cfg: Tra
     return out
 
 
-def transcribe_group(jobs: list[dict[str, Any]], cfg_d: dict[str, Any],
+def transcribe_group(jobs: list[TranscriptJob], cfg: TranscribeConfig,
                      settings: WorkerSettings) -> list[dict[str, Any]]:
-    """One Ray task: calls (``call_id``, ``uri``, ``size``, ``channel``, ``spans``) -> transcript
-    rows; a call that cannot be read again gets one row with its error in ``error``."""
+    """One Ray task: calls to transcribe -> transcript rows; a call that cannot be read again
+    gets one row with its error in ``error``."""
     import torch
 
-    cfg = from_dict(TranscribeConfig, cfg_d)
     torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
     reader = CallReader(settings, SAMPLE_RATE)
     model = transcriber(cfg.model, cfg.device, cfg.dtype, cfg.language, cfg.max_new_tokens,
                         cfg.batch_size)
     rows: list[dict[str, Any]] = []
     for job in jobs:
-        base = {"call_id": job["call_id"], "channel": job["channel"]}
+        base = {"call_id": job.call_id, "channel": job.channel}
         got: dict[str, Any] = {}
         try:
-            y = reader.load(Call(job["call_id"], job["uri"], -1), got)
+            y = reader.load(Call(job.call_id, job.uri, -1), got)
         except Exception as exc:  # a bug: say what broke, lose nothing
             y, got["reason"] = None, error_detail(exc)
         if y is None:  # changed or gone since scoring: say so
             rows.append({**base, "start_s": None, "end_s": None, "text": None, "language": None,
                          "error": f"{got.get('status') or 'error'}: {got.get('reason')}"})
             continue
-        clips = [y[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in job["spans"]]
-        for (a, b), (text, lang) in zip(job["spans"], model.transcribe(clips)):
+        clips = [y[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in job.spans]
+        for (a, b), (text, lang) in zip(job.spans, model.transcribe(clips)):
             rows.append({**base, "start_s": round(a, 3), "end_s": round(b, 3), "text": text,
                          "language": lang, "error": None})
     return rows
@@ -107,7 +119,7 @@ def chosen_calls(calls, cfg: TranscribeConfig):
 
 
 def plan(calls, segments, labels: Sequence[str], cfg: TranscribeConfig, urgency=None
-         ) -> list[dict[str, Any]]:
+         ) -> list[TranscriptJob]:
     """The published calls (ranked) and their segments -> one job per call to transcribe
     (:func:`chosen_calls`), with its spans (:func:`spans`)."""
     scored = chosen_calls(calls, cfg)
@@ -123,12 +135,11 @@ def plan(calls, segments, labels: Sequence[str], cfg: TranscribeConfig, urgency=
         todo = spans(seg["start_s"].to_numpy(), seg["end_s"].to_numpy(), neg, cfg,
                      float(row.duration_s))
         if todo:
-            jobs.append({"call_id": row.call_id, "uri": row.uri, "channel": row.channel,
-                         "spans": todo})
+            jobs.append(TranscriptJob(row.call_id, row.uri, row.channel, tuple(todo)))
     return jobs
 
 
-def run_transcripts(cfg: TranscribeConfig, jobs: list[dict[str, Any]], settings: WorkerSettings,
+def run_transcripts(cfg: TranscribeConfig, jobs: list[TranscriptJob], settings: WorkerSettings,
                     run_id: str, progress=None):
     """Transcribe ``jobs`` in Ray tasks (``calls_per_task`` calls each, ``cpus_per_worker`` /
     ``gpus_per_worker`` per task) -> a pandas table of :data:`TRANSCRIPT_COLUMNS`, ordered as
@@ -138,8 +149,7 @@ def run_transcripts(cfg: TranscribeConfig, jobs: list[dict[str, Any]], settings:
     task = ray.remote(transcribe_group).options(num_cpus=cfg.cpus_per_worker,
                                                  num_gpus=cfg.gpus_per_worker)
     groups = [jobs[i:i + cfg.calls_per_task] for i in range(0, len(jobs), cfg.calls_per_task)]
-    cfg_d = to_dict(cfg)
-    refs = [task.remote(g, cfg_d, settings) for g in groups]
+    refs = [task.remote(g, cfg, settings) for g in groups]
     index = {r: k for k, r in enumerate(refs)}
     results: list[list[dict[str, Any]] | None] = [None] * len(refs)
     pending = list(refs)
@@ -150,7 +160,7 @@ def run_transcripts(cfg: TranscribeConfig, jobs: list[dict[str, Any]], settings:
             results[k] = ray.get(done[0])
         except ray.exceptions.RayError as exc:  # the night's scores are published: keep them,
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"  # say why
-            results[k] = [{"call_id": j["call_id"], "channel": j["channel"], "start_s": None,
+            results[k] = [{"call_id": j.call_id, "channel": j.channel, "start_s": None,
                            "end_s": None, "text": None, "language": None, "error": why}
                           for j in groups[k]]
         if progress:
@@ -169,7 +179,7 @@ def transcribe_night(cfg: ScoreConfig, storage: Storage, output: str, run_date: 
     wanted = set(chosen_calls(calls, cfg.transcribe)["call_id"])
     segs = published_segments(storage, published["outputs"]["segments"], wanted)
     jobs = plan(calls, segs, model.labels, cfg.transcribe, cfg.urgency)
-    log(f"transcribing {sum(len(j['spans']) for j in jobs)} span(s) of {len(jobs)} call(s) "
+    log(f"transcribing {sum(len(j.spans) for j in jobs)} span(s) of {len(jobs)} call(s) "
         f"with {cfg.transcribe.model}")
 
     def show(done: int, total: int) -> None:

@@ -8,7 +8,6 @@ on the seed only, never on the number of workers. Augment the training split onl
 from __future__ import annotations
 
 import re
-import types
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -96,14 +95,9 @@ class AugmentWorker:
         self.jobs = [(Chain.from_config(j["chain"], name=j.get("label")), j) for j in jobs]
         self.seed = seed
         self.max_bytes = int(self.audio_cfg.max_file_mb * 2**20)
-        # prepare's block splitting + extraction reads only these attributes (every copy is
-        # extracted on its own here, an encoder included: nothing is deferred).
-        self._prep = types.SimpleNamespace(cfg=types.SimpleNamespace(audio=self.audio_cfg),
-                                           extractors={self.extractor.name: self.extractor},
-                                           batched=())
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from ser_ray.prepare.units import UnitProcessor
+        from ser_ray.prepare.units import block_features
 
         sr = self.audio_cfg.sample_rate
         data = read_sources(self.storage, list(batch["uri"]), self.max_bytes)
@@ -119,7 +113,10 @@ class AugmentWorker:
             for chain, job in self.jobs:
                 y2 = chain(y, sr, row_rng(self.seed, utt, job["rng_copy"]))
                 try:
-                    blocks = UnitProcessor._features(self._prep, y2)[self.extractor.name]
+                    # prepare's own cutting and extraction; every copy on its own (nothing
+                    # deferred, an encoder included)
+                    blocks = block_features(y2, self.audio_cfg,
+                                            {self.extractor.name: self.extractor})[self.extractor.name]
                 except audio.AudioError as exc:
                     raise AugmentError(f"augment: {uri} ({utt}) copy {job['copy']} of "
                                        f"{chain.name}: {exc}") from None
