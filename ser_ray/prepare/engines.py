@@ -140,15 +140,13 @@ def encoder_pool(cfg: PrepareConfig) -> dict[str, float]:
     """Encoder actors and the resources of each: one per ``gpus_per_worker`` of the cluster's
     GPUs when it has them and the config asks, else one per CPU slot (``num_workers`` caps it);
     on CPU each actor leaves a tenth of its CPU to the decoding tasks."""
-    import ray
+    if uses_gpus(cfg.gpus_per_worker):
+        import ray
 
-    res = ray.cluster_resources()
-    gpus = res.get("GPU", 0)
-    if cfg.gpus_per_worker > 0 and gpus:
-        n = max(1, int(gpus / cfg.gpus_per_worker))
+        n = max(1, int(ray.cluster_resources()["GPU"] / cfg.gpus_per_worker))
         return {"actors": min(n, cfg.num_workers or n), "num_cpus": cfg.cpus_per_worker,
                 "num_gpus": cfg.gpus_per_worker}
-    n = max(1, int(res.get("CPU", 1) / cfg.cpus_per_worker))
+    n = max(1, worker_slots(cfg.cpus_per_worker))
     return {"actors": min(n, cfg.num_workers or n),
             "num_cpus": cfg.cpus_per_worker * (1 - DECODE_CPUS), "num_gpus": 0}
 

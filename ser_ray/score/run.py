@@ -160,18 +160,19 @@ def plan_night(cfg: ScoreConfig, storage: Storage) -> Night:
     staging = join(output, f"_staging/{run_id}")
     settings = worker_settings(cfg, model, run_id, staging)
     metadata = load_metadata(cfg.metadata, storage, model.labels) if cfg.metadata else None
-    groups = None
-    if settings.reference["mode"] == "run" and cfg.normalisation.group_by:
+    night = Night(cfg, storage, output, run_date, run_id, staging, model, settings,
+                  "config" if cfg.window_s else model_window(model.feature_config)[1], metadata,
+                  groups=None)
+    if night.two_pass and cfg.normalisation.group_by:
         col = cfg.normalisation.group_by
         if col not in metadata.columns:
             raise ValueError(f"normalisation.group_by={col!r}: --metadata {cfg.metadata} has no such "
                              f"column; it has {list(metadata.columns)}")
-        groups = {c: ("" if pd.isna(v) else str(v)) for c, v in zip(metadata["call_id"], metadata[col])}
-    window_from = "config" if cfg.window_s else model_window(model.feature_config)[1]
+        night.groups = {c: ("" if pd.isna(v) else str(v))
+                        for c, v in zip(metadata["call_id"], metadata[col])}
     log(f"run {run_id}: model {model.model_id}, windows of {settings.window_s:.2f} s "
-        f"({window_from}), vad {settings.vad['name']}, customer channel {cfg.customer_channel}")
-    return Night(cfg, storage, output, run_date, run_id, staging, model, settings, window_from,
-                 metadata, groups)
+        f"({night.window_from}), vad {settings.vad['name']}, customer channel {cfg.customer_channel}")
+    return night
 
 
 @dataclasses.dataclass
