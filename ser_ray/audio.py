@@ -79,6 +79,7 @@ class Decoded:
     samples: np.ndarray
     sample_rate: int
     format: str
+    codec: str = ""  # how the samples are coded in the container: see :func:`codec_name`
 
     @property
     def channels(self) -> int:
@@ -137,23 +138,145 @@ def decode(data: bytes, max_duration_s: float | None = None,
     if fmt is None:
         raise AudioError("not_audio", f"first bytes {data[:12]!r} match no audio container")
     if fmt == "m4a":
-        raise AudioError("unsupported_format",
-                         "m4a/mp4 audio needs an ffmpeg-based decoder, which is not installed; "
-                         "convert to wav or flac first")
+        raise AudioError("unsupported_codec",
+                         "m4a/mp4 audio (AAC) needs an ffmpeg-based decoder, which is not "
+                         "installed; convert to wav, flac, mp3 or ogg/opus first")
     if fmt in _CHUNKED:
         problem = _truncation(data, fmt)
         if problem:
             raise AudioError("decode_error", f"truncated {fmt}: {problem}")
     check_declared(data, max_duration_s, max_decoded_bytes, duration_cap)
     try:
-        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            sr, subtype = f.samplerate, f.subtype
+            if f.seekable():
+                samples = f.read(dtype="float32", always_2d=True)
+            else:  # GSM 6.10 in WAV, for one: read until the stream ends
+                parts = [np.zeros((0, f.channels), np.float32)]
+                while len(parts[-1]) or len(parts) == 1:
+                    parts.append(f.read(1 << 16, dtype="float32", always_2d=True))
+                samples = np.concatenate(parts)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+        unknown = unsupported_codec(data, fmt)
+        if unknown:
+            raise AudioError("unsupported_codec", unknown) from None
         raise AudioError("decode_error", f"{fmt}: {_ADDRESS.sub('the file', str(exc))}") from None
     if samples.shape[0] == 0:
         raise AudioError("empty", f"{fmt} container holds no audio frames")
     if not np.isfinite(samples).all():
         raise AudioError("bad_samples", f"{int((~np.isfinite(samples)).sum())} NaN/inf samples")
-    return Decoded(samples, int(sr), fmt)
+    return Decoded(samples, int(sr), fmt, codec_name(fmt, subtype))
+
+
+# libsndfile's subtype -> the codec name the manifest and the calls table record.
+_CODEC_NAMES = {"PCM_16": "pcm16", "PCM_24": "pcm24", "PCM_32": "pcm32", "PCM_U8": "pcm8u",
+                "PCM_S8": "pcm8", "FLOAT": "float32", "DOUBLE": "float64", "ULAW": "mulaw",
+                "ALAW": "alaw", "MPEG_LAYER_I": "mp1", "MPEG_LAYER_II": "mp2",
+                "MPEG_LAYER_III": "mp3", "OPUS": "opus", "VORBIS": "vorbis",
+                "GSM610": "gsm610", "IMA_ADPCM": "ima_adpcm", "MS_ADPCM": "ms_adpcm",
+                "G721_32": "g721", "G723_24": "g723_24", "G723_40": "g723_40"}
+
+
+def codec_name(fmt: str, subtype: str) -> str:
+    """The codec of a decoded file: ``mulaw``, ``alaw``, ``pcm16``, ``mp3``, ``opus``, ``vorbis``,
+    ``flac``, ... (FLAC's subtype is only its bit depth, so a FLAC file's codec is ``flac``)."""
+    if fmt == "flac":
+        return "flac"
+    return _CODEC_NAMES.get(subtype, subtype.lower())
+
+
+# WAV format tags libsndfile decodes (PCM, ADPCMs, float, G.711, GSM, G.721/723, MPEG,
+# extensible); any other tag is a codec it has no decoder for.
+_WAV_TAGS = {0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x0011, 0x0031, 0x0040, 0x0014, 0x0050,
+             0x0055, 0xFFFE}
+_OGG_STREAMS = (b"\x01vorbis", b"OpusHead", b"\x7fFLAC")
+
+
+def unsupported_codec(data: bytes, fmt: str) -> str | None:
+    """Why a file that failed to decode did: a codec libsndfile has no decoder for (a WAV
+    format tag such as G.729 or TrueSpeech, an Ogg stream of Speex); None when the codec is one
+    it reads, so the failure is corruption."""
+    if fmt == "wav" and data[:4] == b"RIFF":
+        pos = 12
+        while pos + 10 <= len(data):
+            cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+            if cid == b"fmt ":
+                tag = struct.unpack("<H", data[pos + 8:pos + 10])[0]
+                if tag not in _WAV_TAGS:
+                    return (f"WAV audio coded with format tag 0x{tag:04x}, which libsndfile "
+                            f"cannot decode; convert it to PCM, mu-law/A-law, flac or mp3")
+                return None
+            pos += 8 + size + (size & 1)
+    if fmt == "ogg":
+        page = data[:4096]
+        if not any(s in page for s in _OGG_STREAMS):
+            what = "Speex" if b"Speex   " in page else "an unknown codec"
+            return (f"Ogg stream of {what}, which libsndfile cannot decode (it reads Vorbis, "
+                    f"Opus and FLAC); convert it to opus or flac")
+    return None
+
+
+# Codecs :func:`encode` writes: name -> (libsndfile format, subtype).
+ENCODERS = {"pcm16": ("WAV", "PCM_16"), "mulaw": ("WAV", "ULAW"), "alaw": ("WAV", "ALAW"),
+            "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"),
+            "opus": ("OGG", "OPUS"), "vorbis": ("OGG", "VORBIS"), "gsm610": ("WAV", "GSM610")}
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def _compression_level(codec: str, sr: int, kbps: float) -> float:
+    """libsndfile's compression level (0 best .. 1 smallest) for about ``kbps`` kbit/s.
+
+    It maps the level linearly onto the encoder's bitrate range: Opus ~6-260 kbit/s at any
+    rate; LAME's MP3 from 8 kbit/s up to ~64 (8 kHz) or ~160 (16 kHz) kbit/s, rounded to the
+    bitrates MPEG allows. Measured in ``tests/test_call_audio.py``."""
+    top = 260.0 if codec == "opus" else (64.0 if sr <= 11025 else 160.0 if sr <= 24000 else 320.0)
+    bottom = 6.0 if codec == "opus" else 8.0
+    # libsndfile refuses LAME's level 1.0 ("Error set compression level"); 0.99 is its 8 kbit/s
+    return float(np.clip((top - kbps) / (top - bottom), 0.0, 1.0 if codec == "opus" else 0.99))
+
+
+def encode(y: np.ndarray, sr: int, codec: str, kbps: float | None = None) -> bytes:
+    """Mono or (frames, channels) float audio -> the bytes of a file in ``codec`` (one of
+    :data:`ENCODERS`), through libsndfile's own encoders (G.711 tables, LAME, libopus, ...).
+
+    ``kbps`` sets the bitrate of ``mp3``/``opus``/``vorbis`` (about; the encoders round it).
+    Opus takes 8, 12, 16, 24 or 48 kHz only."""
+    if codec not in ENCODERS:
+        raise ValueError(f"codec {codec!r} is not one of {sorted(ENCODERS)}")
+    if codec == "opus" and sr not in OPUS_RATES:
+        raise ValueError(f"opus encodes {list(OPUS_RATES)} Hz audio, not {sr} Hz; resample first")
+    fmt, subtype = ENCODERS[codec]
+    level = None
+    if kbps is not None and codec in ("mp3", "opus", "vorbis"):
+        level = _compression_level(codec, sr, float(kbps))
+    buf = io.BytesIO()
+    y = np.clip(np.asarray(y, dtype=np.float32), -1.0, 1.0)
+    sf.write(buf, y, int(sr), format=fmt, subtype=subtype, compression_level=level,
+             bitrate_mode="CONSTANT" if codec == "mp3" and level is not None else None)
+    return buf.getvalue()
+
+
+def _lag(out: np.ndarray, y: np.ndarray, most: int) -> int:
+    """The delay (0..``most`` samples) at which ``out`` best matches ``y`` (cross-correlation
+    over the first 2 s)."""
+    from scipy.signal import correlate
+
+    ref = y[:min(len(y), 32000)].astype(np.float64)
+    seg = out[:len(ref) + most].astype(np.float64)
+    if not np.any(ref):
+        return 0
+    return int(np.argmax(correlate(seg, ref, mode="valid", method="fft")[:most + 1]))
+
+
+def round_trip(y: np.ndarray, sr: int, codec: str, kbps: float | None = None) -> np.ndarray:
+    """``y`` through ``codec`` and back: mono float32 of the same length (an MP3 encoder's
+    padding is cut, a short result zero-padded)."""
+    d = decode(encode(y, sr, codec, kbps))
+    out = resample(downmix(d.samples), d.sample_rate, sr)
+    n = len(y)
+    if codec == "mp3" and len(out) > n:  # LAME/mpg123 delay: up to ~1,100 samples at the start
+        out = out[_lag(out, y, len(out) - n):]
+    return (out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))).astype(np.float32)
 
 
 def downmix(samples: np.ndarray) -> np.ndarray:

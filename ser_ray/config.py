@@ -111,6 +111,21 @@ class AugmentConfig(Checked):
     copies: int = 1
 
 
+# The codecs a simulated telephone line can use (ser_ray.channel): the two G.711 laws, linear
+# PCM (band and rate limits only) and the compressed formats calls are stored in.
+LINE_CODECS = ("mulaw", "alaw", "pcm16", "mp3", "opus")
+
+
+@dataclass(frozen=True)
+class ChannelProtocolConfig(Checked):
+    """``cv``'s channel protocol: the test speakers also through a telephone line per codec."""
+
+    codecs: tuple[str, ...] = ()    # () off; else any of mulaw, alaw, pcm16, mp3, opus
+    kbps: float = 16.0              # bitrate of the mp3 / opus test lines
+    compare: bool = True            # also train the other mode per fold: clean <-> telephone
+    copies: int = 1                 # telephone copies per training recording in that mode
+
+
 @dataclass(frozen=True)
 class TrackingConfig(Checked):
     """Experiment tracking of ``cv``, ``train`` and ``tune`` (off unless switched on)."""
@@ -138,8 +153,10 @@ class LearnConfig(Checked):
     model_options: dict[str, Any] = field(default_factory=dict)  # architecture + lr, epochs...
     normalise: str = "global"               # none | global | speaker | corpus
     balance: str = "none"                   # none | smote | ros | class_weights
+    balance_corpora: bool = False           # oversample smaller corpora to the largest's rows
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    protocol: str = "speaker-kfold"         # random-kfold | speaker-kfold | loso | explicit | cross-corpus
+    protocol: str = "speaker-kfold"         # random-kfold | speaker-kfold | loso | explicit |
+                                            # cross-corpus | leave-one-corpus-out
     folds: int = 5
     test_speakers: tuple[str, ...] = ()     # protocol=explicit
     train_corpora: tuple[str, ...] = ()     # protocol=cross-corpus
@@ -147,6 +164,7 @@ class LearnConfig(Checked):
     validation_fraction: float = 0.2        # speakers held out of training for early stopping
     noisy_snr_db: tuple[float, ...] = ()    # also score the test side mixed with noise at these
     noise_dir: str | None = None            # recordings for noisy test sets / background noise
+    channel_protocol: ChannelProtocolConfig = field(default_factory=ChannelProtocolConfig)
     num_workers: int = 1                    # Ray Train workers per fit (DDP)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -161,6 +179,11 @@ class LearnConfig(Checked):
         if self.augment.variant not in ("none", "augmented", "merged"):
             raise ValueError(f"augment.variant={self.augment.variant!r} is not one of "
                              "['none', 'augmented', 'merged']")
+        if self.augment.copies < 1 or self.channel_protocol.copies < 1:
+            raise ValueError("augment.copies and channel_protocol.copies must be >= 1")
+        bad = [c for c in self.channel_protocol.codecs if c not in LINE_CODECS]
+        if bad:
+            raise ValueError(f"channel_protocol.codecs: {bad} are not among {list(LINE_CODECS)}")
 
 
 @dataclass(frozen=True)

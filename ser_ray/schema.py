@@ -29,6 +29,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("sample_rate", pa.int32()),     # native rate of the file
         ("channels", pa.int32()),        # native channel count
         ("format", pa.string()),         # sniffed container: wav, flac, ogg, aiff, mp3
+        ("codec", pa.string()),          # mulaw, alaw, pcm16, mp3, opus, vorbis, flac, ...
         ("sha256", pa.string()),         # of the file's bytes: exact duplicates share it
         ("extra", pa.string()),          # JSON object of corpus-specific fields
     ]
@@ -49,7 +50,7 @@ REASONS = (
     "empty",              # zero bytes
     "unreadable",         # I/O error, permission denied, missing object
     "not_audio",          # bytes are not a known audio container
-    "unsupported_format", # audio container with no decoder here (m4a without ffmpeg)
+    "unsupported_codec",  # audio no decoder here reads (m4a/AAC, G.729 WAV, Ogg Speex)
     "decode_error",       # truncated or corrupt audio
     "bad_samples",        # NaN or inf samples
     "too_short",

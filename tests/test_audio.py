@@ -143,7 +143,7 @@ def test_streamed_wav_with_unpatched_size_still_decodes():
 def test_empty_text_and_m4a():
     assert reason_of(b"") == "empty"
     assert reason_of(b"path,label\n03-01-05.wav,angry\n") == "not_audio"
-    assert reason_of(b"\x00\x00\x00\x20ftypM4A " + bytes(200)) == "unsupported_format"
+    assert reason_of(b"\x00\x00\x00\x20ftypM4A " + bytes(200)) == "unsupported_codec"
 
 
 def test_wav_with_no_frames_is_empty():

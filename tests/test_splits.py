@@ -34,6 +34,7 @@ OPTIONS = {
     "loso": {},
     "explicit": dict(test_speakers=["a:01", "b:02"]),
     "cross-corpus": dict(train_corpora=["a"], test_corpus="b"),
+    "leave-one-corpus-out": {},
 }
 
 
@@ -187,6 +188,17 @@ def test_leakage_error_is_a_value_error():
 def test_bad_inputs_raise_clear_errors(meta, protocol, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_folds(meta, protocol, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:cross-corpus")
+def test_leave_one_corpus_out_holds_each_corpus_out_in_turn():
+    folds = make_folds(META, "leave-one-corpus-out")
+    assert [f.name for f in folds] == ["held out=a", "held out=b"]
+    for f, held in zip(folds, "ab"):
+        assert set(META.corpus[f.test]) == {held} and held not in set(META.corpus[f.train])
+        # labels on one side only (a's surprised, b's calm) are dropped and counted
+        assert set(META.label[f.test]) == set(META.label[f.train]) == {"angry", "sad", "neutral"}
+        assert set(f.dropped) == {"surprised", "calm"}
 
 
 def test_cross_corpus_without_shared_labels():

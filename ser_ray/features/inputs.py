@@ -5,7 +5,7 @@ sets and scoring windows are all shaped: the hidden states a model reads of a la
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -78,6 +78,19 @@ def conform(x: np.ndarray, feature_config: dict[str, Any]) -> np.ndarray:
     if frames is not None and axis is not None:
         return fix_frames(x, axis, frames)
     return x
+
+
+def join_features(fc: dict[str, Any], parts: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Each extractor's arrays of the same rows (``parts[k][i]``: extractor k of
+    ``fc["features"]``, row i) -> model input rows: one feature conformed (:func:`conform`);
+    several vectors, each one's chosen part (:func:`select_part`), joined in order as
+    ``load_features`` joined the training rows. Scoring windows, augmented copies and noisy or
+    telephone test sets all go through here."""
+    names = fc["features"]
+    if len(names) > 1:
+        picked = [select_part(n, list(p), fc.get("layers")) for n, p in zip(names, parts)]
+        return [np.concatenate(row).astype(np.float32) for row in zip(*picked)]
+    return [conform(x, fc) for x in parts[0]]
 
 
 def extractor_models(feature_config: dict[str, Any]) -> dict[str, dict[str, str]]:

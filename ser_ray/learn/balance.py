@@ -133,3 +133,16 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     if present.size:
         w[present] = compute_class_weight("balanced", classes=present, y=y)
     return w
+
+
+def balance_groups(groups: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """Row positions that give every group (a corpus) as many rows as the largest: each row once,
+    then random copies of rows of the smaller groups (imbalanced-learn's RandomOverSampler with
+    the group as its target). One group: every row once, in order."""
+    groups = np.asarray(groups).astype(str)
+    idx = np.arange(len(groups))
+    if len(set(groups)) < 2:
+        return idx
+    ros = RandomOverSampler(random_state=seed)
+    out, _ = ros.fit_resample(idx.reshape(-1, 1), groups)
+    return np.asarray(out[:, 0], dtype=np.int64)

@@ -36,6 +36,8 @@ PROTOCOL_MEANINGS: dict[str, str] = {
                 "says whether any test speaker was in the model's training data",
     "cross-corpus": "cross-corpus: train on some corpora, test on a corpus never seen in training "
                     "(new speakers, recording conditions and label habits)",
+    "leave-one-corpus-out": "leave-one-corpus-out: each fold tests one corpus never seen in "
+                            "training, trained on all the others",
 }
 
 FILES: dict[str, str] = {
@@ -53,6 +55,7 @@ _SETUP_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Features", ("features", "feature")),
     ("Label set", ("label_set",)),
     ("Balancing", ("balance",)),
+    ("Corpus balancing", ("balance_corpora",)),
     ("Augmentation", ("augment", "variant")),
 )
 _MAX_LISTED_SPEAKERS = 6
@@ -191,7 +194,7 @@ def _setup(config: Mapping[str, Any]) -> dict[str, str]:
     for shown, keys in _SETUP_KEYS:
         for key in keys:
             name = _name(config.get(key))
-            if name:
+            if name and name != "False":
                 found[shown] = name
                 break
     return found
@@ -211,6 +214,53 @@ def _noisy_rows(noisy: Mapping[Any, Mapping[str, Any]]) -> list[list[str]]:
 
     return [[str(snr), cell(noisy[snr], "ua"), cell(noisy[snr], "wa")]
             for snr in sorted(noisy, key=snr_key)]
+
+
+_CODEC_NAMES = {"mulaw": "G.711 mu-law", "alaw": "G.711 A-law", "pcm16": "8 kHz PCM",
+                "mp3": "MP3", "opus": "Opus"}
+_MODE_NAMES = {"clean": "trained clean", "telephone": "trained with telephone copies"}
+
+
+def _channel_lines(channel: Mapping[str, Any], folds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The channel protocol's tables: mean UA per training mode and test condition, then per
+    fold."""
+    codecs = list(channel["codecs"])
+    heads = ["clean"] + [f"{_CODEC_NAMES.get(c, c)}" + (f" {channel['kbps']:g} kbit/s"
+                                                         if c in ("mp3", "opus") else "")
+                         for c in codecs]
+    modes = channel["modes"]
+    lines = ["## Telephone channel", "",
+             "UA (%) of the test speakers as recorded (clean) and through a telephone line: "
+             "300-3400 Hz band-pass, 8 kHz, then each codec (no loss or clipping on the test "
+             "side). Training modes: " + "; ".join(
+                 f"{_MODE_NAMES.get(m, m)}: {how}" for m, how in channel["training"].items())
+             + ".", ""]
+    rows = []
+    for mode, cells in modes.items():
+        tel = [cells[c]["ua_mean"] for c in codecs]
+        rows.append([_MODE_NAMES.get(mode, mode), _pct(cells["clean"]["ua_mean"]),
+                     *[_pct(u) for u in tel],
+                     f"{100 * (min(tel) - cells['clean']['ua_mean']):+.1f}" if tel else "–"])
+    lines += table(["model", *heads, "worst line - clean (points)"], rows)
+    lines += ["", "Per fold (UA %):", ""]
+    lines += table(["fold", "model", *heads],
+                   [[f.get("name", i), _MODE_NAMES.get(mode, mode),
+                     *[_pct(f["channel"][mode][c]["ua"]) for c in ["clean", *codecs]]]
+                    for i, f in enumerate(folds) if "channel" in f for mode in f["channel"]])
+    return lines + [""]
+
+
+def _corpus_lines(matrix: Mapping[str, Any]) -> list[str]:
+    """leave-one-corpus-out: UA of each model (rows) on each corpus (columns)."""
+    corpora = list(matrix["corpora"])
+    lines = ["## Across corpora", "",
+             "UA (%) of a model trained on the row's corpora, tested on the column's corpus "
+             "(all its speakers). The last row holds each corpus out in turn: trained on all "
+             "the others. A cell is blank where the model saw that corpus in training.", ""]
+    rows = [[row["trained_on"], *[_pct(row["ua"].get(c)) if c in row["ua"] else "" for c in
+                                   corpora]] for row in matrix["rows"]]
+    lines += table(["trained on / tested on", *corpora], rows)
+    return lines + [""]
 
 
 def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[str, Any]],
@@ -262,7 +312,7 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
     lines += ["## Folds", ""]
     lines += table(
         ["fold", "n", "UA (%)", "WA (%)", "train speakers", "test speakers"],
-        [[fold.get("name", i), fold.get("n", "–"), _pct(fold.get("ua")), _pct(fold.get("wa")),
+        [[fold.get("name", i), fold.get("n", fold.get("n_test", "–")), _pct(fold.get("ua")), _pct(fold.get("wa")),
           _speakers(fold.get("train_speakers")), _speakers(fold.get("test_speakers"))]
          for i, fold in enumerate(folds)],
     )
@@ -282,6 +332,11 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
                   "The test side mixed with background noise at each signal-to-noise ratio.", ""]
         lines += table(["SNR (dB)", "UA (%)", "WA (%)"], _noisy_rows(noisy))
         lines.append("")
+
+    if metrics.get("channel"):
+        lines += _channel_lines(metrics["channel"], folds)
+    if metrics.get("corpus_matrix"):
+        lines += _corpus_lines(metrics["corpus_matrix"])
 
     lines += ["## Confusion matrix", "",
               f"![confusion matrix, rows true, columns predicted]({FILES['confusion']})", "",

@@ -170,6 +170,24 @@ def _cross_corpus(meta, *, train_corpora, test_corpus, **_) -> list[Part]:
     return [(name, np.flatnonzero(is_train & keep), np.flatnonzero(is_test & keep), dropped)]
 
 
+@_register("leave-one-corpus-out", covers_all=False,
+           columns=("source_id", "speaker", "label", "corpus"))
+def _leave_one_corpus_out(meta, **_) -> list[Part]:
+    """One fold per corpus, in sorted order: train on every other corpus, test on this one
+    (labels kept as in ``cross-corpus``: those on both sides of the fold)."""
+    corpora = sorted(set(meta["corpus"].astype(str)))
+    if len(corpora) < 2:
+        raise ValueError(f"leave-one-corpus-out: needs at least 2 corpora, meta has "
+                         f"{_preview(corpora)}; prepare several corpora and pass each folder to "
+                         f"--features")
+    parts = []
+    for held in corpora:
+        _, train, test, dropped = _cross_corpus(
+            meta, train_corpora=[c for c in corpora if c != held], test_corpus=held)[0]
+        parts.append((f"held out={held}", train, test, dropped))
+    return parts
+
+
 def get_protocol(name: str) -> Protocol:
     """The protocol registered as ``name``; ValueError listing the valid names otherwise."""
     if name not in PROTOCOLS:

@@ -224,7 +224,7 @@ class UnitProcessor:
         rows.manifest.append({
             **common, "uri": uri, "raw_label": utt.raw_label,
             "duration_s": decoded.duration_s, "sample_rate": decoded.sample_rate,
-            "channels": decoded.channels, "format": decoded.format,
+            "channels": decoded.channels, "format": decoded.format, "codec": decoded.codec,
             "sha256": hashlib.sha256(data).hexdigest(),
             "extra": json.dumps(utt.extra, sort_keys=True, default=str),
         })

@@ -123,15 +123,11 @@ class WindowFeatures:
     def many(self, windows: Sequence[np.ndarray]) -> np.ndarray:
         """Windows -> model inputs ``(n, *input_shape)``; extractors that batch (a pretrained
         encoder) run the windows together."""
-        from ser_ray.features.inputs import conform, select_part
+        from ser_ray.features.inputs import join_features
 
         ys = [self._condition(y) for y in windows]
         parts = [e.many(ys, self.sr) for e in self.extractors]
-        if len(parts) > 1:
-            parts = [select_part(n, p, self.fc.get("layers"))
-                     for n, p in zip(self.fc["features"], parts)]
-            return np.stack([np.concatenate(row) for row in zip(*parts)]).astype(np.float32)
-        return np.stack([conform(x, self.fc) for x in parts[0]]).astype(np.float32, copy=False)
+        return np.stack(join_features(self.fc, parts)).astype(np.float32, copy=False)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         return self.many([y])[0]

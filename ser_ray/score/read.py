@@ -47,7 +47,8 @@ class CallReader:
     def row(self, call: Call) -> dict[str, Any]:
         return {"call_id": call.call_id, "uri": call.uri, "size_bytes": call.size,
                 "status": None, "reason": None, "duration_s": None, "sample_rate": None,
-                "channels": None, "format": None, "channel": None, "n_segments": 0,
+                "channels": None, "format": None, "codec": None, "channel": None,
+                "n_segments": 0,
                 **{f"share_{lab}": None for lab in self.labels}, **{k: None for k in SUMMARY_FLOATS},
                 "normalised_by": None, "model_id": self.s.model_id,
                 "model_hash": self.s.model_hash, "run_id": self.s.run_id}
@@ -79,7 +80,7 @@ class CallReader:
             return fail(exc.reason, exc.detail)
         del data
         row.update(duration_s=decoded.duration_s, sample_rate=decoded.sample_rate,
-                   channels=decoded.channels, format=decoded.format)
+                   channels=decoded.channels, format=decoded.format, codec=decoded.codec)
         if decoded.duration_s > self.s.max_call_s:
             return fail("too_long", f"{decoded.duration_s:.0f} s > max_call_s={self.s.max_call_s:.0f}")
         y, row["channel"] = pick_channel(decoded.samples, self.s.customer_channel)

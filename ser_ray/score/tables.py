@@ -37,7 +37,8 @@ def calls_schema(labels: Sequence[str]) -> pa.Schema:
         ("call_id", pa.string()), ("uri", pa.string()), ("size_bytes", pa.int64()),
         ("status", pa.string()), ("reason", pa.string()),
         ("duration_s", pa.float64()), ("sample_rate", pa.int32()), ("channels", pa.int32()),
-        ("format", pa.string()), ("channel", pa.string()), ("n_segments", pa.int32()),
+        ("format", pa.string()), ("codec", pa.string()), ("channel", pa.string()),
+        ("n_segments", pa.int32()),
         *[(f"share_{lab}", pa.float64()) for lab in labels],
         *[(name, pa.float64()) for name in SUMMARY_FLOATS],
         ("normalised_by", pa.string()),  # the statistics its windows were standardised with

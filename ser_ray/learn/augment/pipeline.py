@@ -83,14 +83,17 @@ class AugmentWorker:
     optional ``extra`` columns.
     """
 
-    def __init__(self, audio_cfg: dict, extractor: dict, jobs: list[dict], seed: int, s3: dict):
+    def __init__(self, audio_cfg: dict, extractors: list[dict], jobs: list[dict], seed: int,
+                 s3: dict):
         from ser_ray.features import get_extractor
         from ser_ray.features.warmup import warm_up
 
         self.audio_cfg = from_dict(AudioConfig, audio_cfg)
-        ext = dict(extractor)
-        self.extractor = get_extractor(ext.pop("name"), **ext)
-        warm_up([self.extractor])  # compile librosa's numba kernels one process at a time
+        self.extractors = []
+        for extractor in extractors:
+            ext = dict(extractor)
+            self.extractors.append(get_extractor(ext.pop("name"), **ext))
+        warm_up(self.extractors)  # compile librosa's numba kernels one process at a time
         self.storage = Storage(from_dict(S3Config, s3))
         self.jobs = [(Chain.from_config(j["chain"], name=j.get("label")), j) for j in jobs]
         self.seed = seed
@@ -115,23 +118,28 @@ class AugmentWorker:
                 try:
                     # prepare's own cutting and extraction; every copy on its own (nothing
                     # deferred, an encoder included)
-                    blocks = block_features(y2, self.audio_cfg,
-                                            {self.extractor.name: self.extractor})[self.extractor.name]
+                    named = block_features(y2, self.audio_cfg,
+                                           {e.name: e for e in self.extractors})
                 except audio.AudioError as exc:
                     raise AugmentError(f"augment: {uri} ({utt}) copy {job['copy']} of "
                                        f"{chain.name}: {exc}") from None
-                for i, (start, end, arr) in enumerate(blocks):
+                per = [named[e.name] for e in self.extractors]  # the same cuts for each
+                for i, (start, end, _) in enumerate(per[0]):
+                    arrays = {}
+                    for k, blocks in enumerate(per):
+                        arr = blocks[i][2].astype(np.float32)
+                        arrays[f"values_{k}"], arrays[f"shape_{k}"] = arr.tobytes(), list(arr.shape)
                     out.append({**keep, "block_index": i, "start_s": start, "end_s": end,
                                 "augment": chain.name, "copy": job["copy"],
-                                **job.get("extra", {}),
-                                "values": arr.astype(np.float32).tobytes(),
-                                "shape": list(arr.shape)})
+                                **job.get("extra", {}), **arrays})
         return pd.DataFrame(out)
 
 
 def _run(rows: pd.DataFrame, jobs: list[dict], audio_cfg: AudioConfig, extractor, seed: int,
          storage: Storage | None, num_workers: int | None,
-         extra_columns: tuple[str, ...] = ()) -> tuple[list[np.ndarray], pd.DataFrame]:
+         extra_columns: tuple[str, ...] = ()) -> tuple[list, pd.DataFrame]:
+    """The Ray stage. ``extractor``: one extractor (X[i] is its array) or a list of them (X[i]
+    is a tuple of their arrays, in order, for ``features.inputs.join_features``)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -150,6 +158,8 @@ def _run(rows: pd.DataFrame, jobs: list[dict], audio_cfg: AudioConfig, extractor
     # Check the chains here, where a bad config fails fast, not inside an actor.
     for j in jobs:
         Chain.from_config(j["chain"])
+    several = isinstance(extractor, (list, tuple))
+    extractors = list(extractor) if several else [extractor]
     items = rows[["uri", *KEEP_COLUMNS]]
     items = items.astype(object).where(items.notna(), None)
     init_ray()
@@ -162,7 +172,8 @@ def _run(rows: pd.DataFrame, jobs: list[dict], audio_cfg: AudioConfig, extractor
         out = ds.map_batches(
             AugmentWorker, batch_format="pandas", batch_size=None,
             fn_constructor_kwargs={"audio_cfg": to_dict(audio_cfg),
-                                   "extractor": extractor_config(extractor), "jobs": jobs,
+                                   "extractors": [extractor_config(e) for e in extractors],
+                                   "jobs": jobs,
                                    "seed": int(seed), "s3": s3},
             compute=ActorPoolStrategy(size=workers), num_cpus=1).to_pandas()
     except Exception as exc:
@@ -173,8 +184,10 @@ def _run(rows: pd.DataFrame, jobs: list[dict], audio_cfg: AudioConfig, extractor
         raise
     out = out.sort_values(["utterance_id", "block_index", "augment", "copy"],
                           kind="stable").reset_index(drop=True)
-    xs = [np.frombuffer(v, dtype=np.float32).reshape([int(d) for d in s]).copy()
-          for v, s in zip(out["values"], out["shape"])]
+    parts = [[np.frombuffer(v, dtype=np.float32).reshape([int(d) for d in s]).copy()
+              for v, s in zip(out[f"values_{k}"], out[f"shape_{k}"])]
+             for k in range(len(extractors))]
+    xs = list(zip(*parts)) if several else parts[0]
     meta = out[columns].copy()
     meta["block_index"] = meta["block_index"].astype(np.int32)
     meta["copy"] = meta["copy"].astype(np.int64)
@@ -221,3 +234,22 @@ def noisy_features(manifest_rows: pd.DataFrame, *, audio_cfg: AudioConfig, extra
             for s in snrs]
     return _run(manifest_rows, jobs, audio_cfg, extractor, seed, storage, num_workers,
                 extra_columns=("snr_db",))
+
+
+def channel_features(manifest_rows: pd.DataFrame, *, audio_cfg: AudioConfig, extractor,
+                     codecs: Sequence[str], kbps: float = 16.0, seed: int = 0,
+                     storage: Storage | None = None, num_workers: int | None = None
+                     ) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Telephone test sets: each row through a clean telephone line (band-pass, 8 kHz, the codec;
+    no loss, clipping or level change) once per codec in ``codecs``.
+
+    Same output as :func:`augmented_features` plus a ``channel`` column (the codec); ``augment``
+    is ``telephone-<codec>`` and ``copy`` 0."""
+    if not codecs:
+        raise ValueError("channel_features: give at least one codec")
+    jobs = [{"chain": [{"name": "telephone", "codecs": [c], "min_kbps": float(kbps),
+                        "max_kbps": float(kbps), "gain_p": 0.0, "clip_p": 0.0, "loss_p": 0.0}],
+             "label": f"telephone-{c}", "copy": 0, "rng_copy": 0, "extra": {"channel": c}}
+            for c in codecs]
+    return _run(manifest_rows, jobs, audio_cfg, extractor, seed, storage, num_workers,
+                extra_columns=("channel",))
