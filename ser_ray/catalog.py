@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-KINDS = ("extractors", "models", "label-sets", "corpora", "protocols")
+KINDS = ("extractors", "models", "label-sets", "corpora", "protocols", "augment-steps")
 
 
 def first_sentence(doc: str, width: int = 100) -> str:
@@ -43,6 +43,11 @@ def catalog(kind: str) -> list[tuple[str, str]]:
         return [(n, first_sentence(p.split.__doc__) + (" Speakers shared: optimistic."
                                                        if p.shares_speakers else ""))
                 for n, p in PROTOCOLS.items()]
+    if kind == "augment-steps":
+        from ser_ray.learn.augment import available_steps
+        from ser_ray.learn.augment.steps import step_class
+
+        return [(n, first_sentence(step_class(n).__doc__)) for n in available_steps()]
     raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 

@@ -49,6 +49,9 @@ def test_list_names_everything_registered_with_its_doc(capsys):
     assert set(sections["label-sets"]) == set(LABEL_SETS)
     assert set(sections["corpora"]) == set(CORPORA)
     assert set(sections["protocols"]) == set(PROTOCOLS)
+    from ser_ray.learn.augment import available_steps
+
+    assert set(sections["augment-steps"]) == set(available_steps()) >= {"telephone", "gain"}
     assert all(len(doc) > 10 for s in sections.values() for doc in s.values())
     assert sections["models"]["imagenet_cnn"].startswith("[torch] A torchvision image CNN")
     assert "optimistic" in sections["protocols"]["random-kfold"]

@@ -13,10 +13,13 @@ import numpy as np
 import pandas as pd
 
 from ser_ray.config import AudioConfig, LearnConfig, from_dict
+from ser_ray.console import logger
 from ser_ray.features.inputs import extractor_from_settings, join_features
 from ser_ray.learn.data import FeatureData, manifest
 from ser_ray.learn.evaluate import predict_rows, utterance_level
 from ser_ray.learn.metrics import compute_metrics
+
+log = logger()
 
 
 class ConditionSets:
@@ -66,6 +69,7 @@ def noisy_sets(data: FeatureData, cfg: LearnConfig) -> ConditionSets:
     if not cfg.noise_dir:
         raise ValueError("noisy_snr_db needs noise_dir: a folder of noise recordings")
     rows, audio_cfg, extractor = _inputs(data)
+    log(f"noisy test sets: {len(rows)} recordings x {len(cfg.noisy_snr_db)} SNRs")
     arrays, meta = augment.noisy_features(rows, audio_cfg=audio_cfg, extractor=extractor,
                                           noise=cfg.noise_dir, snr_db=list(cfg.noisy_snr_db),
                                           seed=cfg.seed)
@@ -78,6 +82,8 @@ def channel_sets(data: FeatureData, cfg: LearnConfig) -> ConditionSets:
 
     cp = cfg.channel_protocol
     rows, audio_cfg, extractor = _inputs(data)
+    log(f"telephone test sets: {len(rows)} recordings x {len(cp.codecs)} codecs "
+        f"({', '.join(cp.codecs)})")
     arrays, meta = augment.channel_features(rows, audio_cfg=audio_cfg, extractor=extractor,
                                             codecs=list(cp.codecs), kbps=cp.kbps, seed=cfg.seed)
     return ConditionSets(data, arrays, meta, "channel", list(cp.codecs))

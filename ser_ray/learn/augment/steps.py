@@ -39,6 +39,13 @@ def available_steps() -> list[str]:
     return sorted(_STEPS)
 
 
+def step_class(name: str) -> type["Step"]:
+    """The config class registered as step ``name`` (its docstring describes the step)."""
+    if name not in _STEPS:
+        raise ValueError(f"unknown augment step {name!r}; available: {available_steps()}")
+    return _STEPS[name]
+
+
 @dataclass(frozen=True)
 class Step:
     """Base config: ``p`` is the probability that the step applies to a given copy."""
