@@ -61,14 +61,19 @@ class ChannelProtocol:
         for mode in fold_rows[0]["channel"] if fold_rows else []:
             per = [{"m": r["channel"][mode]} for r in fold_rows]
             modes[mode] = conditions.summarise(per, "m")
-        training = {conditions.mode_name(c): c.augment.variant if c.augment.variant == "none"
-                    else f"{c.augment.variant}, {c.augment.copies} cop"
-                         f"{'y' if c.augment.copies == 1 else 'ies'} of "
-                         f"{'+'.join(s['name'] for s in c.augment.steps) or 'the default chain'}"
+        training = {conditions.mode_name(c): _training(c)
                     for c in (self.cfg, self.other) if c is not None}
         return {"codecs": list(cp.codecs), "kbps": cp.kbps, "modes": modes, "training": training}
 
 
+def _training(cfg: LearnConfig) -> str:
+    """How a training mode treats its training side, in words: ``none`` or e.g. ``merged, 1
+    copy of telephone``."""
+    aug = cfg.augment
+    if aug.variant == "none":
+        return "none"
+    steps = "+".join(s["name"] for s in aug.steps) or "the default chain"
+    return f"{aug.variant}, {aug.copies} cop{'y' if aug.copies == 1 else 'ies'} of {steps}"
 
 
 def corpus_matrix(data: FeatureData, cfg: LearnConfig, augmenter, folds, fold_rows,
