@@ -165,6 +165,11 @@ class LearnConfig(Checked):
     noisy_snr_db: tuple[float, ...] = ()    # also score the test side mixed with noise at these
     noise_dir: str | None = None            # recordings for noisy test sets / background noise
     channel_protocol: ChannelProtocolConfig = field(default_factory=ChannelProtocolConfig)
+    calibration: str = "auto"               # auto (temperature for classical models, none for
+                                            # torch: k extra fits per fold) | temperature | none
+    calibration_folds: int = 3              # inner speaker folds of the training side it fits on
+    uncertain_coverage: float = 0.9         # "not sure" below the calibrated top probability
+                                            # that answers this share of the training side
     num_workers: int = 1                    # Ray Train workers per fit (DDP)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -179,6 +184,13 @@ class LearnConfig(Checked):
         if self.augment.variant not in ("none", "augmented", "merged"):
             raise ValueError(f"augment.variant={self.augment.variant!r} is not one of "
                              "['none', 'augmented', 'merged']")
+        if self.calibration not in ("auto", "temperature", "none"):
+            raise ValueError(f"calibration={self.calibration!r} is not one of "
+                             "['auto', 'temperature', 'none']")
+        if not 0 < self.uncertain_coverage <= 1:
+            raise ValueError(f"uncertain_coverage={self.uncertain_coverage} must be in (0, 1]")
+        if self.calibration_folds < 2:
+            raise ValueError(f"calibration_folds={self.calibration_folds} must be >= 2")
         if self.augment.copies < 1 or self.channel_protocol.copies < 1:
             raise ValueError("augment.copies and channel_protocol.copies must be >= 1")
         bad = [c for c in self.channel_protocol.codecs if c not in LINE_CODECS]

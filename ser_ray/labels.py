@@ -16,6 +16,10 @@ CANONICAL_LABELS: tuple[str, ...] = (
 
 SEXES = ("female", "male")
 
+# The label of a scored window whose calibrated top probability is below the model's "not sure"
+# threshold (models/calibration.py); never a class a model is trained on.
+UNCERTAIN = "uncertain"
+
 
 @dataclass(frozen=True)
 class LabelSet:

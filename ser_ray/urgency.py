@@ -22,6 +22,10 @@ Four terms, each in [0, 1] with the default weights:
   with another label ends a run): anger held for half a minute outranks scattered flashes;
 - **calm** ``C = sum_t d_t * k_t / T``: how calm the call sounded on average.
 
+A window labelled ``uncertain`` (its calibrated top probability is below the model's "not sure"
+threshold) counts in ``T`` but adds neither anger nor calm: its ``n_t`` and ``k_t`` are 0 and its
+label weighs 0. ``uncertain_share`` is the share of ``T`` spent in such windows.
+
     urgency_score = a_intensity * I + a_share * S + a_sustain * R - a_calm * C
 
 with every ``a`` = 1 by default, so the score lies in [-0.3, 3]. A call with no scored speech
@@ -38,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ser_ray.labels import SEXES
+from ser_ray.labels import SEXES, UNCERTAIN
 
 PROB_PREFIX = "prob_"  # segments carry one probability column per class: prob_<label>
 
@@ -109,6 +113,7 @@ def call_summary(segments: pd.DataFrame, labels: Sequence[str], cfg: UrgencyConf
     if missing:
         raise ValueError(f"call_summary: segments lack columns {missing}; they have {list(segments.columns)}")
     out: dict[str, float] = {"speech_s": 0.0, **{f"share_{label}": 0.0 for label in labels},
+                             "uncertain_share": 0.0,
                              "negative_peak": 0.0, "negative_mean": 0.0, "negative_share": 0.0,
                              "longest_negative_s": 0.0, "calm_mean": 0.0, "peak_start_s": float("nan"),
                              "urgency_score": 0.0}
@@ -124,9 +129,11 @@ def call_summary(segments: pd.DataFrame, labels: Sequence[str], cfg: UrgencyConf
         raise ValueError(f"call_summary: probability columns {prob_cols} contain NaN or inf")
     seg_labels = seg["label"].astype(str).to_numpy()
 
-    negative = negative_emotion(probs, labels, cfg)  # n_t
+    # A "not sure" window (label UNCERTAIN) adds neither anger nor calm: its n_t and k_t are 0.
+    sure = seg_labels != UNCERTAIN
+    negative = negative_emotion(probs, labels, cfg) * sure  # n_t
     w = np.array([cfg.weight(label) for label in labels])
-    calm = probs @ np.clip(-w, 0, None)              # k_t
+    calm = (probs @ np.clip(-w, 0, None)) * sure            # k_t
     label_w = np.array([cfg.weight(label) for label in seg_labels])
     # Time each window adds beyond the windows before it: overlapping hops are counted once.
     covered = np.maximum.accumulate(end)
@@ -140,12 +147,13 @@ def call_summary(segments: pd.DataFrame, labels: Sequence[str], cfg: UrgencyConf
     out.update({
         "speech_s": float(total),
         **{f"share_{label}": float(own[seg_labels == label].sum() / total) for label in labels},
+        "uncertain_share": float(own[~sure].sum() / total),
         "negative_peak": float(negative[peak]),
         "negative_mean": float(own @ negative / total),
         "negative_share": share_neg,
         "longest_negative_s": longest,
         "calm_mean": calm_mean,
-        "peak_start_s": float(start[peak]),
+        "peak_start_s": float(start[peak]) if sure.any() else float("nan"),
         "urgency_score": float(cfg.intensity * negative[peak] + cfg.share * share_neg
                                + cfg.sustain * min(longest / cfg.sustain_ref_s, 1.0) - cfg.calm * calm_mean),
     })

@@ -29,16 +29,18 @@ def utterance_level(meta: pd.DataFrame, proba: np.ndarray, y: np.ndarray):
     return np.asarray(grouped.size().index), p, grouped["_y"].first().to_numpy()
 
 
-def predict_rows(predictor, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
+def predict_rows(predictor, X: np.ndarray, meta: pd.DataFrame,
+                 calibrated: bool = True) -> np.ndarray:
     """Class probabilities (columns in ``predictor.labels`` order) of labelled rows: each
     speaker's or corpus's rows standardised by their own statistics, as the model's training
     rows were, then :meth:`Predictor.predict_proba`. cv folds, noisy test sets, a trained
-    model's validation speakers and ``evaluate`` all predict through here."""
+    model's validation speakers and ``evaluate`` all predict through here. ``calibrated=False``:
+    the probabilities before the model's calibration."""
     fc = predictor.feature_config
     col = NORMALISE_GROUPS[fc.get("normalise", "global")]
     if col is not None and len(X):
         X = group_standardise(X, meta[col].to_numpy(), fc.get("time_axis"))
-    return predictor.predict_proba(X)
+    return predictor.predict_proba(X, calibrated=calibrated)
 
 
 def _utterances(pred, roots: Sequence[str]):

@@ -19,10 +19,11 @@ from ser_ray.console import logger
 from ser_ray.learn import conditions, splits
 from ser_ray.learn.data import FeatureData
 from ser_ray.learn.evaluate import predict_rows, utterance_level
-from ser_ray.learn.folds import (Augmenter, Fitted, Prepared, best_epoch, fit,  # noqa: F401
-                                 is_torch, make_augmenter, prepare_fold, takes_raw_input,
-                                 val_split, with_noise_dir)
-from ser_ray.learn.metrics import aggregate, compute_metrics
+from ser_ray.learn.folds import (Augmenter, Fitted, Prepared, best_epoch, calibrate,  # noqa: F401
+                                 calibration_method, fit, is_torch, make_augmenter,
+                                 prepare_fold, takes_raw_input, val_split, with_noise_dir)
+from ser_ray.learn.metrics import (CALIBRATION_BINS, aggregate, calibration_metrics,
+                                   compute_metrics, reliability, risk_coverage)
 from ser_ray.learn.protocols import ChannelProtocol, corpus_matrix
 
 
@@ -35,8 +36,14 @@ log = logger()
 
 def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                    on_fold: Callable[[dict[str, Any]], None] | None = None,
-                   keep_folds: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run ``cfg.protocol`` over ``data``; return the metrics dict (folds + mean/std)."""
+                   keep_folds: bool = False, progress: bool = True,
+                   calibrate_folds: bool = True) -> dict[str, Any]:
+    """Run ``cfg.protocol`` over ``data``; return the metrics dict (folds + mean/std).
+
+    Each fold's model is calibrated on its training speakers (:func:`folds.calibrate`, unless
+    ``calibration`` resolves to none or ``calibrate_folds`` is False, as in a sweep's trials);
+    the metrics come from the calibrated probabilities, and the calibration figures of the raw
+    and calibrated ones sit beside them."""
     from ser_ray.console import Progress
 
     work_dir = Path(work_dir)
@@ -52,15 +59,22 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
     augmenter = make_augmenter(data, cfg, [tr for _, tr, _ in plans])
     noisy = conditions.noisy_sets(data, cfg) if cfg.noisy_snr_db else None
     channel = ChannelProtocol(data, cfg, plans) if cfg.channel_protocol.codecs else None
-    results, fold_rows, preds = [], [], {"y": [], "p": []}
+    method = calibration_method(cfg) if calibrate_folds else "none"
+    results, fold_rows, preds = [], [], {"y": [], "p": [], "raw": [], "answered": []}
     bar = Progress(cfg.protocol, total=len(plans), unit="folds", enabled=progress, every_s=0)
     for k, (fold, tr, va) in enumerate(plans):
         p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
         fitted = fit(data, p, cfg, storage_path=work_dir / "train", run_name=f"fold{fold.index}")
+        if method != "none":
+            fitted.predictor.calibration = calibrate(
+                data, fold.train, cfg, augmenter, storage_path=work_dir / "train",
+                run_name=f"fold{fold.index}")
         test_meta = data.meta.iloc[fold.test].reset_index(drop=True)
-        _, proba, y_true = utterance_level(
-            test_meta, predict_rows(fitted.predictor, data.X[fold.test], test_meta),
-            data.y[fold.test])
+        raw_rows = predict_rows(fitted.predictor, data.X[fold.test], test_meta, calibrated=False)
+        cal = fitted.predictor.calibration
+        _, proba, y_true = utterance_level(test_meta, cal.apply(raw_rows) if cal else raw_rows,
+                                           data.y[fold.test])
+        _, raw, _ = utterance_level(test_meta, raw_rows, data.y[fold.test])
         m = compute_metrics(y_true, proba.argmax(1), data.labels)
         row = {"name": fold.name, "index": fold.index, "ua": m["ua"], "wa": m["wa"],
                "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
@@ -68,7 +82,11 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                "test_speakers": list(fold.test_speakers), "n_train": int(len(p.y_train)),
                "n_train_clean": int(len(tr)),  # before augmented copies and balancing
                "n_test": int(len(y_true)), "best_epoch": best_epoch(fitted.history),
-               "confusion": m["confusion"], **fitted.timing}
+               "confusion": m["confusion"], **fitted.timing,
+               "calibration": {"temperature": cal.temperature if cal else None,
+                               "uncertain_below": cal.uncertain_below if cal else None,
+                               "raw": calibration_metrics(y_true, raw),
+                               "calibrated": calibration_metrics(y_true, proba)}}
         test_sources = set(data.meta["source_id"].iloc[fold.test])
         if noisy is not None:
             row["noisy"] = noisy.score(fitted.predictor, test_sources)
@@ -80,6 +98,8 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
         fold_rows.append(row)
         preds["y"].append(y_true)
         preds["p"].append(proba)
+        preds["raw"].append(raw)
+        preds["answered"].append(cal.answered(proba) if cal else np.ones(len(proba), bool))
         if keep_folds:
             row["_prepared"], row["_fitted"] = p, fitted
         bar.update(k + 1, detail=f"{fold.name}: UA {m['ua']:.3f} WA {m['wa']:.3f}; mean UA "
@@ -93,6 +113,7 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                "n_folds": len(plans), "seed": cfg.seed, "model": cfg.model,
                "features": list(cfg.features), "labels": data.labels, **agg,
                **_fit_timing(fold_rows), "folds": fold_rows}
+    metrics.update(calibration_summary(method, cfg, preds, fold_rows))
     if noisy is not None:
         metrics["noisy"] = conditions.summarise(fold_rows, "noisy")
     if channel is not None:
@@ -101,6 +122,39 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
         metrics["corpus_matrix"] = corpus_matrix(data, cfg, augmenter, folds, fold_rows, work_dir)
     return metrics
 
+
+
+def calibration_summary(method: str, cfg: LearnConfig, preds: dict[str, list],
+                        fold_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Calibration figures pooled over every fold's test predictions (each test utterance once):
+    ``ece_raw``/``ece_calibrated``, ``brier_*``, ``nll_*``, and under ``calibration`` the method,
+    bins, temperatures and both reliability curves (``reliability.png``)."""
+    y = np.concatenate(preds["y"]) if preds["y"] else np.zeros(0, int)
+    pooled = {}
+    for kind in ("raw", "calibrated"):
+        p = np.concatenate(preds["raw" if kind == "raw" else "p"]) if preds["y"] else None
+        pooled[kind] = (calibration_metrics(y, p), reliability(y, p)) if p is not None else \
+            ({"ece": float("nan"), "brier": float("nan"), "nll": float("nan")}, None)
+    temps = [r["calibration"]["temperature"] for r in fold_rows
+             if r["calibration"]["temperature"] is not None]
+    labels = list(range(preds["p"][0].shape[1])) if preds["p"] else []
+    labels = [str(i) for i in labels]
+    curve = risk_coverage(y, np.concatenate(preds["p"]), labels) if len(y) else []
+    chosen = None
+    if method != "none" and len(y):
+        ans = np.concatenate(preds["answered"])
+        p = np.concatenate(preds["p"])
+        m = compute_metrics(y[ans], p[ans].argmax(1), labels) if ans.any() else None
+        chosen = {"target": cfg.uncertain_coverage, "answered": float(ans.mean()),
+                  "ua": m["ua"] if m else None, "wa": m["wa"] if m else None,
+                  "n_answered": int(ans.sum())}
+    flat = {f"{k}_{kind}": pooled[kind][0][k] for kind in ("raw", "calibrated")
+            for k in ("ece", "brier", "nll")}
+    return {**flat, "calibration": {
+        "method": method, "inner_folds": cfg.calibration_folds if method != "none" else None,
+        "bins": CALIBRATION_BINS, "n": int(len(y)), "temperatures": temps,
+        "reliability_raw": pooled["raw"][1], "reliability_calibrated": pooled["calibrated"][1]},
+        "risk_coverage": curve, "uncertain": chosen}
 
 
 def _fit_timing(fold_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,12 +186,19 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
         augmenter = make_augmenter(data, cfg, [tr])
         p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
         fitted = fit(data, p, cfg, storage_path=work_dir, run_name="train", callbacks=callbacks)
+        # calibrated on out-of-fold predictions of its own training speakers
+        fitted.predictor.calibration = calibrate(data, np.arange(len(data)), cfg, augmenter,
+                                                 storage_path=work_dir, run_name="train")
     except BaseException:
         tracker.fail()
         raise
     for h in fitted.history:
         tracker.step({k: v for k, v in h.items() if k != "epoch"}, int(h["epoch"]), "epoch_")
-    metrics: dict[str, Any] = {"n_train": int(len(p.y_train)), "validation": None}
+    cal = fitted.predictor.calibration
+    metrics: dict[str, Any] = {"n_train": int(len(p.y_train)), "validation": None,
+                               "calibration": {"method": calibration_method(cfg),
+                                               "temperature": cal.temperature if cal else None,
+                                               "n": cal.n if cal else 0}}
     if len(va):
         val_meta = data.meta.iloc[va].reset_index(drop=True)
         _, proba, y_true = utterance_level(

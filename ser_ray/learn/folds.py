@@ -233,3 +233,41 @@ def make_augmenter(data: FeatureData, cfg: LearnConfig, train_sides: Sequence[np
     return aug
 
 
+
+
+def calibration_method(cfg: LearnConfig) -> str:
+    """``temperature`` or ``none``: ``auto`` calibrates classical models (k small extra fits per
+    fold) and leaves torch models as they are unless asked."""
+    if cfg.calibration == "auto":
+        return "none" if is_torch(cfg.model) else "temperature"
+    return cfg.calibration
+
+
+def calibrate(data: FeatureData, train_idx: np.ndarray, cfg: LearnConfig, augmenter, *,
+              storage_path: Path, run_name: str):
+    """A temperature fitted on out-of-fold predictions of the training speakers only: the rows
+    ``train_idx`` split into ``calibration_folds`` speaker folds, each predicted by a model
+    fitted (as the fold's model is) on the others. None when calibration is off or the training
+    side has fewer than 2 speakers. Test speakers are never read."""
+    from ser_ray.learn.evaluate import predict_rows
+    from ser_ray.models.calibration import fit_temperature
+
+    if calibration_method(cfg) == "none":
+        return None
+    train_idx = np.asarray(train_idx, np.int64)
+    meta = data.meta.iloc[train_idx].reset_index(drop=True)
+    k = min(cfg.calibration_folds, meta["speaker"].nunique())
+    if k < 2:
+        log("calibration skipped: the training side has one speaker")
+        return None
+    probs, ys = [], []
+    for inner in splits.make_folds(meta, "speaker-kfold", folds=k, seed=cfg.seed):
+        tr, va = val_split(data, train_idx[inner.train], cfg)
+        p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
+        f = fit(data, p, cfg, storage_path=storage_path, run_name=f"{run_name}-calib{inner.index}")
+        rows = train_idx[inner.test]
+        probs.append(predict_rows(f.predictor, data.X[rows],
+                                  data.meta.iloc[rows].reset_index(drop=True)))
+        ys.append(data.y[rows])
+    return fit_temperature(np.concatenate(probs), np.concatenate(ys),
+                           coverage=cfg.uncertain_coverage)

@@ -191,3 +191,74 @@ def aggregate(fold_metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["per_class"] = total["per_class"]
     out["pooled"] = {key: total[key] for key in SCALAR_METRICS}
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration: how far the probabilities can be taken at their word
+# --------------------------------------------------------------------------------------------
+
+CALIBRATION_BINS = 15
+
+
+def reliability(y_true: Any, proba: Any, bins: int = CALIBRATION_BINS) -> dict[str, list]:
+    """Top-label reliability over ``bins`` equal-width confidence bins: per bin the mean
+    confidence (the highest probability of each row), the accuracy of those rows and their
+    count; empty bins hold None."""
+    p = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y_true, dtype=int)
+    conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    out: dict[str, list] = {"confidence": [], "accuracy": [], "count": []}
+    for b in range(bins):
+        m = which == b
+        out["count"].append(int(m.sum()))
+        out["confidence"].append(float(conf[m].mean()) if m.any() else None)
+        out["accuracy"].append(float(hit[m].mean()) if m.any() else None)
+    return out
+
+
+def calibration_metrics(y_true: Any, proba: Any, bins: int = CALIBRATION_BINS
+                        ) -> dict[str, float]:
+    """``ece``: expected calibration error (top label, ``bins`` equal-width bins: the
+    count-weighted mean of |accuracy - confidence|); ``brier``: the multi-class Brier score (mean
+    over rows of the squared distance between the probabilities and the one-hot truth); ``nll``:
+    mean negative log-likelihood of the true class (probabilities floored at 1e-12). Lower is
+    better for all three."""
+    from ser_ray.models.calibration import nll
+
+    p = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y_true, dtype=int)
+    if not len(y):
+        return {"ece": float("nan"), "brier": float("nan"), "nll": float("nan")}
+    r = reliability(y, p, bins)
+    ece = sum(n * abs(a - c) for n, a, c in zip(r["count"], r["accuracy"], r["confidence"])
+              if n) / len(y)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(y)), y] = 1.0
+    return {"ece": float(ece), "brier": float(np.mean(np.sum((p - onehot) ** 2, axis=1))),
+            "nll": nll(p, y)}
+
+
+COVERAGES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
+
+
+def risk_coverage(y_true: Any, proba: Any, labels: Sequence[str],
+                  coverages: Sequence[float] = COVERAGES) -> list[dict[str, Any]]:
+    """UA and WA of the most confident predictions: for each coverage c, the c share of rows
+    with the highest top probability is answered and the rest is "not sure". Each point has
+    ``coverage`` (the share answered), ``threshold`` (the lowest top probability answered),
+    ``ua``, ``wa`` and ``n``."""
+    p = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    if not len(y):
+        return []
+    top = p.max(axis=1)
+    order = np.argsort(-top, kind="stable")
+    out = []
+    for c in coverages:
+        k = max(1, int(round(c * len(y))))
+        idx = order[:k]
+        m = compute_metrics(y[idx], p[idx].argmax(axis=1), labels)
+        out.append({"coverage": k / len(y), "threshold": float(top[order[k - 1]]),
+                    "ua": m["ua"], "wa": m["wa"], "n": int(k)})
+    return out

@@ -43,6 +43,7 @@ PROTOCOL_MEANINGS: dict[str, str] = {
 FILES: dict[str, str] = {
     "per_class": "per_class.csv",
     "confusion": "confusion.png",
+    "reliability": "reliability.png",  # when the metrics hold reliability curves
     "summary": "summary.md",
     "metrics": "metrics.json",  # last: its presence marks a complete report
 }
@@ -162,6 +163,76 @@ def plot_confusion(confusion: Any, labels: Sequence[str], *, title: str | None =
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
     return buf.getvalue()
+
+
+def plot_reliability(curves: Mapping[str, Mapping[str, list]], *, title: str | None = None
+                     ) -> bytes:
+    """PNG bytes of reliability curves ({name: :func:`~ser_ray.learn.metrics.reliability`}):
+    accuracy against mean confidence per bin, the diagonal being perfect calibration, and the
+    share of predictions in each bin underneath."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 6.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for k, (name, r) in enumerate(curves.items()):
+        bins = len(r["count"])
+        pts = [(c, a) for c, a in zip(r["confidence"], r["accuracy"]) if c is not None]
+        if pts:
+            top.plot(*zip(*pts), marker="o", label=name)
+        total = max(sum(r["count"]), 1)
+        width = 1.0 / bins / (len(curves) + 1)
+        bottom.bar([(b + 0.5) / bins + (k - 0.5) * width for b in range(bins)],
+                   [n / total for n in r["count"]], width=width, label=name)
+    top.set_ylabel("accuracy")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left")
+    bottom.set_xlabel("confidence (highest probability)")
+    bottom.set_ylabel("share")
+    if title:
+        top.set_title(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
+    return buf.getvalue()
+
+
+def _calibration_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """summary.md's calibration section: ECE, Brier and NLL before and after."""
+    cal = metrics["calibration"]
+    if cal["method"] == "none":
+        how = "not calibrated (`calibration: none`, or a torch model under `auto`)"
+    else:
+        temps = cal.get("temperatures") or []
+        how = (f"temperature scaling fitted per fold on out-of-fold predictions of its training "
+               f"speakers ({cal['inner_folds']} inner speaker folds; the test speakers never "
+               f"touch it); temperatures {min(temps):.2f}-{max(temps):.2f}" if temps else
+               "temperature scaling (no fold could fit one)")
+    lines = ["## Calibration", "",
+             f"{how}. Pooled over the {cal['n']} test predictions; ECE over "
+             f"{cal['bins']} equal-width confidence bins. Lower is better.", ""]
+    rows = [[name, *(f"{metrics[f'{k}_{kind}']:.3f}" for k in ("ece", "brier", "nll"))]
+            for name, kind in (("raw", "raw"), ("calibrated", "calibrated"))]
+    lines += table(["probabilities", "ECE", "Brier", "NLL"], rows)
+    lines += ["", f"![reliability diagram]({FILES['reliability']})", ""]
+    curve = metrics.get("risk_coverage") or []
+    if curve:
+        lines += ["## Not sure: risk and coverage", "",
+                  "UA and WA of the most confident test predictions when the rest are answered "
+                  "\"not sure\" (share answered; the lowest top probability answered).", ""]
+        lines += table(["answered (%)", "threshold", "UA (%)", "WA (%)", "n"],
+                       [[_pct(r["coverage"]), f"{r['threshold']:.3f}", _pct(r["ua"]),
+                         _pct(r["wa"]), r["n"]] for r in curve])
+        chosen = metrics.get("uncertain")
+        if chosen:
+            lines += ["", f"At the threshold each fold chose on its training speakers to answer "
+                          f"{_pct(chosen['target'])} % of them: {_pct(chosen['answered'])} % of "
+                          f"the test predictions answered ({chosen['n_answered']}), UA "
+                          f"{_pct(chosen['ua'])} %, WA {_pct(chosen['wa'])} %."]
+        lines.append("")
+    return lines
 
 
 def _pct(x: Any) -> str:
@@ -333,6 +404,8 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
         lines += table(["SNR (dB)", "UA (%)", "WA (%)"], _noisy_rows(noisy))
         lines.append("")
 
+    if metrics.get("calibration") and metrics["calibration"].get("reliability_raw"):
+        lines += _calibration_lines(metrics)
     if metrics.get("channel"):
         lines += _channel_lines(metrics["channel"], folds)
     if metrics.get("corpus_matrix"):
@@ -392,11 +465,19 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Seq
                                   title=title).encode(),
         "metrics": (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode(),
     }
+    cal = metrics.get("calibration") or {}
+    if cal.get("reliability_raw"):
+        curves = {"raw": cal["reliability_raw"]}
+        if cal.get("method") != "none":
+            curves["calibrated"] = cal["reliability_calibrated"]
+        payloads["reliability"] = plot_reliability(
+            curves, title=f"{metrics['protocol']}, {cal['n']} test predictions")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for role, name in FILES.items():
-        paths[role] = out_dir / name
-        write_bytes_atomic(payloads[role], paths[role])
+        if role in payloads:
+            paths[role] = out_dir / name
+            write_bytes_atomic(payloads[role], paths[role])
     return paths

@@ -156,7 +156,8 @@ def _trainable(config: dict[str, Any], space: SweepSpace, roots: list[str]) -> N
     def on_fold(d: dict[str, Any]) -> None:
         tune.report({METRIC: d["ua_mean"], "fold": d["fold"], "folds": d["folds"]})
 
-    metrics = cross_validate(data, cfg, work, on_fold=on_fold, progress=False)
+    metrics = cross_validate(data, cfg, work, on_fold=on_fold, progress=False,
+                             calibrate_folds=False)  # a trial is ranked by UA alone
     Path(tune.get_context().get_trial_dir(), "metrics.json").write_text(
         json.dumps({k: v for k, v in metrics.items() if k != "folds"}, default=str))
     tune.report({METRIC: metrics["ua_mean"], "ua_std": metrics["ua_std"],

@@ -14,6 +14,8 @@ A model dir holds::
                                pooled statistics of its raw training rows (the scoring job's
                                fallback reference population, see ``ser_ray.score``)
     labels.json                class names; model output i is labels[i]
+    calibration.json           optional: the temperature that calibrates predict_proba
+                               (models/calibration.py), fitted on held-out training speakers
     metrics.json               evaluation metrics ({} when none)
     versions.json              python and package versions (runtime.versions), format_version
 
@@ -89,6 +91,7 @@ class Predictor:
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # what the trainer stored (fold, speakers, history)
     trained_classes: tuple[int, ...] | None = None  # label indices seen in training; None = all
+    calibration: Any = None  # a models.calibration.Temperature, or None: probabilities as fitted
     batch_size: int = 256
 
     def __post_init__(self):
@@ -112,13 +115,20 @@ class Predictor:
             X = X / self.normalisation["std"]
         return X.astype(np.float32, copy=False)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X, calibrated: bool = True) -> np.ndarray:
         """Class probabilities, float32 (n, len(labels)); column i is ``labels[i]``.
 
         The one predict path of ser-ray: cv, tune, train, evaluate and score all call it. A class
         the model never saw in training (a cross-corpus fold, a small speaker fold) gets
         probability 0: sklearn gives it no column, and a torch model's output for it is masked.
+        With a ``calibration`` (and ``calibrated``), the probabilities are calibrated.
         """
+        raw = self._raw_proba(X)
+        if calibrated and self.calibration is not None:
+            return self.calibration.apply(raw)
+        return raw
+
+    def _raw_proba(self, X) -> np.ndarray:
         X = self.prepare(X)
         out = np.zeros((len(X), len(self.labels)), dtype=np.float32)
         if not len(X):
@@ -157,6 +167,7 @@ def save_model_dir(
     metrics: dict | None = None,
     extra: dict | None = None,
     trained_classes: list[int] | tuple[int, ...] | None = None,
+    calibration=None,
 ) -> Path:
     """Write a model dir at ``path`` atomically (temp dir, then rename); returns ``path``.
 
@@ -189,6 +200,8 @@ def save_model_dir(
         _write_json(tmp / "labels.json", labels)
         _write_json(tmp / "metrics.json", metrics or {})
         _write_json(tmp / "versions.json", {**versions(), "format_version": str(FORMAT_VERSION)})
+        if calibration is not None:
+            _write_json(tmp / "calibration.json", calibration.to_json())
         save_numpy(norm, str(tmp / "normalisation.safetensors"))
         if kind == "torch":
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -322,7 +335,16 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu",
         normalisation=load_numpy(str(path / "normalisation.safetensors")),
         config=meta["config"], metrics=json.loads((path / "metrics.json").read_text()),
         extra=meta.get("extra") or {}, trained_classes=meta.get("trained_classes"),
+        calibration=_calibration(path),
     )
+
+
+def _calibration(path: Path):
+    """The model's calibrator from ``calibration.json`` (plain JSON), or None when it has none."""
+    from ser_ray.models.calibration import Temperature
+
+    file = path / "calibration.json"
+    return Temperature.from_json(json.loads(file.read_text())) if file.is_file() else None
 
 
 def save_predictor(path: str | os.PathLike, predictor: Predictor, *, metrics: dict | None = None,
@@ -334,7 +356,7 @@ def save_predictor(path: str | os.PathLike, predictor: Predictor, *, metrics: di
         input_shape=predictor.input_shape, labels=predictor.labels, model=predictor.model,
         feature_config=predictor.feature_config, normalisation=predictor.normalisation,
         metrics=metrics, extra={**predictor.extra, **(extra or {})},
-        trained_classes=predictor.trained_classes)
+        trained_classes=predictor.trained_classes, calibration=predictor.calibration)
 
 
 def _check_model(name: str, kind: str, model, input_shape: tuple[int, ...], n_classes: int) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from ser_ray.labels import UNCERTAIN
 from ser_ray.score.report import (SCORED, _cell, _clock, _duration, _label_colors, _missing, _num,
                                   _short_hash, _split, _status_counts, _validate, dominant_negative,
                                   explain_urgency, peak_snippet)
@@ -77,6 +78,11 @@ def timeline_svg(segments: pd.DataFrame, labels: Sequence[str], duration_s: floa
                      f'height="{ih}" fill="#fff3bf"><title>transcribed {_clock(a)}–{_clock(b)}'
                      f'</title></rect>')
     seg = segments.sort_values("start_s", kind="mergesort")
+    if "label" in seg:  # "not sure" windows shaded grey: they add neither anger nor calm
+        for a, b in seg.loc[seg["label"] == UNCERTAIN, ["start_s", "end_s"]].to_numpy(float):
+            parts.append(f'<rect class="uncertain" x="{x(a):.1f}" y="{_PAD}" '
+                         f'width="{max(x(b) - x(a), 1):.1f}" height="{ih}" fill="#e4e4e4">'
+                         f'<title>not sure {_clock(a)}–{_clock(b)}</title></rect>')
     if not seg.empty:
         mid = ((seg["start_s"] + seg["end_s"]) / 2).to_numpy(float)
         probs = seg[[f"{PROB_PREFIX}{lab}" for lab in labels]].to_numpy(float)

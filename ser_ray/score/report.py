@@ -350,6 +350,12 @@ def plot_urgent_calls(top_calls: pd.DataFrame, labels: Sequence[str], *, title: 
                 ax_share.text(x0 + w / 2, yi, f"{100 * w:.0f}%", ha="center", va="center",
                               fontsize=7, color="white" if dark else "black")
         left += share
+    if "uncertain_share" in top_calls:  # "not sure" windows, in light grey, last
+        share = pd.to_numeric(top_calls["uncertain_share"], errors="coerce").fillna(0.0)
+        share = share.clip(lower=0.0).to_numpy(float)
+        if share.any():
+            ax_share.barh(y, share, left=left, height=0.7, color="#d9d9d9", label="not sure",
+                          edgecolor="white", linewidth=0.4, hatch="//")
     ax_share.set_xlim(0, 1)
     ax_share.set_xticks([0, 0.25, 0.5, 0.75, 1], labels=["0", "25%", "50%", "75%", "100%"])
     ax_share.set_xlabel("share of speech time by predicted emotion")

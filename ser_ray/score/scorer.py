@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ser_ray.labels import UNCERTAIN
 from ser_ray.schema import NO_SPEECH, SCORED, internal_error
 from ser_ray.score.backlog import Unit
 from ser_ray.score.model import WindowFeatures
@@ -176,13 +177,20 @@ class UnitScorer:
                        row: dict[str, Any]) -> pa.Table:
         start = np.array([s for s, _ in spans])
         end = np.array([e for _, e in spans])
-        best = p.argmax(axis=1)
-        label = [self.labels[k] for k in best]
+        ranked = np.argsort(-p, axis=1, kind="stable")
+        best, second = ranked[:, 0], ranked[:, min(1, p.shape[1] - 1)]
+        rows_ = np.arange(len(p))
+        top = [self.labels[k] for k in best]
+        cal = self.predictor.calibration  # the model's "not sure" threshold, when it has one
+        sure = cal.answered(p) if cal is not None else np.ones(len(p), bool)
         seg = pd.DataFrame({"call_id": row["call_id"], "channel": row["channel"],
                             "segment_index": np.arange(len(spans), dtype=np.int32),
                             "start_s": start, "end_s": end,
                             **{f"{PROB_PREFIX}{lab}": p[:, k] for k, lab in enumerate(self.labels)},
-                            "label": label, "confidence": p.max(axis=1), "run_id": self.s.run_id})
+                            "label": [t if s else UNCERTAIN for t, s in zip(top, sure)],
+                            "confidence": p.max(axis=1), "top_label": top,
+                            "second_label": [self.labels[k] for k in second],
+                            "margin": p[rows_, best] - p[rows_, second], "run_id": self.s.run_id})
         summary = call_summary(seg, self.labels, self.urgency)
         row.update({k: summary[k] for k in SUMMARY_FLOATS},
                    **{f"share_{lab}": summary[f"share_{lab}"] for lab in self.labels},

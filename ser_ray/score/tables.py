@@ -24,11 +24,13 @@ def segments_schema(labels: Sequence[str]) -> pa.Schema:
     return pa.schema([("call_id", pa.string()), ("channel", pa.string()),
                       ("segment_index", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
                       *[(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels],
-                      ("label", pa.string()), ("confidence", pa.float32()), ("run_id", pa.string())])
+                      ("label", pa.string()), ("confidence", pa.float32()),
+                      ("top_label", pa.string()), ("second_label", pa.string()),
+                      ("margin", pa.float32()), ("run_id", pa.string())])
 
 
 SUMMARY_FLOATS = ("speech_s", "negative_peak", "negative_mean", "negative_share", "longest_negative_s",
-                  "calm_mean", "peak_start_s", "urgency_score")
+                  "calm_mean", "peak_start_s", "urgency_score", "uncertain_share")
 
 
 def calls_schema(labels: Sequence[str]) -> pa.Schema:
