@@ -215,6 +215,38 @@ class TranscribeConfig(Checked):
     calls_per_task: int = 4
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    redact: bool = True              # personal data -> [CARD], [PHONE], ... before anything is written
+    redact_max_digits: int = 4       # a longer digit run left over is a [NUMBER]
+    phone_regions: tuple[str, ...] = ("US", "GB", "DE")  # where local phone numbers are parsed
+
+
+@dataclass(frozen=True)
+class ReportConfig(Checked):
+    """The night's report page: audio clips of the top calls' worst moments."""
+
+    clips: bool = True               # false: no audio in reports (where policy forbids it)
+    clip_context_s: float = 3.0      # seconds of audio either side of the peak window
+    clip_kbps: float = 24.0          # Ogg/Opus bitrate of a clip (16 kHz)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.clip_context_s < 0 or self.clip_kbps <= 0:
+            raise ValueError("report.clip_context_s must be >= 0 and report.clip_kbps > 0")
+
+
+@dataclass(frozen=True)
+class CostConfig(Checked):
+    """Prices for the night's cost line (run record ``cost``, the report)."""
+
+    cpu_hour: float = 0.05          # per CPU core-hour reserved
+    gpu_hour: float = 2.50          # per GPU-hour reserved
+    currency: str = "USD"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cpu_hour < 0 or self.gpu_hour < 0:
+            raise ValueError(f"cost.cpu_hour={self.cpu_hour} and cost.gpu_hour={self.gpu_hour} "
+                             f"must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -276,6 +308,8 @@ class ScoreConfig(Checked):
     lock_ttl_h: float = 24.0         # a night's lock older than this is stale (its run died)
     report_top: int = 20             # calls listed in the human report
     transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)  # off unless model set
+    cost: CostConfig = field(default_factory=CostConfig)  # prices of the night's cost line
+    report: ReportConfig = field(default_factory=ReportConfig)  # clips on the report page
     s3: S3Config = field(default_factory=S3Config)
 
 

@@ -234,6 +234,11 @@ def test_prepare_preset_lists_exactly_the_defaults(request):
     assert load(PrepareConfig, path) == PrepareConfig()
 
 
+def test_score_preset_lists_exactly_the_defaults(request):
+    path = request.config.rootpath / "configs" / "score.yaml"
+    assert load(config_mod.ScoreConfig, path) == config_mod.ScoreConfig()
+
+
 def test_bool_is_not_an_int():
     with pytest.raises(ValueError, match="files_per_task: expected int"):
         from_dict(PrepareConfig, {"files_per_task": True})

@@ -86,6 +86,17 @@ def test_the_report_page_loads_clean_with_the_calls_in_rank_order(browser, demo_
     listed = browser.find_elements(By.CSS_SELECTOR, "table#unscored tbody tr")
     assert sorted(r.find_element(By.CSS_SELECTOR, "td").text for r in listed) == sorted(unscored["call_id"])
     assert "How urgency is computed" in browser.find_element(By.TAG_NAME, "body").text
+    # the night's cost, and each top call's worst moment as a clip the browser can play
+    assert "per audio hour" in browser.find_element(By.CSS_SELECTOR, "li.cost").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "audio.clip")) == 2 * len(rows)
+    browser.set_script_timeout(30)
+    loaded = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const a = document.querySelector('audio.clip');
+        a.addEventListener('loadedmetadata', () => done(['ok', a.duration]));
+        a.addEventListener('error', () => done(['error', a.error && a.error.code]));
+        a.preload = 'metadata'; a.load();""")
+    assert loaded[0] == "ok" and loaded[1] > 1, loaded
 
 
 def test_a_screenshot_of_the_page_is_not_blank(browser, demo_night):

@@ -147,6 +147,16 @@ def test_metadata_is_joined_and_run_files_are_written(scored, backlog):
     assert top in report and f"{run['run_id']}.png" in report
     assert (scored["out"] / "reports" / f"run_date={NIGHT}" / f"{run['run_id']}.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((scored["out"] / "_staging").glob("*"))  # staging is gone once published
+    # what the night cost: reserved cores x wall time, at the configured prices
+    cost = saved["cost"]
+    assert cost["cpus"] >= 1 and cost["gpu_hours"] == 0.0 and cost["currency"] == "USD"
+    assert cost["audio_hours"] == pytest.approx(run["fresh_audio_s"] / 3600, rel=1e-4)
+    assert cost["cpu_core_hours"] == pytest.approx(cost["cpus"] * run["wall_s"] / 3600, rel=1e-3)
+    assert cost["total"] == pytest.approx(cost["cpu_core_hours"] * 0.05, rel=1e-3)
+    assert cost["per_audio_hour"] == pytest.approx(cost["total"] / cost["audio_hours"], rel=1e-3)
+    assert "- Cost: $" in report and "per audio hour" in report
+    page = (scored["out"] / "reports" / f"run_date={NIGHT}" / f"{run['run_id']}.html").read_text()
+    assert '<li class="cost">Cost: $' in page
 
 
 def test_rerunning_the_night_gives_the_same_rows(scored, score_model, backlog):

@@ -156,6 +156,7 @@ def test_score_writes_the_top_calls_transcripts_and_the_report_shows_them(night)
     assert (merged["channel"] == merged["channel_call"]).all() and tx["error"].isna().all()
     assert set(tx["language"]) <= {"en", "de"}
     assert run["transcripts"]["calls"] == 2 and run["transcripts"]["spans"] == 2
+    assert run["transcripts"]["redaction"]["on"] and (tx["redactions"] >= 0).all()
     assert Path(run["outputs"]["transcripts"]).is_file()
     md = Path(run["outputs"]["report"]).read_text()
     assert "said at the peak" in md

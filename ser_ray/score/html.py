@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ser_ray.labels import UNCERTAIN
+from ser_ray.score.cost import cost_line
 from ser_ray.score.report import (SCORED, _cell, _clock, _duration, _label_colors, _missing, _num,
                                   _short_hash, _split, _status_counts, _validate, dominant_negative,
                                   explain_urgency, peak_snippet)
@@ -53,6 +54,15 @@ def _hex(color: Any) -> str:
     from matplotlib.colors import to_hex
 
     return to_hex(color)
+
+
+def _player(clip: tuple[str, float, float] | None) -> str:
+    """An audio player for a clip beside the page (loaded only when played), or a dash."""
+    if not clip:
+        return "–"
+    href, a, b = clip
+    return (f'<audio class="clip" controls preload="none" src="{_e(href)}" '
+            f'title="{_clock(a)}–{_clock(b)}"></audio>')
 
 
 def timeline_svg(segments: pd.DataFrame, labels: Sequence[str], duration_s: float,
@@ -129,8 +139,8 @@ def _urgency_config(run: Mapping[str, Any]) -> UrgencyConfig:
 
 def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, Any], *,
                 segments: pd.DataFrame | None = None, transcripts: pd.DataFrame | None = None,
-                top: int = 20, extra_columns: Sequence[str] = (), index_href: str | None = None
-                ) -> str:
+                top: int = 20, extra_columns: Sequence[str] = (), index_href: str | None = None,
+                clips: Mapping[str, tuple[str, float, float]] | None = None) -> str:
     """The night's page as one HTML string (see the module docstring); writes nothing."""
     labels = [str(lab) for lab in labels]
     extra_columns = list(extra_columns)
@@ -160,6 +170,9 @@ def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, An
     hours = "–" if _missing(audio_s) else f"{float(audio_s) / 3600:.1f} h"
     out.append(f"<li>Calls: {sum(counts.values())} ({per_status}); {hours} of audio in "
                f"{_e(_duration(wall_s))}</li>")
+    cost = cost_line(run)
+    if cost:
+        out.append(f'<li class="cost">Cost: {_e(cost)}</li>')
     if tx:
         out.append(f"<li>Transcripts: {int(tx.get('spans', 0))} span(s) of {int(tx.get('calls', 0))} "
                    f"call(s) ({_e(tx.get('segments'))}), model <code>{_e(tx.get('model'))}</code></li>")
@@ -178,6 +191,9 @@ def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, An
                 "longest negative run (s)", "peak at", "duration", *extra_columns]
         if transcripts is not None:
             head.append("said at the peak")
+        clips = clips or {}
+        if clips:
+            head.append("listen")
         out.append('<table id="urgent"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
                    + "</tr></thead><tbody>")
         for k, (_, row) in enumerate(top_calls.iterrows()):
@@ -194,6 +210,8 @@ def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, An
             if transcripts is not None:
                 said = peak_snippet(transcripts, row["call_id"], row["peak_start_s"])
                 cells.append(f'<td class="said">{_e(said) if said else "–"}</td>')
+            if clips:
+                cells.append(f"<td>{_player(clips.get(row['call_id']))}</td>")
             out.append("<tr>" + "".join(cells) + "</tr>")
         out.append("</tbody></table>")
 
@@ -214,6 +232,10 @@ def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, An
             out.append(timeline_svg(by_call.get(cid, segments.iloc[0:0]), labels,
                                     float(row["duration_s"]) if not _missing(row["duration_s"]) else 0.0,
                                     row["peak_start_s"], cfg, spans))
+            if clips.get(cid):
+                _, a, b = clips[cid]
+                out.append(f'<p class="clip">The worst moment, {_clock(a)}–{_clock(b)}: '
+                           f"{_player(clips[cid])}</p>")
             said = [(a, b, t) for a, b, t in zip(mine["start_s"], mine["end_s"], mine["text"])
                     if not _missing(t) and str(t).strip()]
             if said:

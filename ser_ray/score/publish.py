@@ -82,9 +82,11 @@ def publish(cfg: ScoreConfig, storage: Storage, output: str, staging: str, run_d
 
 
 def write_report(storage: Storage, output: str, run: dict[str, Any], calls: pd.DataFrame,
-                  labels: list[str], top: int, transcripts: pd.DataFrame | None = None) -> None:
+                  labels: list[str], top: int, transcripts: pd.DataFrame | None = None,
+                  clips: tuple[dict, dict] | None = None) -> None:
     """The human report: Markdown listing the most urgent calls with a chart beside it, and the
-    night's self-contained HTML page (timelines of the top calls, transcripts when made)."""
+    night's self-contained HTML page (timelines of the top calls, transcripts when made, and
+    ``clips`` (``score.clips.make_clips``) beside it with a player per call)."""
     from ser_ray.score.html import render_html
     from ser_ray.score.report import render
 
@@ -96,8 +98,18 @@ def write_report(storage: Storage, output: str, run: dict[str, Any], calls: pd.D
                      transcripts=transcripts, html_name=page)
     wanted = set(calls.loc[calls["status"] == SCORED].sort_values("urgency_rank")["call_id"].head(top))
     segments = published_segments(storage, run["outputs"]["segments"], wanted)
+    hrefs: dict[str, tuple[str, float, float]] = {}
+    if clips is not None:
+        made, missing = clips
+        ranked = list(calls.loc[calls["status"] == SCORED].sort_values("urgency_rank")["call_id"])
+        for cid, (data, a, b) in made.items():
+            name = f"{run['run_id']}-clips/{ranked.index(cid) + 1:03d}.ogg"
+            storage.write_bytes(join(output, f"reports/run_date={run['run_date']}/{name}"), data)
+            hrefs[cid] = (name, a, b)
+        run["clips"] = {"count": len(made), "missing": missing}
+        run["outputs"]["clips"] = join(output, f"{base}-clips")
     doc = render_html(calls, labels, run, segments=segments, transcripts=transcripts, top=top,
-                      extra_columns=extra, index_href="../index.html")
+                      extra_columns=extra, index_href="../index.html", clips=hrefs)
     storage.write_bytes(join(output, f"{base}.png"), png)
     storage.write_bytes(join(output, f"{base}.md"), md.encode())
     storage.write_bytes(join(output, f"{base}.html"), doc.encode())

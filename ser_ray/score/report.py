@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ser_ray.markdown import esc, table
+from ser_ray.score.cost import cost_line
 from ser_ray.schema import SCORED
 from ser_ray.urgency import UrgencyConfig
 
@@ -199,6 +200,9 @@ def _header(calls: pd.DataFrame, run: Mapping[str, Any]) -> list[str]:
     skipped = run.get("skipped_previously_scored")
     if skipped:
         lines.append(f"- Skipped {int(skipped)} calls already scored by an earlier run")
+    cost = cost_line(run)
+    if cost:
+        lines.append(f"- Cost: {esc(cost)}")
     lines.append("")
     return lines
 

@@ -44,6 +44,8 @@ from ser_ray.runtime import init_ray, versions
 from ser_ray.schema import SCORED
 from ser_ray.score.backlog import (Listing, Unit, iter_units, load_metadata, previously_scored,
                                    resolve_run_date)
+from ser_ray.score.clips import make_clips
+from ser_ray.score.cost import night_cost
 from ser_ray.score.commit import NightLock, check_replaces_whole, run_record_uri
 from ser_ray.score.engines import ENGINES, engine_for, make_engine, run_wave
 from ser_ray.score.model import ModelInfo, model_window
@@ -360,11 +362,16 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
     scored = scored[scored["status"] == SCORED].head(10)
     run["top_calls"] = [{"urgency_rank": int(r.urgency_rank), "call_id": r.call_id,
                          "urgency_score": float(r.urgency_score)} for r in scored.itertuples()]
+    resources = ray.cluster_resources()
+    run["cost"] = night_cost(run["fresh_audio_s"], timings["wall_s"], resources.get("CPU", 0.0),
+                             resources.get("GPU", 0.0), cfg.cost)
     run["real_time_factor"] = run["fresh_audio_s"] / max(timings["scoring_s"], 1e-9)
     # Audio seconds per second of a worker's own unit work: the per-core rate without start-up.
     run["real_time_factor_per_worker"] = run["fresh_audio_s"] / max(tally.unit_s, 1e-9)
+    clips = (make_clips(published["calls_df"], cfg.report_top, settings, cfg.report)
+             if cfg.report.clips else None)
     write_report(storage, output, run, published["calls_df"], model.labels, cfg.report_top,
-                 transcripts)
+                 transcripts, clips)
     run["outputs"]["report_index"] = join(output, "reports/index.html")
     # The commit: everything the night published is readable from here on, and only now.
     storage.write_bytes(run_record_uri(output, run_id),

@@ -81,6 +81,9 @@ def transcribe_group(jobs: list[TranscriptJob], cfg: TranscribeConfig,
     reader = CallReader(settings, SAMPLE_RATE)
     model = transcriber(cfg.model, cfg.device, cfg.dtype, cfg.language, cfg.max_new_tokens,
                         cfg.batch_size)
+    from ser_ray.redact import Redactor
+
+    redactor = Redactor(cfg.redact_max_digits, tuple(cfg.phone_regions)) if cfg.redact else None
     rows: list[dict[str, Any]] = []
     for job in jobs:
         base = {"call_id": job.call_id, "channel": job.channel}
@@ -95,12 +98,18 @@ def transcribe_group(jobs: list[TranscriptJob], cfg: TranscribeConfig,
             continue
         clips = [y[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in job.spans]
         for (a, b), (text, lang) in zip(job.spans, model.transcribe(clips)):
+            # redacted here, in the task: the words as spoken never leave this process
+            found = {}
+            if redactor is not None:
+                text, found = redactor(text)
             rows.append({**base, "start_s": round(a, 3), "end_s": round(b, 3), "text": text,
-                         "language": lang, "error": None})
+                         "language": lang, "error": None, "redactions": sum(found.values()),
+                         "_entities": dict(found)})
     return rows
 
 
-TRANSCRIPT_COLUMNS = ("call_id", "channel", "start_s", "end_s", "text", "language", "error", "run_id")
+TRANSCRIPT_COLUMNS = ("call_id", "channel", "start_s", "end_s", "text", "language", "error",
+                      "redactions", "run_id")
 
 
 def transcripts_schema():
@@ -108,7 +117,7 @@ def transcripts_schema():
 
     return pa.schema([("call_id", pa.string()), ("channel", pa.string()), ("start_s", pa.float64()),
                       ("end_s", pa.float64()), ("text", pa.string()), ("language", pa.string()),
-                      ("error", pa.string()), ("run_id", pa.string())])
+                      ("error", pa.string()), ("redactions", pa.int32()), ("run_id", pa.string())])
 
 
 def chosen_calls(calls, cfg: TranscribeConfig):
@@ -166,7 +175,12 @@ def run_transcripts(cfg: TranscribeConfig, jobs: list[TranscriptJob], settings: 
         if progress:
             progress(sum(len(g) for g, r in zip(groups, results) if r is not None), len(jobs))
     rows = [{**r, "run_id": run_id} for part in results for r in part or []]
-    return pd.DataFrame(rows, columns=list(TRANSCRIPT_COLUMNS))
+    entities: Counter = Counter()
+    for r in rows:
+        entities.update(r.pop("_entities", None) or {})
+    df = pd.DataFrame(rows, columns=list(TRANSCRIPT_COLUMNS))
+    df.attrs["entities"] = dict(entities)
+    return df
 
 
 def transcribe_night(cfg: ScoreConfig, storage: Storage, output: str, run_date: str, run_id: str,
@@ -193,4 +207,17 @@ def transcribe_night(cfg: ScoreConfig, storage: Storage, output: str, run_date: 
     return df, {"model": cfg.transcribe.model, "segments": cfg.transcribe.segments,
                 "calls": len(jobs), "spans": int(df["start_s"].notna().sum()),
                 "errors": int(df["error"].notna().sum()),
-                "languages": dict(Counter(df["language"].dropna())), "uri": uri}
+                "languages": dict(Counter(df["language"].dropna())),
+                "redaction": redaction_record(cfg.transcribe, df.attrs.get("entities", {})),
+                "uri": uri}
+
+
+def redaction_record(cfg: TranscribeConfig, entities: dict[str, int]) -> dict[str, Any]:
+    """The run record's word on redaction: on or off, what was replaced, and by what."""
+    if not cfg.redact:
+        return {"on": False}
+    from importlib.metadata import version
+
+    return {"on": True, "entities": dict(sorted(entities.items())),
+            "max_digits": cfg.redact_max_digits, "phone_regions": list(cfg.phone_regions),
+            "libraries": {p: version(p) for p in ("python-stdnum", "phonenumbers")}}
