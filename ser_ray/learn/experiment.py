@@ -113,7 +113,7 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                "n_folds": len(plans), "seed": cfg.seed, "model": cfg.model,
                "features": list(cfg.features), "labels": data.labels, **agg,
                **_fit_timing(fold_rows), "folds": fold_rows}
-    metrics.update(calibration_summary(method, cfg, preds, fold_rows))
+    metrics.update(calibration_summary(method, cfg, preds, fold_rows, data.labels))
     if noisy is not None:
         metrics["noisy"] = conditions.summarise(fold_rows, "noisy")
     if channel is not None:
@@ -125,7 +125,7 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
 
 
 def calibration_summary(method: str, cfg: LearnConfig, preds: dict[str, list],
-                        fold_rows: list[dict[str, Any]]) -> dict[str, Any]:
+                        fold_rows: list[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
     """Calibration figures pooled over every fold's test predictions (each test utterance once):
     ``ece_raw``/``ece_calibrated``, ``brier_*``, ``nll_*``, and under ``calibration`` the method,
     bins, temperatures and both reliability curves (``reliability.png``)."""
@@ -137,8 +137,6 @@ def calibration_summary(method: str, cfg: LearnConfig, preds: dict[str, list],
             ({"ece": float("nan"), "brier": float("nan"), "nll": float("nan")}, None)
     temps = [r["calibration"]["temperature"] for r in fold_rows
              if r["calibration"]["temperature"] is not None]
-    labels = list(range(preds["p"][0].shape[1])) if preds["p"] else []
-    labels = [str(i) for i in labels]
     curve = risk_coverage(y, np.concatenate(preds["p"]), labels) if len(y) else []
     chosen = None
     if method != "none" and len(y):
