@@ -164,7 +164,14 @@ def test_a_killed_sweep_resumes_without_redoing_finished_trials(learn_corpus, tm
     proc.wait()
     done = {p: p.stat().st_mtime_ns for p in out.glob("sweep/*/metrics.json")}
     assert 1 <= len(done) < 4
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=400)
+    except subprocess.TimeoutExpired as exc:  # say where it stopped: the sweep's own log
+        logs = sorted((out / "logs").glob("*.log"))
+        tail = logs[-1].read_text(errors="replace")[-4000:] if logs else "(no log)"
+        states = sorted(p.name for p in (out / "sweep").iterdir())
+        raise AssertionError(f"the resumed sweep did not finish: stdout {exc.stdout!r}, "
+                             f"stderr {exc.stderr!r}, sweep folder {states}, log tail:\n{tail}")
     rows = (out / "results.csv").read_text().splitlines()[1:]
     assert len(rows) == 4 and all(",True," in r for r in rows)
     for p, mtime in done.items():  # finished trials were not run again
