@@ -276,7 +276,7 @@ def round_trip(y: np.ndarray, sr: int, codec: str, kbps: float | None = None) ->
     n = len(y)
     if codec == "mp3" and len(out) > n:  # LAME/mpg123 delay: up to ~1,100 samples at the start
         out = out[_lag(out, y, len(out) - n):]
-    return (out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))).astype(np.float32)
+    return fit_length(out, n)
 
 
 def downmix(samples: np.ndarray) -> np.ndarray:
@@ -325,6 +325,12 @@ def normalise(y: np.ndarray, mode: str, rms_dbfs: float = -20.0) -> np.ndarray:
         out = y * (10 ** (rms_dbfs / 20) / rms)
         return np.clip(out, -1.0, 1.0).astype(np.float32)
     raise ValueError(f"audio.normalise={mode!r}: choose none, peak or rms")
+
+
+def fit_length(y: np.ndarray, n: int) -> np.ndarray:
+    """``y`` cut or zero-padded at the end to ``n`` samples, float32: a signal back from a
+    codec or a resampler at its original length."""
+    return (y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))).astype(np.float32)
 
 
 def window(y: np.ndarray, sr: int, offset_s: float, duration_s: float | None,

@@ -105,6 +105,4 @@ def telephone(y: np.ndarray, sr: int, line: Line = Line(),
         if rng is None:
             raise ValueError("telephone: packet loss needs a random generator")
         coded, _ = conceal_losses(coded, line.rate, line.loss, rng, line.frame_ms)
-    out = audio.resample(coded, line.rate, sr)
-    n = len(y)
-    return (out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))).astype(np.float32)
+    return audio.fit_length(audio.resample(coded, line.rate, sr), len(y))

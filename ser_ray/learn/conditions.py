@@ -48,10 +48,17 @@ class ConditionSets:
             keep = meta["source_id"].isin(test_sources).to_numpy()
             Xs, ms = X[keep], meta[keep].reset_index(drop=True)
             y = ms["label"].map(index).to_numpy(np.int64)
-            _, proba, y_true = utterance_level(ms, predict_rows(predictor, Xs, ms), y)
-            m = compute_metrics(y_true, proba.argmax(1), self.data.labels)
-            out[str(key)] = {"ua": m["ua"], "wa": m["wa"], "n": int(len(y_true))}
+            m = utterance_metrics(predictor, Xs, ms, y, self.data.labels)
+            out[str(key)] = {"ua": m["ua"], "wa": m["wa"], "n": m["n"]}
         return out
+
+
+def utterance_metrics(predictor, X: np.ndarray, meta: pd.DataFrame, y: np.ndarray,
+                      labels) -> dict[str, Any]:
+    """Utterance-level metrics of ``predictor`` on labelled rows (``n``: utterances): a fold's
+    test speakers, a test set in a condition."""
+    _, proba, y_true = utterance_level(meta, predict_rows(predictor, X, meta), y)
+    return {**compute_metrics(y_true, proba.argmax(1), labels), "n": int(len(y_true))}
 
 
 def _inputs(data: FeatureData) -> tuple[pd.DataFrame, AudioConfig, Any]:

@@ -12,17 +12,13 @@ import numpy as np
 from ser_ray.config import LearnConfig
 from ser_ray.learn import conditions
 from ser_ray.learn.data import FeatureData
-from ser_ray.learn.evaluate import predict_rows, utterance_level
 from ser_ray.learn.folds import Fitted, fit, is_torch, make_augmenter, prepare_fold, val_split
-from ser_ray.learn.metrics import compute_metrics
 
 
 def score_rows(predictor, data: FeatureData, idx: np.ndarray) -> dict[str, Any]:
     """Utterance-level metrics of ``predictor`` on rows ``idx`` of ``data``."""
     meta = data.meta.iloc[idx].reset_index(drop=True)
-    _, proba, y_true = utterance_level(meta, predict_rows(predictor, data.X[idx], meta),
-                                       data.y[idx])
-    return compute_metrics(y_true, proba.argmax(1), data.labels)
+    return conditions.utterance_metrics(predictor, data.X[idx], meta, data.y[idx], data.labels)
 
 
 class ChannelProtocol:
