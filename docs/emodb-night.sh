@@ -5,15 +5,8 @@
 # of every call's worst moment, then the night's HTML page photographed by headless chromium.
 #   sh docs/emodb-night.sh [WORK_DIR]        (default /tmp/emodb-night; ~6 min on 2 cores)
 set -eu
-W=${W:-../shared/models/whisper-base}
-E=${E:-../shared/data/emodb/wav}
 D=${1:-/tmp/emodb-night}
-PY=.venv/bin/python
-mkdir -p "$D"
-[ -d "$D/prep" ] || .venv/bin/ser-ray prepare --input "$E/0*.wav" "$E/1[0-4]*.wav" --corpus emodb \
-    --features encoder --set feature_options.encoder.model=$W --set audio.trim=true \
-    --output "$D/prep" --no-progress
-[ -d "$D/model" ] || .venv/bin/ser-ray train --features "$D/prep" --model logreg --output "$D/model"
+. docs/emodb-model.sh
 $PY -c "
 import glob, os, numpy as np, soundfile as sf
 os.makedirs('$D/calls', exist_ok=True)

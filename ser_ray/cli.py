@@ -11,6 +11,7 @@ from ser_ray.config import PrepareConfig
 
 EXIT_NOTHING_USABLE = 1
 EXIT_STRICT = 3
+EXIT_DRIFT = 4
 
 
 class Registered:
@@ -245,8 +246,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def score_config(args: argparse.Namespace):
     from ser_ray.config import ScoreConfig
 
+    sets = [*(args.set or []), *(["drift.fail_on_drift=true"] if args.fail_on_drift else [])]
     return config_mod.load(
-        ScoreConfig, args.config, args.set, model=args.model, inputs=args.inputs,
+        ScoreConfig, args.config, sets, model=args.model, inputs=args.inputs,
         output=args.output, run_date=args.run_date, metadata=args.metadata,
         customer_channel=args.customer_channel, num_workers=args.num_workers,
         rescore=args.rescore, trust_model=args.trust_model)
@@ -255,7 +257,8 @@ def score_config(args: argparse.Namespace):
 def cmd_score(args: argparse.Namespace) -> int:
     from ser_ray.score import run_score
 
-    run = run_score(score_config(args), progress=not args.no_progress)
+    cfg = score_config(args)
+    run = run_score(cfg, progress=not args.no_progress)
     print(json.dumps({k: run[k] for k in ("run_id", "calls", "counts", "skipped_previously_scored",
                                           "audio_s", "wall_s", "outputs")}, indent=2, default=str))
     top = run.get("top_calls") or []
@@ -263,6 +266,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         print("most urgent calls:")
         for row in top:
             print(f"  {row['urgency_rank']:>3}. {row['call_id']}  urgency {row['urgency_score']:.2f}")
+    drift = run.get("drift") or {}
+    if drift.get("alarm") and cfg.drift.fail_on_drift:  # published: the rows are there
+        print(f"ser-ray score: --fail-on-drift: {drift['message']}", file=sys.stderr)
+        return EXIT_DRIFT
     return 0
 
 
@@ -381,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--num-workers", type=int, dest="num_workers")
     sc.add_argument("--rescore", action="store_true", default=None,
                     help="also score calls an earlier night scored with this model")
+    sc.add_argument("--fail-on-drift", dest="fail_on_drift", action="store_true",
+                    help=f"exit {EXIT_DRIFT} after publishing when the night's audio is unlike the "
+                         "training audio (the drift limits; same as drift.fail_on_drift=true)")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_score)
     for name in JOBS:
@@ -416,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"ser-ray {args.command}: {exc}", file=sys.stderr)
         return 2
+    finally:  # what the command printed is out before Ray's exit handlers run
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -235,6 +235,32 @@ class ReportConfig(Checked):
 
 
 @dataclass(frozen=True)
+class DriftConfig(Checked):
+    """When a night's audio counts as unlike the training audio (run record ``drift``): the
+    report page then shows a banner, ``score`` logs a warning and, with ``fail_on_drift``
+    (``--fail-on-drift``), exits 4 after publishing. A limit of null is never an alarm."""
+
+    max_ood_share: float | None = 0.25    # share of windows beyond the model's OOD threshold
+    max_psi: float | None = 0.25          # median population stability index over features,
+                                          # beyond what two samples of one population give by chance
+    max_label_shift: float | None = None  # total variation distance of predicted labels vs the
+                                          # training classes (off: calls are mostly neutral)
+    min_windows: int = 50                 # fewer windows: figures reported, no alarm
+    fail_on_drift: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_ood_share", "max_label_shift"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise ValueError(f"drift.{name}={v} must be in [0, 1] (or null: off)")
+        if self.max_psi is not None and self.max_psi < 0:
+            raise ValueError(f"drift.max_psi={self.max_psi} must be >= 0 (or null: off)")
+        if self.min_windows < 0:
+            raise ValueError(f"drift.min_windows={self.min_windows} must be >= 0")
+
+
+@dataclass(frozen=True)
 class CostConfig(Checked):
     """Prices for the night's cost line (run record ``cost``, the report)."""
 
@@ -310,6 +336,7 @@ class ScoreConfig(Checked):
     transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)  # off unless model set
     cost: CostConfig = field(default_factory=CostConfig)  # prices of the night's cost line
     report: ReportConfig = field(default_factory=ReportConfig)  # clips on the report page
+    drift: DriftConfig = field(default_factory=DriftConfig)  # when the night's audio is unlike training
     s3: S3Config = field(default_factory=S3Config)
 
 

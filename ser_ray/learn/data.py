@@ -116,7 +116,7 @@ def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[s
             parts = [(select_part(n, a, selection), m) for n, (a, m) in zip(features, parts)]
         X, meta, frames = _combine(features, parts, frames)
         Xs.append(X)
-        metas.append(meta)
+        metas.append(_with_inputs(meta, root))
     shapes = {x.shape[1:] for x in Xs}
     if len(shapes) > 1:
         raise ValueError(f"feature shapes differ between folders: {sorted(shapes)}")
@@ -229,6 +229,22 @@ def _median_clip_s(roots: Sequence[str | Path], audio: dict[str, Any]) -> float 
     if audio.get("duration_s"):
         d = d.clip(upper=audio["duration_s"])
     return round(float(d.median()), 3)
+
+
+INPUT_COLUMNS = ("sample_rate", "codec")
+
+
+def _with_inputs(meta: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """``meta`` with each utterance's input sample rate and codec from the folder's manifest
+    (what a model's drift reference says it was trained on); unchanged without a manifest."""
+    try:
+        m = pads.dataset(str(root / "manifest"), format="parquet").to_table(
+            columns=["utterance_id", *INPUT_COLUMNS]).to_pandas()
+    except Exception:  # an old prepare output: no manifest, or one without codecs
+        return meta
+    m = m.drop_duplicates("utterance_id")
+    return meta.drop(columns=[c for c in INPUT_COLUMNS if c in meta]).merge(
+        m, on="utterance_id", how="left", validate="many_to_one")
 
 
 def manifest(roots: str | Path | Sequence[str | Path]) -> pd.DataFrame:

@@ -36,11 +36,28 @@ def predict_rows(predictor, X: np.ndarray, meta: pd.DataFrame,
     rows were, then :meth:`Predictor.predict_proba`. cv folds, noisy test sets, a trained
     model's validation speakers and ``evaluate`` all predict through here. ``calibrated=False``:
     the probabilities before the model's calibration."""
+    return predictor.predict_proba(head_input(predictor, X, meta), calibrated=calibrated)
+
+
+def head_input(predictor, X: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
+    """Labelled rows as the model's head takes them: each speaker's or corpus's rows
+    standardised by their own statistics when the model was trained that way."""
     fc = predictor.feature_config
     col = NORMALISE_GROUPS[fc.get("normalise", "global")]
     if col is not None and len(X):
         X = group_standardise(X, meta[col].to_numpy(), fc.get("time_axis"))
-    return predictor.predict_proba(X, calibrated=calibrated)
+    return X
+
+
+def drift_figures(predictor, X: np.ndarray, meta: pd.DataFrame) -> dict[str, Any] | None:
+    """How far rows lie from the model's training rows (``models.drift``): the share beyond
+    its out-of-distribution threshold and the median feature PSI; None without a reference."""
+    ref = predictor.drift
+    if ref is None or not len(X):
+        return None
+    X = head_input(predictor, X, meta)
+    return {"rows": int(len(X)), "ood_share": float((ref.distance(X) > ref.threshold).mean()),
+            "psi_median": float(np.median(ref.psi(ref.bin_counts(X)))), "threshold": ref.threshold}
 
 
 def _utterances(pred, roots: Sequence[str]):
@@ -94,6 +111,8 @@ def evaluate_model(model_dir: str | Path, roots: Sequence[str], out_dir: str | P
         pred = load_predictor(model_dir, trust=trust)
         _, proba, y_true, data = _utterances(pred, roots)
         labels, name, features = data.labels, pred.model_name, pred.feature_config["features"]
+        # how unlike the training rows these are (per row, not per utterance)
+        extra_metrics = {"drift": drift_figures(pred, data.X, data.meta)}
     m = compute_metrics(y_true, proba.argmax(1), labels)
     trained_on = set((pred.extra or {}).get("train_speakers", []))
     test_speakers = sorted(set(data.meta["speaker"]))

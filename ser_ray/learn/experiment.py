@@ -20,7 +20,7 @@ from ser_ray.learn import conditions, splits
 from ser_ray.learn.data import FeatureData
 from ser_ray.learn.evaluate import predict_rows, utterance_level
 from ser_ray.learn.folds import (Augmenter, Fitted, Prepared, best_epoch, calibrate,  # noqa: F401
-                                 calibration_method, fit, is_torch, make_augmenter,
+                                 calibration_method, drift_reference, fit, is_torch, make_augmenter,
                                  prepare_fold, takes_raw_input, val_split, with_noise_dir)
 from ser_ray.learn.metrics import (CALIBRATION_BINS, aggregate, calibration_metrics,
                                    compute_metrics, reliability, risk_coverage)
@@ -72,9 +72,8 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
         test_meta = data.meta.iloc[fold.test].reset_index(drop=True)
         raw_rows = predict_rows(fitted.predictor, data.X[fold.test], test_meta, calibrated=False)
         cal = fitted.predictor.calibration
-        _, proba, y_true = utterance_level(test_meta, cal.apply(raw_rows) if cal else raw_rows,
-                                           data.y[fold.test])
-        _, raw, _ = utterance_level(test_meta, raw_rows, data.y[fold.test])
+        _, raw, y_true = utterance_level(test_meta, raw_rows, data.y[fold.test])
+        proba = utterance_level(test_meta, cal.apply(raw_rows), data.y[fold.test])[1] if cal else raw
         m = compute_metrics(y_true, proba.argmax(1), data.labels)
         row = {"name": fold.name, "index": fold.index, "ua": m["ua"], "wa": m["wa"],
                "macro_f1": m["macro_f1"], "weighted_f1": m["weighted_f1"],
@@ -187,6 +186,8 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
         # calibrated on out-of-fold predictions of its own training speakers
         fitted.predictor.calibration = calibrate(data, np.arange(len(data)), cfg, augmenter,
                                                  storage_path=work_dir, run_name="train")
+        # what the training audio looked like, for the scoring nights' drift checks
+        fitted.predictor.drift = drift_reference(data, np.arange(len(data)), cfg, augmenter)
     except BaseException:
         tracker.fail()
         raise

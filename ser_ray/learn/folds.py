@@ -106,15 +106,11 @@ def _group_norm(X: np.ndarray, meta: pd.DataFrame, cfg: LearnConfig, time_axis) 
     return X if col is None or len(X) == 0 else group_standardise(X, meta[col].to_numpy(), time_axis)
 
 
-def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
-                 cfg: LearnConfig, augmenter: Augmenter | None, classical: bool) -> Prepared:
-    """Apply augmentation, normalisation and balancing, fitted on ``train_idx`` rows only.
-
-    ``norm`` holds ``mean``/``std`` (torch models: the global stage, fitted after any group
-    stage) and, for ``speaker``/``corpus`` normalisation, ``population_mean``/``population_std``:
-    the pooled statistics of the raw training rows, which a scoring run falls back to when it
-    has too few calls of its own to form a reference population.
-    """
+def head_rows(data: FeatureData, train_idx: np.ndarray, cfg: LearnConfig,
+              augmenter: Augmenter | None) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
+    """The training rows as the head's input (what ``predict_proba`` is given): the rows of
+    ``train_idx`` with their augmented copies, speaker or corpus normalised; before balancing
+    and before a torch model's global standardisation. Returns (X, meta, population moments)."""
     time_axis = data.feature_config.get("time_axis")
     raw = takes_raw_input(cfg.model)
     if raw and NORMALISE_GROUPS[cfg.normalise] is not None:
@@ -131,9 +127,39 @@ def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
         else:
             X_tr = np.concatenate([X_tr, X_aug])
             meta_tr = pd.concat([meta_tr, meta_aug], ignore_index=True)
+    return _group_norm(X_tr, meta_tr, cfg, time_axis), meta_tr, norm
+
+
+def drift_reference(data: FeatureData, idx: np.ndarray, cfg: LearnConfig,
+                    augmenter: Augmenter | None):
+    """The training reference a model folder keeps for drift checks (``models.drift``), fitted on
+    the head's input rows of ``idx`` (:func:`head_rows`), with the input sample rates and codecs
+    of those rows when their manifest recorded them."""
+    from ser_ray.models.drift import DriftReference
+
+    X, meta, _ = head_rows(data, idx, cfg, augmenter)
+    own = data.meta.iloc[idx]
+    inputs = {col: {str(k): float(v) for k, v in own[col].dropna().astype(str)
+                    .value_counts(normalize=True).items()}
+              for col in ("sample_rate", "codec") if col in own and own[col].notna().any()}
+    return DriftReference.fit(X, meta["speaker"], data.y[idx], data.labels,
+                              data.feature_config.get("time_axis"), inputs)
+
+
+def prepare_fold(data: FeatureData, train_idx: np.ndarray, val_idx: np.ndarray,
+                 cfg: LearnConfig, augmenter: Augmenter | None, classical: bool) -> Prepared:
+    """Apply augmentation, normalisation and balancing, fitted on ``train_idx`` rows only.
+
+    ``norm`` holds ``mean``/``std`` (torch models: the global stage, fitted after any group
+    stage) and, for ``speaker``/``corpus`` normalisation, ``population_mean``/``population_std``:
+    the pooled statistics of the raw training rows, which a scoring run falls back to when it
+    has too few calls of its own to form a reference population.
+    """
+    time_axis = data.feature_config.get("time_axis")
+    raw = takes_raw_input(cfg.model)
+    X_tr, meta_tr, norm = head_rows(data, train_idx, cfg, augmenter)
     index = {lab: i for i, lab in enumerate(data.labels)}
     y_tr = meta_tr["label"].map(index).to_numpy(np.int64)
-    X_tr = _group_norm(X_tr, meta_tr, cfg, time_axis)
     X_val = _group_norm(data.X[val_idx], data.meta.iloc[val_idx], cfg, time_axis)
     if cfg.balance_corpora:  # no corpus dominates: the smaller ones' rows are copied up
         keep = balance.balance_groups(meta_tr["corpus"].to_numpy(), seed=cfg.seed)

@@ -356,6 +356,10 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
     lines += [f"- {shown}: {name}" for shown, name in setup.items()]
     if "n" in metrics:
         lines.append(f"- Test rows (all folds): {metrics['n']}")
+    drift = metrics.get("drift")
+    if drift:  # evaluate: how unlike the model's training rows the test rows are
+        lines.append(f"- Out of the training distribution: {_pct(drift['ood_share'])} % of "
+                     f"{drift['rows']} rows (median feature PSI {drift['psi_median']:.2f})")
     lines.append("")
 
     lines += ["## Result", "",

@@ -16,6 +16,8 @@ A model dir holds::
     labels.json                class names; model output i is labels[i]
     calibration.json           optional: the temperature that calibrates predict_proba
                                (models/calibration.py), fitted on held-out training speakers
+    drift.json, drift.safetensors  optional: the training reference drift checks compare a
+                               scoring night with (models/drift.py)
     metrics.json               evaluation metrics ({} when none)
     versions.json              python and package versions (runtime.versions), format_version
 
@@ -45,6 +47,7 @@ from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from ser_ray.atomic import write_folder_atomic
+from ser_ray.models.drift import DriftReference
 from ser_ray.runtime import versions
 from ser_ray.models import (ModelConfig, build_model, get_model_spec, model_config as make_config,
                             rebuild_options)
@@ -92,6 +95,7 @@ class Predictor:
     extra: dict = field(default_factory=dict)  # what the trainer stored (fold, speakers, history)
     trained_classes: tuple[int, ...] | None = None  # label indices seen in training; None = all
     calibration: Any = None  # a models.calibration.Temperature, or None: probabilities as fitted
+    drift: Any = None  # a models.drift.DriftReference (the training data, for drift checks), or None
     batch_size: int = 256
 
     def __post_init__(self):
@@ -168,6 +172,7 @@ def save_model_dir(
     extra: dict | None = None,
     trained_classes: list[int] | tuple[int, ...] | None = None,
     calibration=None,
+    drift=None,
 ) -> Path:
     """Write a model dir at ``path`` atomically (temp dir, then rename); returns ``path``.
 
@@ -202,6 +207,8 @@ def save_model_dir(
         _write_json(tmp / "versions.json", {**versions(), "format_version": str(FORMAT_VERSION)})
         if calibration is not None:
             _write_json(tmp / "calibration.json", calibration.to_json())
+        if drift is not None:
+            drift.save(tmp)
         save_numpy(norm, str(tmp / "normalisation.safetensors"))
         if kind == "torch":
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -335,7 +342,7 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu",
         normalisation=load_numpy(str(path / "normalisation.safetensors")),
         config=meta["config"], metrics=json.loads((path / "metrics.json").read_text()),
         extra=meta.get("extra") or {}, trained_classes=meta.get("trained_classes"),
-        calibration=_calibration(path),
+        calibration=_calibration(path), drift=DriftReference.load(path),
     )
 
 
@@ -356,7 +363,8 @@ def save_predictor(path: str | os.PathLike, predictor: Predictor, *, metrics: di
         input_shape=predictor.input_shape, labels=predictor.labels, model=predictor.model,
         feature_config=predictor.feature_config, normalisation=predictor.normalisation,
         metrics=metrics, extra={**predictor.extra, **(extra or {})},
-        trained_classes=predictor.trained_classes, calibration=predictor.calibration)
+        trained_classes=predictor.trained_classes, calibration=predictor.calibration,
+        drift=predictor.drift)
 
 
 def _check_model(name: str, kind: str, model, input_shape: tuple[int, ...], n_classes: int) -> None:

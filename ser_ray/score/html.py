@@ -43,6 +43,8 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .call{border:1px solid #d0d7de;border-radius:6px;padding:.6rem 1rem;margin:1rem 0}
 .call h3{margin:.2rem 0 .4rem}.legend span{margin-right:.9rem;white-space:nowrap}
 .sw{display:inline-block;width:.8rem;height:.8rem;margin-right:.25rem;vertical-align:-1px}
+.drift{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:.6rem 1rem;margin:1rem 0}
+.alarm td{background:#fff8c5}
 """
 
 
@@ -159,6 +161,11 @@ def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, An
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>Urgent calls, {_e(date)}</title><style>{_CSS}</style></head><body>",
            f"<h1>Urgent calls, {_e(date)}</h1>"]
+    drift = run.get("drift") or {}
+    if drift.get("alarm"):
+        out.append(f'<div class="drift" id="drift-banner" role="alert"><strong>Drift:</strong> '
+                   f'{_e(drift.get("message"))}. Scores of this night may not be trustworthy; '
+                   f'see the run record\'s <code>drift</code> section.</div>')
     if index_href:
         out.append(f'<p><a href="{_e(index_href)}">All nights</a></p>')
     out.append('<ul class="meta">')
@@ -173,6 +180,9 @@ def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, An
     cost = cost_line(run)
     if cost:
         out.append(f'<li class="cost">Cost: {_e(cost)}</li>')
+    if drift and not drift.get("alarm"):
+        out.append(f'<li class="drift-line">Drift: {_e(drift.get("message"))}'
+                   f'{" (" + _e(drift["note"]) + ")" if drift.get("note") else ""}</li>')
     if tx:
         out.append(f"<li>Transcripts: {int(tx.get('spans', 0))} span(s) of {int(tx.get('calls', 0))} "
                    f"call(s) ({_e(tx.get('segments'))}), model <code>{_e(tx.get('model'))}</code></li>")
@@ -265,9 +275,45 @@ def render_html(calls: pd.DataFrame, labels: Sequence[str], run: Mapping[str, An
     return "\n".join(out)
 
 
+def drift_chart(rows: Sequence[Mapping[str, Any]]) -> str:
+    """An inline SVG of each night's share of windows out of distribution, oldest first, with
+    the limit as a dashed line and alarmed nights in red ('' when no night has the figure)."""
+    pts = [(str(r.get("run_date")), r["drift"]) for r in rows
+           if r.get("drift") and r["drift"].get("ood_share") is not None]
+    if not pts:
+        return ""
+    w, h, pad = 640, 120, 24
+    limit = next((d["limit"] for _, d in reversed(pts) if d.get("limit") is not None), None)
+    top = max([d["ood_share"] for _, d in pts] + [limit or 0, 0.05])
+    step = (w - 2 * pad) / max(len(pts) - 1, 1)
+
+    def xy(k: int, v: float) -> tuple[float, float]:
+        return pad + k * step, h - pad - (h - 2 * pad) * v / top
+
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(k, d["ood_share"]) for k, (_, d) in enumerate(pts)))
+    out = [f'<svg id="drift-chart" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+           f'aria-label="share of windows out of distribution, night by night">',
+           f'<polyline points="{line}" fill="none" stroke="#57606a" stroke-width="1.5"/>']
+    if limit is not None:
+        y = xy(0, limit)[1]
+        out.append(f'<line x1="{pad}" x2="{w - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#cf222e" '
+                   f'stroke-dasharray="4 3"/><text x="{w - pad}" y="{y - 3:.1f}" font-size="10" '
+                   f'text-anchor="end" fill="#cf222e">limit {limit:.0%}</text>')
+    for k, (night, d) in enumerate(pts):
+        x, y = xy(k, d["ood_share"])
+        color = "#cf222e" if d.get("alarm") else "#1f6feb"
+        out.append(f'<circle class="night" cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}">'
+                   f'<title>{_e(night)}: {d["ood_share"]:.0%} out of distribution</title></circle>')
+    out.append(f'<text x="{pad}" y="{h - 6}" font-size="10" fill="#57606a">{_e(pts[0][0])}</text>'
+               f'<text x="{w - pad}" y="{h - 6}" font-size="10" text-anchor="end" '
+               f'fill="#57606a">{_e(pts[-1][0])}</text></svg>')
+    return "\n".join(out)
+
+
 def render_index(nights: Sequence[Mapping[str, Any]]) -> str:
     """The index across nights: rows of run_date, run_id, href (relative), calls, counts
-    ({status: n}) and top_call; newest night first."""
+    ({status: n}), top_call and drift (``score.drift.night_summary``); newest night first,
+    with a chart of the drift figures night by night."""
     rows = sorted(nights, key=lambda r: (str(r.get("run_date")), str(r.get("run_id"))), reverse=True)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>ser-ray nightly reports</title><style>{_CSS}</style></head><body>",
@@ -275,16 +321,26 @@ def render_index(nights: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         out.append("<p>No nights yet.</p>")
     else:
+        chart = drift_chart(rows[::-1])
+        if chart:
+            out.append("<h2>Drift, night by night</h2><p>Share of analysis windows out of the "
+                       "model's training distribution (red: over the limit).</p>" + chart)
         out.append('<table id="nights"><thead><tr><th>night</th><th>run</th><th>calls</th>'
-                   "<th>not scored</th><th>most urgent call</th></tr></thead><tbody>")
+                   "<th>not scored</th><th>out of distribution</th><th>median PSI</th>"
+                   "<th>most urgent call</th></tr></thead><tbody>")
         for r in rows:
             counts = r.get("counts") or {}
             total = int(sum(counts.values())) if counts else int(r.get("calls") or 0)
             bad = total - int(counts.get(SCORED, 0))
             top = r.get("top_call")
-            out.append(f'<tr><td><a href="{_e(r["href"])}">{_e(r.get("run_date"))}</a></td>'
+            d = r.get("drift") or {}
+            ood = "–" if d.get("ood_share") is None else f"{d['ood_share']:.0%}"
+            psi = "–" if d.get("psi_median") is None else f"{d['psi_median']:.2f}"
+            cls = ' class="alarm"' if d.get("alarm") else ""
+            out.append(f'<tr{cls}><td><a href="{_e(r["href"])}">{_e(r.get("run_date"))}</a></td>'
                        f'<td><code>{_e(r.get("run_id"))}</code></td><td class="num">{total}</td>'
-                       f'<td class="num">{bad}</td><td>{_e(top) if top else "–"}</td></tr>')
+                       f'<td class="num">{bad}</td><td class="num">{ood}{" ⚠" if d.get("alarm") else ""}'
+                       f'</td><td class="num">{psi}</td><td>{_e(top) if top else "–"}</td></tr>')
         out.append("</tbody></table>")
     out.append("</body></html>")
     return "\n".join(out)

@@ -119,6 +119,7 @@ def write_report(storage: Storage, output: str, run: dict[str, Any], calls: pd.D
 
 def write_index(storage: Storage, output: str) -> str:
     """``reports/index.html``: every night with a page, from the run records in ``runs/``."""
+    from ser_ray.score.drift import night_summary
     from ser_ray.score.html import render_index
 
     nights = []
@@ -136,7 +137,8 @@ def write_index(storage: Storage, output: str) -> str:
         top = (run.get("top_calls") or [{}])[0].get("call_id")
         nights.append({"run_date": run.get("run_date"), "run_id": run.get("run_id"),
                        "href": f"run_date={run.get('run_date')}/{page.rsplit('/', 1)[-1]}",
-                       "counts": run.get("counts"), "calls": run.get("calls"), "top_call": top})
+                       "counts": run.get("counts"), "calls": run.get("calls"), "top_call": top,
+                       "drift": night_summary(run)})
     uri = join(output, "reports/index.html")
     storage.write_bytes(uri, render_index(nights).encode())
     return uri

@@ -203,6 +203,10 @@ def _header(calls: pd.DataFrame, run: Mapping[str, Any]) -> list[str]:
     cost = cost_line(run)
     if cost:
         lines.append(f"- Cost: {esc(cost)}")
+    drift = run.get("drift") or {}
+    if drift.get("message"):
+        lines.append(f"- {'**Drift alarm:**' if drift.get('alarm') else 'Drift:'} "
+                     f"{esc(drift['message'])}")
     lines.append("")
     return lines
 

@@ -46,6 +46,7 @@ from ser_ray.score.backlog import (Listing, Unit, iter_units, load_metadata, pre
                                    resolve_run_date)
 from ser_ray.score.clips import make_clips
 from ser_ray.score.cost import night_cost
+from ser_ray.score.drift import night_drift, read_units
 from ser_ray.score.commit import NightLock, check_replaces_whole, run_record_uri
 from ser_ray.score.engines import ENGINES, engine_for, make_engine, run_wave
 from ser_ray.score.model import ModelInfo, model_window
@@ -297,6 +298,16 @@ def second_pass(night: Night, waves: Waves, tally: Tally) -> tuple[str | None, d
     return key, record
 
 
+def _drift(night: Night, tally: Tally, ref_key: str | None, calls: pd.DataFrame) -> dict[str, Any]:
+    """The night's ``drift`` section, from its units' staged counts (``score.drift``)."""
+    from ser_ray.models.drift import DriftReference
+
+    units = read_units(night.storage, [unit_dir(night.staging, u, ref_key) for u in tally.unit_ids])
+    rate = (night.model.feature_config.get("audio") or {}).get("sample_rate")
+    return night_drift(units, calls, DriftReference.from_files(night.model.files),
+                       night.model.labels, night.cfg.drift, rate)
+
+
 def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, Any]:
     started, t0 = dt.datetime.now(dt.timezone.utc), time.time()
     night = plan_night(cfg, storage)
@@ -365,6 +376,7 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
     resources = ray.cluster_resources()
     run["cost"] = night_cost(run["fresh_audio_s"], timings["wall_s"], resources.get("CPU", 0.0),
                              resources.get("GPU", 0.0), cfg.cost)
+    run["drift"] = _drift(night, tally, ref_key, published["calls_df"])
     run["real_time_factor"] = run["fresh_audio_s"] / max(timings["scoring_s"], 1e-9)
     # Audio seconds per second of a worker's own unit work: the per-core rate without start-up.
     run["real_time_factor_per_worker"] = run["fresh_audio_s"] / max(tally.unit_s, 1e-9)
@@ -378,6 +390,8 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
                         (json.dumps(run, indent=2, default=str) + "\n").encode())
     write_index(storage, output)
     storage.delete_tree(night.staging)
+    if run["drift"]["alarm"]:
+        log(f"WARNING: {run['drift']['message']} (run record: drift)")
     log(f"done: {run['calls']} calls ({', '.join(f'{k} {v}' for k, v in sorted(run['counts'].items()))}), "
         f"{listing.skipped} skipped as already scored, {run['audio_s'] / 3600:.2f} h audio in "
         f"{timings['wall_s']:.1f} s -> {output}")

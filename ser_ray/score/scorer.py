@@ -20,6 +20,7 @@ import pyarrow as pa
 from ser_ray.labels import UNCERTAIN
 from ser_ray.schema import NO_SPEECH, SCORED, internal_error
 from ser_ray.score.backlog import Unit
+from ser_ray.score.drift import STAGED as STAGED_DRIFT, unit_drift
 from ser_ray.score.model import WindowFeatures
 from ser_ray.score.read import CallReader, detect_speech
 from ser_ray.score.reference import Reference
@@ -117,11 +118,12 @@ class UnitScorer:
             return {**self._stage_extract(unit, rows, windows, t0), "read_s": read_s}
         # A predict unit carries the statistics of its calls' populations.
         reference = Reference(unit.reference, self.predictor) if unit.reference else self.reference
-        seg_tables = self._predict(windows, rows, reference, unit.groups or {})
+        seg_tables, drift = self._predict(windows, rows, reference, unit.groups or {})
         segs = pa.concat_tables(seg_tables) if seg_tables else self.seg_schema.empty_table()
         calls_t = pa.Table.from_pylist(rows, self.call_schema)
         base = unit_dir(self.s.staging, unit.unit_id, reference.key)
-        stage_unit(self.storage, base, segs, calls_t)
+        stage_unit(self.storage, base, segs, calls_t,
+                   {STAGED_DRIFT: json.dumps(drift).encode()})
         return {**self._stats(unit, rows, t0), "read_s": read_s}
 
     def _stats(self, unit: Unit, rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
@@ -149,9 +151,10 @@ class UnitScorer:
         return out
 
     def _predict(self, windows: dict[int, tuple], rows: list[dict[str, Any]],
-                 reference: "Reference", groups: dict[str, str]) -> list[pa.Table]:
+                 reference: "Reference", groups: dict[str, str]) -> tuple[list[pa.Table], dict]:
         """Every call's windows, standardised per call, through the model in one batch (call by
-        call should that fail) -> one segments table per scored call, rows updated."""
+        call should that fail) -> one segments table per scored call (rows updated) and the
+        unit's drift counts (``score.drift.unit_drift``)."""
         order, Xs = [], []
         for i in sorted(windows):
             try:
@@ -163,18 +166,25 @@ class UnitScorer:
             order.append(i)
             Xs.append(X)
         together = _in_one_batch(Xs, self.predictor.predict_proba, np.concatenate)
-        tables = []
+        drift = self.predictor.drift  # the training reference, when the model keeps one
+        far = _in_one_batch(Xs, drift.distance, np.concatenate) if drift is not None else None
+        tables, seen, dists = [], [], []
         for k, i in enumerate(order):
             try:
                 p = together[k] if together is not None else self.predictor.predict_proba(Xs[k])
-                tables.append(self._call_segments(p, windows[i][1], rows[i]))
+                dist = far[k] if far is not None else np.full(len(p), np.nan)
+                tables.append(self._call_segments(p, windows[i][1], rows[i], dist))
+                seen.append(Xs[k])
+                dists.append(dist)
             except Exception as exc:
                 internal_error(rows[i], exc)
             windows[i] = None
-        return tables
+        top = [lab for t in tables for lab in t.column("top_label").to_pylist()]
+        return tables, unit_drift(drift, np.concatenate(seen) if seen else None,
+                                  np.concatenate(dists) if dists else None, top)
 
     def _call_segments(self, p: np.ndarray, spans: list[tuple[float, float]],
-                       row: dict[str, Any]) -> pa.Table:
+                       row: dict[str, Any], dist: np.ndarray) -> pa.Table:
         start = np.array([s for s, _ in spans])
         end = np.array([e for _, e in spans])
         ranked = np.argsort(-p, axis=1, kind="stable")
@@ -190,8 +200,12 @@ class UnitScorer:
                             "label": [t if s else UNCERTAIN for t, s in zip(top, sure)],
                             "confidence": p.max(axis=1), "top_label": top,
                             "second_label": [self.labels[k] for k in second],
-                            "margin": p[rows_, best] - p[rows_, second], "run_id": self.s.run_id})
+                            "margin": p[rows_, best] - p[rows_, second],
+                            "ood_distance": dist.astype(np.float32), "run_id": self.s.run_id})
         summary = call_summary(seg, self.labels, self.urgency)
+        drift = self.predictor.drift
+        row["ood_share"] = float((dist > drift.threshold).mean()) if drift is not None and len(dist) \
+            else None
         row.update({k: summary[k] for k in SUMMARY_FLOATS},
                    **{f"share_{lab}": summary[f"share_{lab}"] for lab in self.labels},
                    status=SCORED, n_segments=len(spans))

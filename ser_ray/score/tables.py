@@ -26,7 +26,9 @@ def segments_schema(labels: Sequence[str]) -> pa.Schema:
                       *[(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels],
                       ("label", pa.string()), ("confidence", pa.float32()),
                       ("top_label", pa.string()), ("second_label", pa.string()),
-                      ("margin", pa.float32()), ("run_id", pa.string())])
+                      ("margin", pa.float32()),
+                      ("ood_distance", pa.float32()),  # from the training rows (models/drift.py)
+                      ("run_id", pa.string())])
 
 
 SUMMARY_FLOATS = ("speech_s", "negative_peak", "negative_mean", "negative_share", "longest_negative_s",
@@ -44,6 +46,7 @@ def calls_schema(labels: Sequence[str]) -> pa.Schema:
         *[(f"share_{lab}", pa.float64()) for lab in labels],
         *[(name, pa.float64()) for name in SUMMARY_FLOATS],
         ("normalised_by", pa.string()),  # the statistics its windows were standardised with
+        ("ood_share", pa.float64()),     # share of its windows out of the training distribution
         ("model_id", pa.string()), ("model_hash", pa.string()), ("run_id", pa.string()),
     ])
 
@@ -54,9 +57,13 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def stage_unit(storage: Storage, base: str, segments: pa.Table, calls: pa.Table) -> None:
-    """A unit's staged rows: segments first, then the calls file, which marks the unit done."""
+def stage_unit(storage: Storage, base: str, segments: pa.Table, calls: pa.Table,
+               extra: dict[str, bytes] | None = None) -> None:
+    """A unit's staged rows: segments and ``extra`` files first, then the calls file, which
+    marks the unit done."""
     storage.write_bytes(join(base, "segments.parquet"), parquet_bytes(segments))
+    for name, data in (extra or {}).items():
+        storage.write_bytes(join(base, name), data)
     storage.write_bytes(join(base, "calls.parquet"), parquet_bytes(calls))
 
 
