@@ -79,7 +79,8 @@ def iter_calls(inputs: Sequence[str], storage: Storage, ignored: Counter, exampl
     if call_id not in ("stem", "path"):
         raise ValueError(f"call_id={call_id!r}: choose stem or path")
     for root in inputs:
-        root = root.rstrip("/") if is_s3(root) else root
+        # absolute: workers whatever their folder, and `sample` later, read the uri as listed
+        root = root.rstrip("/") if is_s3(root) else os.path.abspath(root)
         if is_s3(root) or os.path.isdir(root):
             if is_s3(root) and not storage.exists_dir(root):
                 raise FileNotFoundError(f"--input {root}: no objects under this prefix")
