@@ -346,6 +346,28 @@ def load_predictor(path: str | os.PathLike, *, device: str = "cpu",
     )
 
 
+def content_hash(files: dict[str, bytes]) -> str:
+    """The identity of a model folder: sha256 over its files' relative names and contents, in
+    :func:`folder_files` order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, data in files.items():
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def folder_files(path: str | os.PathLike) -> dict[str, bytes]:
+    """Every file of a model folder by its path relative to it (a backbone/ folder too)."""
+    root = Path(path)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def folder_hash(path: str | os.PathLike) -> str:
+    return content_hash(folder_files(path))
+
+
 def _calibration(path: Path):
     """The model's calibrator from ``calibration.json`` (plain JSON), or None when it has none."""
     from ser_ray.models.calibration import Temperature

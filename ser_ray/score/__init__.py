@@ -8,7 +8,8 @@ the units), ``publish``, ``commit`` (the night's lock and commit), ``transcripts
 from ser_ray.score.backlog import (Call, Unit, iter_calls, iter_units, largest_first, load_metadata,
                                    resolve_run_date)
 from ser_ray.score.engines import staged_pools
-from ser_ray.score.model import ModelInfo, WindowFeatures, model_window
+from ser_ray.features.windows import WindowFeatures, model_window
+from ser_ray.score.model import ModelInfo
 from ser_ray.score.read import CallReader, detect_speech, pick_channel
 from ser_ray.score.reference import reference_table
 from ser_ray.score.run import check_config, run_score

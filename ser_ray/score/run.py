@@ -49,7 +49,8 @@ from ser_ray.score.cost import night_cost
 from ser_ray.score.drift import night_drift, read_units
 from ser_ray.score.commit import NightLock, check_replaces_whole, run_record_uri
 from ser_ray.score.engines import ENGINES, engine_for, make_engine, run_wave
-from ser_ray.score.model import ModelInfo, model_window
+from ser_ray.features.windows import model_window
+from ser_ray.score.model import ModelInfo
 from ser_ray.score.publish import publish, write_index, write_report
 from ser_ray.score.reference import (ONE_PASS_STATISTICS, Populations, reference_key,
                                      reference_table, trained_normalisation, training_population)

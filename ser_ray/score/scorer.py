@@ -21,7 +21,7 @@ from ser_ray.labels import UNCERTAIN
 from ser_ray.schema import NO_SPEECH, SCORED, internal_error
 from ser_ray.score.backlog import Unit
 from ser_ray.score.drift import STAGED as STAGED_DRIFT, unit_drift
-from ser_ray.score.model import WindowFeatures
+from ser_ray.features.windows import WindowFeatures
 from ser_ray.score.read import CallReader, detect_speech
 from ser_ray.score.reference import Reference
 from ser_ray.score.tables import SUMMARY_FLOATS, calls_schema, segments_schema, stage_unit, unit_dir

@@ -10,7 +10,8 @@ from typing import Any
 
 from ser_ray import vad
 from ser_ray.config import AudioConfig, S3Config, ScoreConfig, ScoreNormalisation, from_dict
-from ser_ray.score.model import ModelInfo, model_window
+from ser_ray.features.windows import model_window
+from ser_ray.score.model import ModelInfo
 from ser_ray.score.reference import reference_settings
 from ser_ray.urgency import UrgencyConfig
 
@@ -79,3 +80,21 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
         labels=tuple(model.labels), sample_rate=int(audio.sample_rate),
         gpus_per_worker=cfg.gpus_per_worker, trust_model=cfg.trust_model, urgency=cfg.urgency,
         normalisation=cfg.normalisation, reference=reference_settings(cfg, model), s3=cfg.s3)
+
+
+def settings_from_record(run: dict[str, Any], s3: S3Config) -> WorkerSettings:
+    """The read side of a committed run as its record says (window, VAD, channel, limits): what
+    reads a night's calls again later (``ser-ray sample``), without its model folder."""
+    known = {f.name for f in dataclasses.fields(ScoreConfig)} - {"s3"}
+    cfg = from_dict(ScoreConfig, {k: v for k, v in (run.get("config") or {}).items() if k in known})
+    window_s = float(run["window_s"])
+    return WorkerSettings(
+        model_id=run["model_id"], model_hash=run["model_hash"], run_id=run["run_id"], staging="",
+        window_s=window_s, hop_s=cfg.hop_s or window_s, min_window_s=min(cfg.min_window_s, window_s),
+        max_call_s=cfg.max_call_s, max_bytes=int(cfg.max_file_mb * 2 ** 20),
+        max_decoded_bytes=int(cfg.max_decoded_mb * 2 ** 20),
+        customer_channel=cfg.customer_channel, vad=dict(run["vad"]),
+        vad_sample_rate=cfg.vad_sample_rate, batch_size=cfg.batch_size,
+        labels=tuple(run["labels"]), sample_rate=16000, gpus_per_worker=0.0,
+        trust_model=False, urgency=cfg.urgency, normalisation=cfg.normalisation,
+        reference={"mode": "model"}, s3=s3)
