@@ -12,6 +12,7 @@ from ser_ray.config import PrepareConfig
 EXIT_NOTHING_USABLE = 1
 EXIT_STRICT = 3
 EXIT_DRIFT = 4
+SHEET_HELP = "the sheet.csv of a `ser-ray sample` folder, labelled on its label.html"
 
 
 class Registered:
@@ -209,11 +210,31 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ser_ray.learn.evaluate import evaluate_model
+    if args.labels:
+        from ser_ray.learn.labelled import evaluate_labels
 
-    metrics = evaluate_model(args.model, args.roots, args.output, trust=args.trust_model)
-    print(json.dumps({k: metrics[k] for k in ("protocol", "ua_mean", "wa_mean",
-                                              "shares_speakers")}, indent=2))
+        m = evaluate_labels(args.model, args.labels, args.output, trust=args.trust_model,
+                            seed=args.seed, outcomes=args.outcomes)
+        keys = ("protocol", "ua", "wa", "intervals", "labelled", "outcomes")
+    else:
+        from ser_ray.learn.evaluate import evaluate_model
+
+        m = evaluate_model(args.model, args.roots, args.output, trust=args.trust_model)
+        keys = ("protocol", "ua_mean", "wa_mean", "shares_speakers")
+    print(json.dumps({k: m.get(k) for k in keys}, indent=2, default=str))
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from ser_ray.learn.adapt import AdaptSettings, adapt_model
+    from ser_ray.runtime import init_ray
+
+    init_ray()
+    settings = AdaptSettings(args.weight, args.min_per_class, args.folds, args.seed)
+    report = adapt_model(args.model, args.labels, args.output, roots=args.roots,
+                         settings=settings, trust=args.trust_model)
+    print(json.dumps({"pooled": report["pooled"], "labelled": report["labelled"],
+                      "output": args.output}, indent=2))
     return 0
 
 
@@ -273,6 +294,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from ser_ray.config import SampleConfig
+    from ser_ray.score.sample import run_sample
+
+    cfg = config_mod.load(SampleConfig, args.config, args.set, scored=args.scored,
+                          run_dates=args.run_dates, n=args.n, output=args.output, seed=args.seed)
+    record = run_sample(cfg)
+    print(json.dumps({k: record[k] for k in ("nights", "n", "counts", "candidates")}, indent=2))
+    print(f"label the segments: open {cfg.output}/label.html, save the sheet as {cfg.output}/sheet.csv")
+    return 0
+
+
 # Every subcommand's --help ends with one of these.
 EXAMPLES = {
     "prepare": "ser-ray prepare --input ../shared/data/emodb --features mfcc,egemaps "
@@ -282,14 +315,14 @@ EXAMPLES = {
              "--output runs/emodb-logreg",
     "cv": "ser-ray cv --features runs/emodb --feature-set egemaps --model logreg --protocol loso "
           "--output runs/emodb-cv",
-    "tune": "ser-ray tune --features runs/emodb --space configs/tune_emodb.yaml "
-            "--output runs/emodb-tune",
+    "tune": "ser-ray tune --features runs/emodb --space configs/tune_emodb.yaml --output runs/t",
     "evaluate": "ser-ray evaluate --model runs/emodb-logreg --features runs/ravdess "
                 "--output runs/logreg-on-ravdess",
-    "fuse": "ser-ray fuse --model runs/audio-model --model runs/text-model --weights 0.6,0.4 "
-            "--output runs/late",
+    "fuse": "ser-ray fuse --model runs/audio --model runs/text --weights 0.6,0.4 --output runs/late",
     "score": "ser-ray score --model runs/emodb-logreg --input calls/2026-11-22 "
              "--output reports --run-date 2026-11-22",
+    "sample": "ser-ray sample --scored reports --run-date 2026-11-22 --n 200 --output label-1122",
+    "adapt": "ser-ray adapt --model runs/emodb-logreg --labels label-1122/sheet.csv --output m2",
     "list": "ser-ray list models",
 }
 
@@ -359,11 +392,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over instead of resuming an interrupted sweep in --output")
     u.set_defaults(func=cmd_tune)
 
-    e = sub.add_parser("evaluate", help="score a saved model on prepared features")
+    e = sub.add_parser("evaluate", help="score a saved model on prepared features, or on "
+                                        "segments people labelled (--labels)")
     e.add_argument("--model", required=True, help="model folder written by train, tune or fuse")
-    e.add_argument("--features", nargs="+", required=True, metavar="DIR", dest="roots")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", nargs="+", metavar="DIR", dest="roots")
+    src.add_argument("--labels", metavar="SHEET", help=SHEET_HELP)
+    e.add_argument("--outcomes", metavar="TABLE",
+                   help="--labels: CSV/Parquet of call outcomes (call_id, optional run_date, 0/1 "
+                        "columns such as escalated): precision@k, recall@k and AUROC of the ranking")
+    e.add_argument("--seed", type=int, default=0, help="--labels: the bootstrap's seed")
     e.add_argument("--output", required=True)
     e.set_defaults(func=cmd_evaluate)
+
+    ad = sub.add_parser("adapt", help="refit a model's head on its data plus your labelled calls")
+    ad.add_argument("--model", required=True, help="model folder written by train or tune")
+    ad.add_argument("--labels", required=True, metavar="SHEET", help=SHEET_HELP)
+    ad.add_argument("--output", required=True, help="the adapted model folder to write")
+    ad.add_argument("--features", nargs="+", metavar="DIR", dest="roots",
+                    help="the model's training feature folders (default: those it names)")
+    for flag, default, what in (("weight", 3, "copies of each labelled segment"),
+                                ("min-per-class", 3, "labelled segments each labelled class needs"),
+                                ("folds", 3, "before/after folds over the labelled calls"),
+                                ("seed", 0, "the folds' seed")):
+        ad.add_argument(f"--{flag}", type=int, default=default, help=f"{what} ({default})")
+    ad.set_defaults(func=cmd_adapt)
 
     f = sub.add_parser("fuse", help="late fusion: average the probabilities of saved models")
     f.add_argument("--model", action="append", required=True, dest="models", metavar="DIR",
@@ -393,13 +446,24 @@ def build_parser() -> argparse.ArgumentParser:
                          "training audio (the drift limits; same as drift.fail_on_drift=true)")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_score)
+
+    sa = sub.add_parser("sample", help="choose segments of scored nights to label in the browser")
+    sa.add_argument("--scored", help="a `score` output folder or s3://bucket/prefix")
+    sa.add_argument("--run-date", dest="run_dates", action="append", metavar="YYYY-MM-DD",
+                    help="a night to sample (repeat for more; default every committed night)")
+    sa.add_argument("--n", type=int, help="segments to choose (100)")
+    sa.add_argument("--seed", type=int, help="the same seed chooses the same segments")
+    sa.add_argument("--output", help="the labelling folder to write (local)")
+    _config_args(sa, "YAML SampleConfig (mix, per_call, labels, label_map, ...)",
+                 "--set per_call=2 --set mix.uncertain=0.5")
+    sa.set_defaults(func=cmd_sample)
     for name in JOBS:
         sub.choices[name].add_argument(
             "--verbose", action="store_true",
             help="show Ray's and the libraries' logs here instead of in <output>/logs/")
     for name in ("train", "cv", "tune"):
         sub.choices[name].add_argument("--no-progress", action="store_true")
-    for name in ("evaluate", "fuse", "score"):
+    for name in ("evaluate", "fuse", "score", "adapt"):
         sub.choices[name].add_argument(
             "--trust-model", dest="trust_model", action="store_true",
             default=None if name == "score" else False,
@@ -412,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that run jobs on Ray: quiet by default (ser_ray.console), --verbose to see it all.
-JOBS = ("prepare", "train", "cv", "tune", "evaluate", "score")
+JOBS = ("prepare", "train", "cv", "tune", "evaluate", "score", "adapt")
 
 
 def main(argv: list[str] | None = None) -> int:

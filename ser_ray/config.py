@@ -248,17 +248,6 @@ class DriftConfig(Checked):
     min_windows: int = 50                 # fewer windows: figures reported, no alarm
     fail_on_drift: bool = False
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("max_ood_share", "max_label_shift"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v <= 1:
-                raise ValueError(f"drift.{name}={v} must be in [0, 1] (or null: off)")
-        if self.max_psi is not None and self.max_psi < 0:
-            raise ValueError(f"drift.max_psi={self.max_psi} must be >= 0 (or null: off)")
-        if self.min_windows < 0:
-            raise ValueError(f"drift.min_windows={self.min_windows} must be >= 0")
-
 
 @dataclass(frozen=True)
 class CostConfig(Checked):
@@ -338,6 +327,43 @@ class ScoreConfig(Checked):
     report: ReportConfig = field(default_factory=ReportConfig)  # clips on the report page
     drift: DriftConfig = field(default_factory=DriftConfig)  # when the night's audio is unlike training
     s3: S3Config = field(default_factory=S3Config)
+
+
+SAMPLE_MIX = {"urgent": 0.3, "uncertain": 0.3, "random": 0.4}
+
+
+@dataclass(frozen=True)
+class SampleConfig(Checked):
+    """``ser-ray sample``: segments of scored nights for a person to label (score/sample.py)."""
+
+    scored: str = ""                 # a `score` output folder or s3:// prefix
+    run_dates: tuple[str, ...] = ()  # nights to sample; () = every committed night
+    n: int = 100                     # segments to choose
+    output: str = ""                 # the labelling folder (local)
+    seed: int = 0
+    # shares of the choice: the most urgent calls' worst moments, the least sure segments,
+    # a random sample stratified by predicted label
+    mix: dict[str, float] = field(default_factory=lambda: dict(SAMPLE_MIX), hash=False)
+    per_call: int = 3                # at most this many segments of one call
+    per_night: int | None = None     # ... and of one night (None: no cap)
+    context_s: float = 1.0           # seconds of audio either side of a segment in its clip
+    labels: tuple[str, ...] = ()     # the team's label set (buttons); () = the model's + unclear
+    label_map: dict[str, str] = field(default_factory=dict, hash=False)  # team -> model label
+    s3: S3Config = field(default_factory=S3Config)
+
+    def __post_init__(self):
+        super().__post_init__()
+        # a share given alone (--set mix.uncertain=0.5) keeps the others' defaults
+        object.__setattr__(self, "mix", {**SAMPLE_MIX, **dict(self.mix)})
+        unknown = set(self.mix) - {"urgent", "uncertain", "random"}
+        if unknown or not self.mix or any(v < 0 for v in self.mix.values()) \
+                or sum(self.mix.values()) <= 0:
+            raise ValueError(f"sample: mix={dict(self.mix)} takes urgent, uncertain and random "
+                             "with shares >= 0 (not all 0)")
+        bad = {k: v for k, v in self.label_map.items() if self.labels and k not in self.labels}
+        if bad:
+            raise ValueError(f"sample: label_map names labels {sorted(bad)} that are not in "
+                             f"labels={list(self.labels)}")
 
 
 def _is_dataclass_type(tp: Any) -> bool:

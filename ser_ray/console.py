@@ -29,7 +29,7 @@ LIBRARY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air", "trans
                    "huggingface_hub", "optuna", "mlflow", "alembic")
 
 # Commands whose --output is a model folder, replaced whole when it is written.
-MODEL_FOLDER_COMMANDS = ("train", "fuse")
+MODEL_FOLDER_COMMANDS = ("train", "fuse", "adapt")
 
 _state: dict = {"log": None, "path": None, "verbose": True}
 

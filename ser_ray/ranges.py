@@ -16,10 +16,12 @@ POSITIVE = frozenset({
     "read_cpus", "read_ahead", "report_top", "lock_ttl_h", "min_calls", "vad_sample_rate",
     "n_mfcc", "n_mels", "n_fft", "hop_length", "win_length", "n_chroma", "n_bands", "n_octaves",
     "cpus_per_trial", "workers_per_trial", "max_concurrent", "num_samples", "grace_period",
-    "reduction_factor",
+    "reduction_factor", "n", "per_call", "per_night",
 })
 NON_NEGATIVE = frozenset({"gpus_per_worker", "offset_s", "min_duration_s", "context_s",
-                          "min_window_s", "pre_emphasis", "deltas", "fmin", "max_failures"})
+                          "min_window_s", "pre_emphasis", "deltas", "fmin", "max_failures",
+                          "max_psi", "min_windows"})
+FRACTION = frozenset({"max_ood_share", "max_label_shift"})  # in [0, 1]
 AT_LEAST = {"folds": 2}
 BELOW_ONE = frozenset({"pre_emphasis", "validation_fraction"})
 
@@ -40,6 +42,8 @@ def check_ranges(cfg: Any) -> None:
             raise ValueError(f"{name}={v!r} ({owner}) must be >= {AT_LEAST[name]}")
         if name in BELOW_ONE and not 0 <= v < 1:
             raise ValueError(f"{name}={v!r} ({owner}) must be in [0, 1)")
+        if name in FRACTION and not 0 <= v <= 1:
+            raise ValueError(f"{name}={v!r} ({owner}) must be in [0, 1]")
 
 
 class Checked:

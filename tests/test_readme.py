@@ -66,6 +66,8 @@ def test_every_ser_ray_command_in_the_readme_runs_as_written(tmp_path, monkeypat
     listed = [p for p in (runs / "calls").rglob("*") if p.is_file()
               and p.suffix in (".wav", ".flac", ".mp3", ".ogg")]
     assert len(calls) == len(listed) and calls["urgency_rank"].notna().any()
+    assert (calls["status"] == "scored").sum() == 8  # the backlog's 8 good calls
+    assert len((runs / "label" / "sheet.csv").read_text().splitlines()) == 1 + 12
     assert (runs / "scored" / "logs" / "score.log").exists()  # quiet: Ray's lines went there
     assert json.loads((runs / "cv-cnn" / "metrics.json").read_text())["trainer"] == "local"
     assert (tmp_path / "mlruns").is_dir() and (runs / "cv-tracked" / "tensorboard").is_dir()

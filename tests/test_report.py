@@ -90,10 +90,11 @@ def test_random_kfold_is_flagged_optimistic(tmp_path):
 
 
 def test_every_protocol_has_a_meaning():
-    # the cv protocols, plus "held-out" for `ser-ray evaluate` of a saved model
+    # the cv protocols, plus "held-out" for `ser-ray evaluate` of a saved model and "labelled"
+    # for `ser-ray evaluate --labels`
     from ser_ray.learn.splits import PROTOCOLS
 
-    assert set(PROTOCOL_MEANINGS) == {*PROTOCOLS, "held-out"}
+    assert set(PROTOCOL_MEANINGS) == {*PROTOCOLS, "held-out", "labelled"}
     assert "optimistic" in describe_protocol("random-kfold")
     with pytest.warns(UserWarning, match="no description"):
         assert "no description" in describe_protocol("made-up")

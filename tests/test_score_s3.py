@@ -69,6 +69,19 @@ def test_s3_backlog_and_reports_equal_a_local_run(ray_after_s3, score_model, tmp
                               "s3://calls/meta/2026-11-22.csv"), progress=False)
     assert not storage.exists(f"s3://calls/reports/_staging/{NIGHT}.lock")
 
+    # ser-ray sample from the S3 night: the same sheet as from the local one, the clips copied
+    from ser_ray.config import SampleConfig
+    from ser_ray.score.sample import run_sample
+
+    sheets = {}
+    for name, scored in (("local", tmp_path / "out"), ("s3", "s3://calls/reports")):
+        run_sample(SampleConfig(scored=str(scored), n=6, output=str(tmp_path / f"label-{name}")))
+        sheets[name] = pd.read_csv(tmp_path / f"label-{name}" / "sheet.csv")
+    pd.testing.assert_frame_equal(sheets["local"], sheets["s3"])
+    assert len(sheets["s3"]) == 6 and sheets["s3"]["clip"].notna().all()
+    for clip in sheets["s3"]["clip"]:
+        assert (tmp_path / "label-s3" / clip).read_bytes() == (tmp_path / "label-local" / clip).read_bytes()
+
 
 def test_an_encoder_feature_model_on_s3_with_the_staged_pools_equals_a_local_run(ray_after_s3, tmp_path):
     """A model on (tiny, random) Whisper encoder features, trained by ``ser-ray train``, scores

@@ -34,6 +34,8 @@ PROTOCOL_MEANINGS: dict[str, str] = {
                 "train; no speaker in both train and test",
     "held-out": "held-out evaluation of a saved model on the given feature tables; the report "
                 "says whether any test speaker was in the model's training data",
+    "labelled": "a saved model on segments of scored calls that people labelled (ser-ray sample); "
+                "intervals from a bootstrap over calls",
     "cross-corpus": "cross-corpus: train on some corpora, test on a corpus never seen in training "
                     "(new speakers, recording conditions and label habits)",
     "leave-one-corpus-out": "leave-one-corpus-out: each fold tests one corpus never seen in "
@@ -335,7 +337,8 @@ def _corpus_lines(matrix: Mapping[str, Any]) -> list[str]:
 
 
 def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[str, Any]],
-                   seed: Any, config: Mapping[str, Any], title: str | None = None) -> str:
+                   seed: Any, config: Mapping[str, Any], title: str | None = None,
+                   notes: Sequence[str] = ()) -> str:
     """summary.md text: protocol and its meaning, setup, UA/WA mean ± std, per-fold, per-class
     and (when ``metrics["noisy"]`` is present) noisy-test tables, and the confusion image."""
     protocol = str(metrics["protocol"])
@@ -356,6 +359,7 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
     lines += [f"- {shown}: {name}" for shown, name in setup.items()]
     if "n" in metrics:
         lines.append(f"- Test rows (all folds): {metrics['n']}")
+    lines += [str(n) for n in notes]  # what the caller adds (evaluate --labels: what it rests on)
     drift = metrics.get("drift")
     if drift:  # evaluate: how unlike the model's training rows the test rows are
         lines.append(f"- Out of the training distribution: {_pct(drift['ood_share'])} % of "
@@ -426,8 +430,8 @@ def render_summary(metrics: Mapping[str, Any], *, per_class: Sequence[Mapping[st
 
 
 def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Sequence[str],
-                 seed: Any, config: Mapping[str, Any] | Any, title: str | None = None
-                 ) -> dict[str, Path]:
+                 seed: Any, config: Mapping[str, Any] | Any, title: str | None = None,
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
     """Write metrics.json, per_class.csv, confusion.png and summary.md into ``out_dir``.
 
     ``metrics`` holds at least ``protocol`` (a name, see :data:`PROTOCOL_MEANINGS`), ``folds``
@@ -466,7 +470,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], *, labels: Seq
                                     title=f"{metrics['protocol']}, pooled over {n_folds} "
                                           f"fold{'s' if n_folds != 1 else ''}"),
         "summary": render_summary(metrics, per_class=per_class, seed=seed, config=config,
-                                  title=title).encode(),
+                                  title=title, notes=notes).encode(),
         "metrics": (json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n").encode(),
     }
     cal = metrics.get("calibration") or {}
