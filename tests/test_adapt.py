@@ -87,6 +87,9 @@ def test_evaluate_adapt_and_score_again_on_a_shifted_domain(domain, score_model,
     called = [set(f["calls"]) for f in report["folds"]]
     assert all(not (a & b) for i, a in enumerate(called) for b in called[i + 1:])  # no call on both sides
     assert report["pooled"]["ua_after"] > report["pooled"]["ua_before"]
+    cal = json.loads((tmp_path / "m2" / "calibration.json").read_text())
+    assert cal["n"] == 40 and report["calibration"]["fitted_on"] == "in-domain rows, out of fold"
+    assert json.loads((tmp_path / "m2" / "metrics.json").read_text())["calibration"]["n"] == 40
     extra = json.loads((tmp_path / "m2" / "model.json").read_text())["extra"]["adapted_on"]
     assert extra["in_domain_segments"] == 40 and extra["weight"] == 3 and len(extra["sheet_sha256"]) == 64
     # score night b again with the adapted model; both models on its labelled calls

@@ -6,8 +6,9 @@ The model's training rows are read again from the feature folders its ``features
 features (``learn.labelled.segment_rows``), its call standing in for a speaker and
 ``in-domain`` for a corpus, copied ``weight`` times (an integer weight of the in-domain rows).
 The head is refitted with the model's own configuration, the encoder untouched (features are
-the frozen encoder's), and calibrated on held-out speakers of the combined rows, in-domain calls
-among them, as ``train`` does. The folder keeps its format; ``model.json`` says what it was
+the frozen encoder's; a fine-tuned encoder model is refitted whole, as ``train`` fits it), then
+recalibrated on the in-domain rows: the temperature and "not sure" threshold are fitted on the
+before/after folds' out-of-fold predictions of the labelled segments. The folder keeps its format; ``model.json`` says what it was
 adapted on (the sheet's hash, counts, weight, the model it came from).
 
 Before and after: the labelled calls are split into folds (no call on both sides); for each,
@@ -121,12 +122,14 @@ def adapt_model(model_dir: str | Path, sheet_path: str | Path, out_dir: str | Pa
     before_p = pred.predict_proba(X_eval).argmax(1)
     y = np.array([labels.index(t) for t in rows["truth"]])
     folds, after_p = [], np.zeros(len(rows), int)
+    raw = np.zeros((len(rows), len(labels)))  # out-of-fold, uncalibrated: what recalibrates
     for k, (tr, te) in enumerate(GroupKFold(n_splits=n_folds).split(rows, groups=groups)):
         keep = np.isin(np.arange(len(meta_in)) % len(rows), tr)
         fold_dir = work / f"fold{k}"
         train_model(_combined(data, X_in[keep], meta_in[keep].reset_index(drop=True)), cfg,
                     fold_dir / "model", work_dir=fold_dir / "train")
         adapted = load_predictor(fold_dir / "model")
+        raw[te] = adapted.predict_proba(X_eval[te], calibrated=False)
         after_p[te] = adapted.predict_proba(X_eval[te]).argmax(1)
         folds.append({"fold": k, "calls": sorted(set(groups[te])), "n": int(len(te)),
                       "ua_before": compute_metrics(y[te], before_p[te], labels)["ua"],
@@ -143,8 +146,27 @@ def adapt_model(model_dir: str | Path, sheet_path: str | Path, out_dir: str | Pa
                   "in_domain_calls": counts["calls"], "weight": settings.weight}
     train_model(_combined(data, X_in, meta_in), cfg, out_dir, work_dir=work / "final",
                 extra={"adapted_on": adapted_on})
+    report["calibration"] = _recalibrate(out_dir, raw, y, cfg)
     (Path(out_dir) / "adapt.json").write_text(json.dumps(report, indent=2, default=str))
     p = report["pooled"]
     log(f"adapted on {len(rows)} labelled segments of {counts['calls']} calls (x{settings.weight}): "
         f"held-out UA {p['ua_before']:.3f} -> {p['ua_after']:.3f} over {n_folds} folds -> {out_dir}")
     return report
+
+
+def _recalibrate(out_dir: str | Path, raw: np.ndarray, y: np.ndarray, cfg) -> dict[str, Any] | None:
+    """The adapted model's temperature and "not sure" threshold fitted again on the in-domain
+    rows: out-of-fold predictions of the before/after folds, each by a model adapted without
+    that fold's calls. None when the model is not calibrated (``calibration: none``)."""
+    from ser_ray.learn.folds import calibration_method
+    from ser_ray.models.artifact import load_predictor, save_predictor
+    from ser_ray.models.calibration import fit_temperature
+
+    if calibration_method(cfg) == "none":
+        return None
+    pred = load_predictor(out_dir)
+    pred.calibration = fit_temperature(raw, y, coverage=cfg.uncertain_coverage)
+    record = {"method": "temperature", "temperature": pred.calibration.temperature,
+              "n": pred.calibration.n, "fitted_on": "in-domain rows, out of fold"}
+    save_predictor(out_dir, pred, metrics={**pred.metrics, "calibration": record})
+    return record
