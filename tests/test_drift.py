@@ -206,17 +206,10 @@ def test_an_out_of_domain_night_alarms_and_fails_after_publishing(drift_nights):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_pages_show_the_banner_and_the_nights_chart(drift_nights):
-    from test_report_page import _browser_or_skip
-
-    from selenium import webdriver
+    from browser_helpers import chrome
     from selenium.webdriver.common.by import By
 
-    chromium, driver = _browser_or_skip()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(arg)
-    b = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+    b = chrome()
     try:
         loud, quiet = drift_nights["loud"], drift_nights["quiet"]
         b.get(Path(loud["outputs"]["report_html"]).as_uri())

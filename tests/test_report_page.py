@@ -6,38 +6,18 @@ index page linking to the night."""
 from __future__ import annotations
 
 import io as _io
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_helpers import chrome, console_errors
 
 pytestmark = pytest.mark.browser
 
 
-def _browser_or_skip() -> tuple[str, str]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium and driver:
-        return chromium, driver
-    reason = "chromium/chromedriver absent; install with `sudo sh tests/browser/install.sh`"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: browser tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver = _browser_or_skip()
-    from selenium import webdriver
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1600"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    b = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+    b = chrome("--window-size=1280,1600")
     yield b
     b.quit()
 
@@ -57,16 +37,12 @@ def demo_night(ray_session, score_model, tmp_path_factory):
     return {"run": run, "calls": read_calls(root / "scored", DEMO_NIGHT), "out": root / "scored"}
 
 
-def _errors(browser) -> list[dict]:
-    return [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-
-
 def test_the_report_page_loads_clean_with_the_calls_in_rank_order(browser, demo_night):
     from selenium.webdriver.common.by import By
 
     page = Path(demo_night["run"]["outputs"]["report_html"])
     browser.get(page.as_uri())
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
     calls = demo_night["calls"]
     scored = calls[calls["status"] == "scored"].sort_values("urgency_rank")
     rows = browser.find_elements(By.CSS_SELECTOR, "table#urgent tbody tr")
@@ -115,10 +91,10 @@ def test_the_index_lists_the_night_and_links_to_its_page(browser, demo_night):
 
     run = demo_night["run"]
     browser.get(Path(run["outputs"]["report_index"]).as_uri())
-    assert _errors(browser) == []
+    assert console_errors(browser) == []
     rows = browser.find_elements(By.CSS_SELECTOR, "table#nights tbody tr")
     assert len(rows) == 1 and run["run_date"] in rows[0].text
     rows[0].find_element(By.TAG_NAME, "a").click()
     assert Path(browser.current_url.replace("file://", "")).name == f"{run['run_id']}.html"
     assert browser.find_elements(By.CSS_SELECTOR, "table#urgent tbody tr")
-    assert _errors(browser) == []
+    assert console_errors(browser) == []

@@ -159,28 +159,19 @@ def test_bad_requests_are_clear_errors(tmp_path):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_labelling_page_plays_labels_and_saves_the_sheet(nights, tmp_path):
-    from test_report_page import _browser_or_skip
-
-    from selenium import webdriver
+    from browser_helpers import chrome, console_errors
     from selenium.webdriver.common.by import By
 
     _, sheet = _sample(nights, "page", n=5, labels=("frustrated", "satisfied", "neutral", "unclear"),
                        label_map={"frustrated": "angry", "satisfied": "calm", "neutral": "neutral"})
-    chromium, driver = _browser_or_skip()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--autoplay-policy=no-user-gesture-required"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    b = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+    b = chrome("--autoplay-policy=no-user-gesture-required")
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     try:
         b.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow",
                                                           "downloadPath": str(downloads)})
         b.get((nights / "page" / "label.html").as_uri())
-        assert [e for e in b.get_log("browser") if e["level"] == "SEVERE"] == []
+        assert console_errors(b) == []
         buttons = [x.text for x in b.find_elements(By.CSS_SELECTOR, "#row-0 button.label")]
         assert buttons == ["frustrated", "satisfied", "neutral", "unclear"]
         # the first clip plays
