@@ -230,7 +230,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from ser_ray.runtime import init_ray
 
     init_ray()
-    settings = AdaptSettings(args.weight, args.min_per_class, args.folds, args.seed)
+    settings = AdaptSettings(args.weight, args.min_per_class, args.folds)
     report = adapt_model(args.model, args.labels, args.output, roots=args.roots,
                          settings=settings, trust=args.trust_model)
     print(json.dumps({"pooled": report["pooled"], "labelled": report["labelled"],
@@ -413,8 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the model's training feature folders (default: those it names)")
     for flag, default, what in (("weight", 3, "copies of each labelled segment"),
                                 ("min-per-class", 3, "labelled segments each labelled class needs"),
-                                ("folds", 3, "before/after folds over the labelled calls"),
-                                ("seed", 0, "the folds' seed")):
+                                ("folds", 3, "before/after folds over the labelled calls")):
         ad.add_argument(f"--{flag}", type=int, default=default, help=f"{what} ({default})")
     ad.set_defaults(func=cmd_adapt)
 

@@ -38,15 +38,11 @@ class AdaptSettings:
     weight: int = 3            # copies of each in-domain row
     min_per_class: int = 3     # labelled segments each labelled class needs
     folds: int = 3             # before/after folds over the labelled calls
-    seed: int = 0
 
 
-def _in_domain(pred, rows: pd.DataFrame, folder: Path, weight: int):
-    """The labelled segments as learning rows (X, meta) in the model's input space, before any
-    normalisation (the fit applies the model's own)."""
-    from ser_ray.learn.labelled import segment_rows
-
-    X = segment_rows(pred, rows, folder, standardised=False)
+def _in_domain(X: np.ndarray, rows: pd.DataFrame, weight: int):
+    """The labelled segments' rows ``X`` (before any normalisation: the fit applies the
+    model's own) as learning rows (X, meta), each ``weight`` times."""
     keys = rows["run_date"].astype(str) + "/" + rows["call_id"].astype(str)
     metas, Xs = [], []
     for k in range(weight):
@@ -90,7 +86,7 @@ def adapt_model(model_dir: str | Path, sheet_path: str | Path, out_dir: str | Pa
     from ser_ray.config import LearnConfig, from_dict
     from ser_ray.learn.data import load_learn_features
     from ser_ray.learn.experiment import train_model
-    from ser_ray.learn.labelled import read_labels, segment_rows
+    from ser_ray.learn.labelled import head_rows, read_labels, segment_rows
     from ser_ray.learn.metrics import compute_metrics
     from ser_ray.models.artifact import folder_hash, load_predictor
 
@@ -100,7 +96,7 @@ def adapt_model(model_dir: str | Path, sheet_path: str | Path, out_dir: str | Pa
     pred = load_predictor(model_dir, trust=trust)
     labels = list(pred.labels)
     sheet_path = Path(sheet_path)
-    rows, counts = read_labels(sheet_path, labels)
+    rows, counts, _ = read_labels(sheet_path, labels)
     check_enough(rows, labels, settings)
     meta = json.loads((Path(model_dir) / "model.json").read_text())
     cfg = from_dict(LearnConfig, dict(meta["extra"]["config"]))
@@ -114,11 +110,12 @@ def adapt_model(model_dir: str | Path, sheet_path: str | Path, out_dir: str | Pa
         raise ValueError(f"adapt: the training features give labels {data.labels}, the model has "
                          f"{labels}; pass the folders it was trained on")
     folder = sheet_path.parent
-    X_in, meta_in = _in_domain(pred, rows, folder, settings.weight)
+    X_rows = segment_rows(pred, rows, folder)  # each clip through the features once
+    X_in, meta_in = _in_domain(X_rows, rows, settings.weight)
     work = Path(f"{out_dir}.work")
     groups = (rows["run_date"].astype(str) + "/" + rows["call_id"].astype(str)).to_numpy()
     n_folds = min(settings.folds, len(set(groups)))
-    X_eval = segment_rows(pred, rows, folder)
+    X_eval = head_rows(pred, X_rows)
     before_p = pred.predict_proba(X_eval).argmax(1)
     y = np.array([labels.index(t) for t in rows["truth"]])
     folds, after_p = [], np.zeros(len(rows), int)

@@ -26,8 +26,10 @@ UNCLEAR = "unclear"
 N_BOOT = 1000
 
 
-def read_labels(sheet_path: str | Path, model_labels: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The labelled rows of a sheet with ``truth`` (a model label) -> (rows, counts)."""
+def read_labels(sheet_path: str | Path, model_labels: Sequence[str]
+                ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """The labelled rows of a sheet with ``truth`` (a model label) -> (rows, counts, the
+    ``sample.json`` beside it, or {})."""
     path = Path(sheet_path)
     if not path.is_file():
         raise FileNotFoundError(f"--labels {path}: no such file; pass the sheet.csv of a "
@@ -55,18 +57,14 @@ def read_labels(sheet_path: str | Path, model_labels: Sequence[str]) -> tuple[pd
               "unclear": int(is_unclear.sum()), "used": len(rows),
               "unclear_share": float(is_unclear.mean()) if len(done) else None,
               "calls": int(rows[["run_date", "call_id"]].drop_duplicates().shape[0])}
-    return rows.reset_index(drop=True), counts
+    return rows.reset_index(drop=True), counts, info
 
 
-def segment_rows(predictor, rows: pd.DataFrame, folder: str | Path,
-                 standardised: bool = True) -> np.ndarray:
-    """Each labelled segment, cut from its clip, as the model's input row (with
-    ``standardised``, by the training population when the model was trained with speaker or
-    corpus normalisation, as its head takes it; without, as a feature table holds it)."""
+def segment_rows(predictor, rows: pd.DataFrame, folder: str | Path) -> np.ndarray:
+    """Each labelled segment, cut from its clip, as the model's input row as a feature table
+    holds it (before any speaker or corpus standardisation: :func:`head_rows`)."""
     from ser_ray import audio
-    from ser_ray.config import NORMALISE_GROUPS
     from ser_ray.features.windows import WindowFeatures
-    from ser_ray.normalise import standardise
 
     feats = WindowFeatures(predictor.feature_config)
     windows = []
@@ -78,12 +76,19 @@ def segment_rows(predictor, rows: pd.DataFrame, folder: str | Path,
         y = audio.resample(audio.downmix(decoded.samples), decoded.sample_rate, feats.sr)
         windows.append(audio.window(y, feats.sr, float(r.clip_start_s),
                                     float(r.end_s) - float(r.start_s), pad=False))
-    X = feats.many(windows) if windows else np.zeros((0, *predictor.input_shape), np.float32)
-    if standardised and NORMALISE_GROUPS[predictor.feature_config.get("normalise", "global")] \
-            is not None and len(X):
-        n = predictor.normalisation
-        X = standardise(X, n["population_mean"], n["population_std"])
-    return X
+    return feats.many(windows) if windows else np.zeros((0, *predictor.input_shape), np.float32)
+
+
+def head_rows(predictor, X: np.ndarray) -> np.ndarray:
+    """Segment rows as the model's head takes them: a model trained with speaker or corpus
+    normalisation gets them standardised by its training population (a segment has no group)."""
+    from ser_ray.config import NORMALISE_GROUPS
+    from ser_ray.normalise import standardise
+
+    if NORMALISE_GROUPS[predictor.feature_config.get("normalise", "global")] is None or not len(X):
+        return X
+    n = predictor.normalisation
+    return standardise(X, n["population_mean"], n["population_std"])
 
 
 def _interval(values: Sequence[float]) -> list[float] | None:
@@ -170,11 +175,11 @@ def evaluate_labels(model_dir: str | Path, sheet_path: str | Path, out_dir: str 
 
     pred = load_predictor(model_dir, trust=trust)
     labels = list(pred.labels)
-    rows, counts = read_labels(sheet_path, labels)
+    rows, counts, info = read_labels(sheet_path, labels)
     if rows.empty:
         raise ValueError(f"--labels {sheet_path}: no labelled segment to evaluate on "
                          f"({counts['unlabelled']} unlabelled, {counts['unclear']} unclear)")
-    X = segment_rows(pred, rows, Path(sheet_path).parent)
+    X = head_rows(pred, segment_rows(pred, rows, Path(sheet_path).parent))
     proba = pred.predict_proba(X)
     y = np.array([labels.index(t) for t in rows["truth"]])
     yhat = proba.argmax(1)
@@ -203,8 +208,6 @@ def evaluate_labels(model_dir: str | Path, sheet_path: str | Path, out_dir: str 
     if outcomes is not None:
         table = pd.read_parquet(outcomes) if str(outcomes).endswith(".parquet") \
             else pd.read_csv(outcomes, dtype={"call_id": str, "run_date": str})
-        info_path = Path(sheet_path).parent / "sample.json"
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         metrics["outcomes"] = outcome_figures(ranked_calls(info), table, seed)
     write_report(out_dir, metrics, labels=labels, seed=seed,
                  config={"model": pred.model_name, "labels": str(sheet_path)},

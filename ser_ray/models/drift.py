@@ -126,7 +126,7 @@ class DriftReference:
                   time_axis, len(V), n_folds, PERCENTILE,
                   {lab: float(c / max(counts.sum(), 1)) for lab, c in zip(labels, counts)},
                   inputs or {})
-        ref.shares = ref.bin_counts(X) / len(V)
+        ref.shares = ref._bins(V) / len(V)
         return ref
 
     # -- applying -----------------------------------------------------------------------------
@@ -136,7 +136,9 @@ class DriftReference:
 
     def bin_counts(self, X: np.ndarray) -> np.ndarray:
         """(d, BINS) counts of rows per feature and training decile: add them up over a night."""
-        V = pool(X, self.time_axis)
+        return self._bins(pool(X, self.time_axis))
+
+    def _bins(self, V: np.ndarray) -> np.ndarray:
         out = np.zeros((self.n_features, BINS), dtype=np.int64)
         for j in range(self.n_features):
             out[j] = np.bincount(np.searchsorted(self.edges[j], V[:, j], side="right"),
