@@ -16,7 +16,10 @@ Runs, after one untimed warm-up run (Ray start-up, first imports):
   (b)   ``num_workers=1``, the mid backlog (``--mid`` x 1x);
   (c)   one actor per core, the mid backlog;
   (s)   ``engine=staged`` (one read pool, model actors on the rest), the mid backlog;
-  (c1)  one actor per core, 1x;   (c10) one actor per core, ``--scale`` x 1x.
+  (c1)  one actor per core, 1x;   (c10) one actor per core, ``--scale`` x 1x;
+  (c10-int8) the same with the encoder in int8 (``encoder_precision=int8``; the fp32-trained
+        model, so ``allow_mixed_precision``: ``benchmarks/encoder_precision.py`` measures what
+        that does to UA, within 0.5 points on EmoDB).
 Throughput is audio seconds per second of the scoring phase (``scoring_s``: listing to the last
 unit, actor start-up and model loading included). The model-stage busy share is the run
 record's ``model_seconds`` (features, encoder, head and staging writes, summed over the model
@@ -28,7 +31,8 @@ With ``--gpu`` (a GPU node; not run here, no GPU was lent) only (g) runs: the 10
 ``engine=staged`` and one model actor per GPU, printing audio hours per GPU hour and the GPU busy
 share (mean ``nvidia-smi`` utilisation over the run; target >= 80 %).
 
-Targets on CPU: real-time factor per core (c10 / cores) >= 25, peak memory c10 / c1 <= 1.3.
+Targets on CPU: real-time factor per core (c10 / cores) >= 25, with int8 (c10-int8 / cores)
+>= 50, peak memory c10 / c1 <= 1.3.
 Scaling (c)/(b) is printed against the ideal of one per core. The exit status is 1 when a
 target is not met.
 """
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true",
                     help="on a GPU node: (g) the 10x backlog with engine=staged, one model actor "
                          "per GPU; prints audio hours per GPU hour and the GPU busy share")
+    ap.add_argument("--runs", help="comma-separated subset of b,c,s,c1,c10,c10-int8 (default: all)")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", help="parent folder for the temp backlog (default: $TMPDIR)")
     args = ap.parse_args(argv)
@@ -139,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     measure("warm-up (untimed)", lambda: run_once(one, args.model, tmp / "o"))
     plan = [("b", mid, {"num_workers": 1}), ("c", mid, {}),
             ("s", mid, {"engine": "staged", "read_cpus": 0.5}),
-            ("c1", one, {}), ("c10", big, {})]
+            ("c1", one, {}), ("c10", big, {}),
+            ("c10-int8", big, {"encoder_precision": "int8", "allow_mixed_precision": True})]
     if args.gpu:
         plan = [("g", big, {"engine": "staged", "gpus_per_worker": 1.0, "batch_size": 256})]
+    elif args.runs:
+        plan = [p for p in plan if p[0] in args.runs.split(",")]
     res = {}
     for key, backlog, kw in plan:
         t0 = time.time()
@@ -165,11 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"runs": res, "cores": cores}, indent=2))
         return 0 if g["gpu_busy"] >= 0.8 else 1
-    ratios = {"rt_per_core": res["c10"]["rate"] / cores,
-              "scaling": res["c"]["rate"] / res["b"]["rate"],
-              "staged_vs_actors": res["s"]["rate"] / res["c"]["rate"],
-              "memory_10x_1x": res["c10"]["peak_gb"] / res["c1"]["peak_gb"]}
-    targets = {"rt_per_core": (">=", 25.0), "memory_10x_1x": ("<=", 1.3)}
+    formulas = {"rt_per_core": (("c10",), lambda r: r["c10"]["rate"] / cores),
+                "rt_per_core_int8": (("c10-int8",), lambda r: r["c10-int8"]["rate"] / cores),
+                "int8_vs_fp32": (("c10", "c10-int8"), lambda r: r["c10-int8"]["rate"] / r["c10"]["rate"]),
+                "scaling": (("b", "c"), lambda r: r["c"]["rate"] / r["b"]["rate"]),
+                "staged_vs_actors": (("c", "s"), lambda r: r["s"]["rate"] / r["c"]["rate"]),
+                "memory_10x_1x": (("c1", "c10"), lambda r: r["c10"]["peak_gb"] / r["c1"]["peak_gb"])}
+    ratios = {k: f(res) for k, (need, f) in formulas.items() if all(n in res for n in need)}
+    targets = {"rt_per_core": (">=", 25.0), "rt_per_core_int8": (">=", 50.0),
+               "memory_10x_1x": ("<=", 1.3)}
     print(f"\n{cpu_model()}, {cores} cores; audio 1x {audio_1x:.0f} s\n")
     print("| run | engine | model actors | audio s | scoring s | audio s/s | model busy | read s "
           "| model s | peak GB |")

@@ -54,7 +54,19 @@ class _BeforeTorchvision(importlib.abc.MetaPathFinder):
         return None
 
 
+def quiet_optional_kernels() -> None:
+    """torchao (the int8 encoder path; transformers imports it too when installed) logs every
+    optional CUDA kernel library a CPU-only torch cannot load, and torch a deprecation of how
+    torchao registers its enums: noise in every worker's log, set to errors only before either
+    is imported."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def install() -> None:
+    quiet_optional_kernels()
     if "torchvision" in sys.modules:
         return
     if not any(isinstance(f, _BeforeTorchvision) for f in sys.meta_path):

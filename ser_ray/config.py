@@ -318,6 +318,8 @@ class ScoreConfig(Checked):
     normalisation: ScoreNormalisation = field(default_factory=ScoreNormalisation)
     rescore: bool = False            # also score calls an earlier night scored with this model
     trust_model: bool = False        # also load a model that needs pickle (see ser_ray.models.artifact)
+    encoder_precision: str | None = None  # None: as the model's features were made | fp32 | int8 | auto
+    allow_mixed_precision: bool = False  # score int8 features with a float-trained model (or back)
     replace_night: bool = False      # republish a night even if its committed rows hold calls
                                      # this run does not list (other inputs)
     lock_ttl_h: float = 24.0         # a night's lock older than this is stale (its run died)

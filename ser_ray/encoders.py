@@ -28,11 +28,14 @@ WHISPER = "whisper"
 WAVEFORM_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
 WHISPER_INPUTS = ("unpadded", "padded")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "int8", "auto")  # the encoder's arithmetic: float weights, or int8 on CPU
 MIN_SAMPLES = 400  # 25 ms: the receptive field of the waveform encoders' first conv
+BUCKET_RATIO = 1.25  # a batch's longest clip at most this times its shortest (padding <= 20 %)
 
 
 def quiet_transformers() -> None:
-    """transformers' load reports and progress bars would flood every worker's log."""
+    """transformers' load reports and progress bars would flood every worker's log (torchao's
+    are quietened when ser_ray is imported: ``compat.quiet_optional_kernels``)."""
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -61,6 +64,61 @@ def resolve_dtype(dtype: str, device: str):
     if dtype != "fp32" and not device.startswith("cuda"):
         raise ValueError(f"dtype={dtype} needs a GPU (device is {device}); use fp32 on CPU")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def int8_available() -> bool:
+    """Whether torchao's int8 kernels import here (the CPU int8 path of :func:`quantize_int8`)."""
+    try:
+        _torchao_quant()
+    except ImportError:
+        return False
+    return True
+
+
+def _torchao_quant():
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    return quantize_, Int8DynamicActivationInt8WeightConfig
+
+
+def resolve_precision(precision: str, dtype: str, device: str) -> str:
+    """``precision`` (fp32 | int8 | auto) on ``device`` -> what the encoder computes in: ``int8``,
+    or the float type ``dtype`` resolves to (fp32 on CPU; ``auto`` fp16 on GPU).
+
+    ``auto``: int8 on a CPU where torchao's kernels import, the float path on a GPU. ``int8`` is
+    a CPU path (dynamic int8 activations and weights in every Linear layer); on a GPU it is
+    refused, as half precision on a CPU is."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    cpu = not device.startswith("cuda")
+    if precision == "auto":
+        precision = "int8" if cpu and int8_available() else "fp32"
+    if precision == "int8":
+        if not cpu:
+            raise ValueError(f"precision=int8 is the CPU path (device is {device}); use "
+                             "precision=fp32 or auto (fp16/bf16 from dtype) on a GPU")
+        if not int8_available():
+            raise ValueError("precision=int8 needs torchao (pip install torchao); or use fp32")
+        return "int8"
+    import torch
+
+    return {torch.float32: "fp32", torch.float16: "fp16",
+            torch.bfloat16: "bf16"}[resolve_dtype(dtype, device)]
+
+
+def precision_family(precision: str) -> str:
+    """``int8`` or ``float``: features of one family match within the stated tolerance; a model
+    trained on one family and scored on the other is refused unless mixing is allowed."""
+    return "int8" if precision == "int8" else "float"
+
+
+def quantize_int8(module) -> None:
+    """Every ``Linear`` of ``module`` (in place) -> int8 weights with int8 activations quantised
+    per token at run time (torchao's ``Int8DynamicActivationInt8WeightConfig``). Convolutions,
+    embeddings and layer norms stay fp32. whisper-base on EmoDB: pooled states within cosine
+    0.999 of fp32 in every layer (``benchmarks/encoder_throughput.py --precision``)."""
+    quantize_, config = _torchao_quant()
+    quantize_(module, config())
 
 
 def _is_local(model: str) -> bool:
@@ -130,6 +188,32 @@ def load_pretrained(model: str, dtype=None) -> tuple[Any, Any, Any]:
 
 
 @dataclass
+class Work:
+    """What an encoder's batches computed: output frames of the clips and frames computed in
+    all (the rest is padding), batches, and batches that held one clip."""
+
+    frames: int = 0
+    computed: int = 0
+    batches: int = 0
+    single: int = 0
+    clips: int = 0
+
+    def add(self, keep) -> None:
+        self.frames += int(keep.sum())
+        self.computed += int(keep.numel())
+        self.batches += 1
+        self.clips += int(keep.shape[0])
+        self.single += int(keep.shape[0] == 1)
+
+    def summary(self) -> dict[str, float]:
+        """padding_share: computed frames that were padding; single_share: clips encoded in a
+        batch of one; clips_per_batch."""
+        return {"padding_share": round(1 - self.frames / max(self.computed, 1), 4),
+                "single_share": round(self.single / max(self.clips, 1), 4),
+                "clips_per_batch": round(self.clips / max(self.batches, 1), 2)}
+
+
+@dataclass
 class Batch:
     """Model inputs of a batch of clips, and each clip's number of output frames."""
 
@@ -144,18 +228,25 @@ class SpeechEncoder:
     """
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto",
-                 whisper_input: str = "unpadded", chunk_s: float = 30.0, batch_size: int = 8):
+                 whisper_input: str = "unpadded", chunk_s: float = 30.0, batch_size: int = 8,
+                 precision: str = "fp32"):
         if whisper_input not in WHISPER_INPUTS:
             raise ValueError(f"whisper_input={whisper_input!r} is not one of {list(WHISPER_INPUTS)}")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.precision = resolve_precision(precision, dtype, self.device)
+        self.dtype = resolve_dtype("fp32" if self.precision == "int8" else dtype, self.device)
         self.config, self.backbone, self.fe = load_pretrained(model, self.dtype)
         self.backbone.to(self.device).eval()
+        if self.precision == "int8":
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            quantize_int8(self.backbone)
         self.whisper = self.config.model_type == WHISPER
         self.whisper_input = whisper_input
         self.batch_size = max(1, int(batch_size))
         window = self.window_s
         self.chunk_s = min(float(chunk_s), window) if window else float(chunk_s)
+        self.work = Work()
         if self.whisper:
             self.n_layers, self.hidden = self.config.encoder_layers, self.config.d_model
         else:
@@ -186,14 +277,18 @@ class SpeechEncoder:
         waves = [np.asarray(w, dtype=np.float32) for w in waves]
         if self.whisper:
             padded = self.whisper_input == "padded"
-            got = self.fe(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                          padding="max_length" if padded else "longest",
-                          truncation=padded)
-            feats = got["input_features"]
-            if not padded:  # the convs then see zeros past each clip, as for a clip alone
+            if padded:
+                feats = self.fe(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                                padding="max_length", truncation=True)["input_features"]
+            else:  # each clip's own log-mel frames (its last STFT frames see its own end, not
+                # the batch's padding), then zeros past each clip, as the convs see alone
                 mel = (lengths // self.fe.hop_length).clamp(min=1)
-                feats = feats.masked_fill(torch.arange(feats.shape[-1])[None, None, :]
-                                          >= mel[:, None, None], 0.0)
+                own = [self.fe([w], sampling_rate=SAMPLE_RATE, return_tensors="np",
+                               padding="longest")["input_features"][0] for w in waves]
+                feats = torch.zeros(len(own), own[0].shape[0], int(mel.max()))
+                for k, f in enumerate(own):
+                    n = min(f.shape[-1], int(mel[k]))
+                    feats[k, :, :n] = torch.from_numpy(f[:, :n])
             # frames after the stride-2 conv: one per 2 mel hops, at most the position table
             frames = torch.clamp((lengths + 2 * self.fe.hop_length - 1) // (2 * self.fe.hop_length),
                                  1, self.config.max_source_positions)
@@ -247,25 +342,28 @@ class SpeechEncoder:
 
     @property
     def masks_padding(self) -> bool:
-        """Whether a clip padded inside a batch gives the states it gives alone: Whisper with
-        ``padded`` input (every clip is padded to 30 s anyway) and models trained with attention
-        masks. Unpadded Whisper does not: the log-mel frames at a clip's end and the convolutions
-        over them see the batch's padding (whisper-base: up to 2e-3 on states of size ~50,
-        against 4e-5 between batch sizes), so it batches clips of one length only. A group-norm
-        model (wav2vec 2.0 base, HuBERT) normalises over the padding too."""
+        """Whether a clip padded inside a batch gives the states it gives alone: Whisper (each
+        clip's log-mel frames are its own, zeros past its end reach the convolutions as they do
+        alone, and attention masks the padding; ``padded`` input pads every clip to 30 s anyway)
+        and waveform models trained with attention masks. A group-norm model (wav2vec 2.0 base,
+        HuBERT) normalises over the padding, so it batches clips of one length only."""
         if self.whisper:
-            return self.whisper_input == "padded"
+            return True
         return bool(getattr(self.fe, "return_attention_mask", False))
 
     def exact_batches(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-        """Indices of clips in batches of at most ``batch_size``, grouped by length, whose
-        results do not depend on the batch: with a model that cannot mask padding, a batch
-        holds clips of one length only (features never depend on how work was cut)."""
+        """Indices of clips in batches of at most ``batch_size`` whose results do not depend on
+        the batch (features never depend on how work was cut). Clips are sorted by length and
+        bucketed: a model that masks padding takes clips up to ``BUCKET_RATIO`` times the
+        batch's shortest (padding is compute spent on nothing), one that cannot mask it clips
+        of one length only."""
         order = sorted(range(len(lengths)), key=lambda k: lengths[k])
         out: list[list[int]] = []
         for k in order:
-            if out and len(out[-1]) < batch_size and (
-                    self.masks_padding or lengths[out[-1][-1]] == lengths[k]):
+            first, last = (lengths[out[-1][0]], lengths[out[-1][-1]]) if out else (0, 0)
+            fits = (lengths[k] <= BUCKET_RATIO * max(first, 1) if self.masks_padding
+                    else lengths[k] == last)
+            if out and len(out[-1]) < batch_size and fits:
                 out[-1].append(k)
             else:
                 out.append([k])
@@ -294,6 +392,7 @@ class SpeechEncoder:
                 batch = self.batch([pieces[k][1] for k in idx])
                 states = torch.stack(self.states(batch), dim=1).float()  # (B, S, T, H)
                 keep = frame_mask(states.shape[2], batch.frames, states.device).float()  # (B, T)
+                self.work.add(keep)
                 s = torch.einsum("bsth,bt->bsh", states, keep).double().cpu().numpy()
                 q = torch.einsum("bsth,bt->bsh", states * states, keep).double().cpu().numpy()
                 for j, k in enumerate(idx):

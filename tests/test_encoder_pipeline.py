@@ -126,3 +126,40 @@ def _score(world, model, out) -> None:
     assert (calls["status"] == "scored").all()
     probs = [c for c in calls.columns if c.startswith("share_")]
     assert probs and np.allclose(calls[probs].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_int8_precision_is_recorded_and_mixing_it_with_float_is_refused(world, tmp_path):
+    from ser_ray.models.artifact import load_predictor
+
+    def read_runs(out):
+        return [json.loads(p.read_text()) for p in sorted((out / "runs").rglob("*.json"))]
+
+    prepared = tmp_path / "int8"
+    r = _ok("prepare", "--input", str(world["root"] / "corpus"), "--corpus", "ravdess",
+            "--features", "encoder", "--set", f"feature_options.encoder.model={world['whisper']}",
+            "--set", "feature_options.encoder.precision=auto", "--set", "audio.trim=true",
+            "--set", "files_per_task=24", "--no-progress", "--output", str(prepared))
+    assert "precision auto -> int8" in r.stderr  # a CPU-only Ray: the int8 path
+    summary = json.loads((prepared / "summary.json").read_text())
+    assert summary["features"]["encoder"]["config"]["precision"] == "int8"
+    assert summary["config"]["feature_options"]["encoder"]["precision"] == "int8"
+    model = tmp_path / "model"
+    _ok("train", "--features", str(prepared), "--feature-set", "encoder", "--model", "logreg",
+        "--output", str(model))
+    assert load_predictor(model).feature_config["extractors"]["encoder"]["precision"] == "int8"
+    score = ["score", "--model", str(model), "--input", str(world["root"] / "calls"),
+             "--run-date", "2026-12-01", "--no-progress"]
+    _ok(*score, "--output", str(tmp_path / "reports"))
+    assert read_runs(tmp_path / "reports")[-1]["encoder_precision"] == {
+        "trained": "int8", "scoring": "int8", "mixed": False}
+    score += ["--output", str(tmp_path / "mixed"), "--set", "encoder_precision=fp32"]
+    r = _cli(*score)
+    assert r.returncode != 0 and "trained on int8 encoder features" in r.stderr
+    assert "allow_mixed_precision" in r.stderr and not (tmp_path / "mixed" / "runs").exists()
+    _ok(*score, "--set", "allow_mixed_precision=true")
+    assert read_runs(tmp_path / "mixed")[-1]["encoder_precision"] == {
+        "trained": "int8", "scoring": "fp32", "mixed": True}
+    # a float-trained model (the module's folder, made before this setting): fp32 by default
+    r = _cli("score", "--model", str(model), "--input", str(world["root"] / "calls"),
+             "--output", str(tmp_path / "bad"), "--set", "encoder_precision=int4")
+    assert r.returncode != 0 and "encoder_precision='int4'" in r.stderr

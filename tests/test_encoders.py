@@ -210,3 +210,49 @@ def test_real_whisper_base_separates_a_loud_tone_from_quiet_noise():
     assert np.all(np.isfinite(a)) and not np.allclose(a, b, atol=1e-2)
     # the real weights are loaded, not a random initialisation: the last layer is normalised
     assert abs(float(e.encoder().backbone.layer_norm.weight.detach().float().mean()) - 1.0) > 1e-3
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per hidden state (rows of ``(states, d)``): the cosine of two pooled vectors."""
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("family", ["whisper", "wav2vec2"])
+def test_int8_features_stay_close_to_fp32_and_the_linear_layers_are_int8(tiny, family):
+    from ser_ray.encoders import resolve_precision
+
+    clips = _clips(1.0, 1.1, 1.6)
+    fp32 = get_extractor("encoder", model=tiny[family], batch_size=4)
+    int8 = get_extractor("encoder", model=tiny[family], batch_size=4, precision="int8")
+    a, b = fp32.many(clips, SR), int8.many(clips, SR)
+    assert int8.encoder().precision == "int8" and fp32.encoder().precision == "fp32"
+    # the Linear weights are int8 tensors now, the fp32 model's are not
+    kinds = {type(m.weight).__name__ for m in int8.encoder().backbone.modules()
+             if isinstance(m, torch.nn.Linear)}
+    assert kinds and "Parameter" not in kinds and "Tensor" not in kinds, kinds
+    assert {type(m.weight).__name__ for m in fp32.encoder().backbone.modules()
+            if isinstance(m, torch.nn.Linear)} == {"Parameter"}
+    for x, y in zip(a, b):
+        assert not np.allclose(x, y, atol=1e-6)  # a different computation
+        assert _cosine(x, y).min() >= 0.99, _cosine(x, y)
+    assert resolve_precision("auto", "auto", "cpu") == "int8"
+    assert resolve_precision("auto", "auto", "cuda") == "fp16"
+    assert resolve_precision("fp32", "bf16", "cuda") == "bf16"
+    with pytest.raises(ValueError, match="CPU path"):
+        resolve_precision("int8", "auto", "cuda")
+    with pytest.raises(ValueError, match="precision"):
+        get_extractor("encoder", model=tiny[family], precision="int4")
+
+
+def test_whisper_buckets_clips_of_near_lengths_and_each_matches_it_alone(tiny):
+    from ser_ray.encoders import SpeechEncoder
+
+    enc = SpeechEncoder(tiny["whisper"], batch_size=8)
+    clips = _clips(1.0, 1.05, 1.12, 1.2, 2.0, 2.1, seed=4)
+    assert enc.exact_batches([len(c) for c in clips], 8) == [[0, 1, 2, 3], [4, 5]]
+    together = enc.pooled(clips)
+    assert enc.work.summary()["clips_per_batch"] == 3.0
+    assert 0 < enc.work.summary()["padding_share"] < 0.2 and enc.work.single == 0
+    for y, b in zip(clips, together):
+        a = SpeechEncoder(tiny["whisper"]).pooled([y])[0]
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(a).max())

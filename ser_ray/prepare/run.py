@@ -31,6 +31,7 @@ Two engines (``engine``, default ``auto``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -91,6 +92,7 @@ def run_prepare(cfg: PrepareConfig, overwrite: bool = False,
         engine_for(cfg)
     out = Path(cfg.output).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_precisions(cfg)  # before the stamp: a resume elsewhere cannot mix precisions
     material = _check_output(cfg, out, overwrite)
     t0 = time.time()
     storage = Storage(cfg.s3)
@@ -118,6 +120,26 @@ def _read(dirpath: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:
     if not files:
         return schema.empty_table().select(columns)
     return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+def resolve_precisions(cfg: PrepareConfig) -> PrepareConfig:
+    """``precision: auto`` of an ``encoder`` feature -> what its workers will compute in (int8 on
+    CPU workers, the float type on GPU ones), so the config, the stamp and every model trained
+    on the output name it. Starts Ray only when there is an ``auto`` to resolve."""
+    from ser_ray.features.encoder import resolve_encoder_precision
+    from ser_ray.runtime import init_ray, uses_gpus
+
+    options = {k: dict(v) for k, v in cfg.feature_options.items()}
+    auto = [n for n in cfg.features if n == "encoder"
+            and options.get(n, {}).get("precision") == "auto"]
+    if not auto:
+        return cfg
+    init_ray()
+    gpu = uses_gpus(cfg.gpus_per_worker)
+    for name in auto:
+        options[name]["precision"] = resolve_encoder_precision(options[name], gpu)
+        log(f"{name}: precision auto -> {options[name]['precision']}")
+    return dataclasses.replace(cfg, feature_options=options)
 
 
 def finalize(cfg: PrepareConfig, out: Path, unit_ids: set[str], totals: Counter,

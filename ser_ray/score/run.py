@@ -54,7 +54,7 @@ from ser_ray.score.model import ModelInfo
 from ser_ray.score.publish import publish, write_index, write_report
 from ser_ray.score.reference import (ONE_PASS_STATISTICS, Populations, reference_key,
                                      reference_table, trained_normalisation, training_population)
-from ser_ray.score.settings import WorkerSettings, worker_settings
+from ser_ray.score.settings import WorkerSettings, encoder_precision, worker_settings
 from ser_ray.score.tables import staged_stats, unit_dir
 from ser_ray.score.transcripts import transcribe_night
 from ser_ray.storage import Storage, is_s3, join
@@ -75,6 +75,9 @@ def check_config(cfg: ScoreConfig) -> None:
         raise ValueError("score: give --input URI (a folder or s3:// prefix of recordings)")
     if not cfg.output:
         raise ValueError("score: give --output DIR (a folder or s3:// prefix)")
+    if cfg.encoder_precision not in (None, "fp32", "int8", "auto"):
+        raise ValueError(f"encoder_precision={cfg.encoder_precision!r}: choose fp32, int8 or auto "
+                         "(or leave it unset: as the model's features were made)")
     if cfg.call_id not in ("stem", "path"):
         raise ValueError(f"call_id={cfg.call_id!r}: choose stem or path")
     if cfg.customer_channel not in CHANNELS:
@@ -143,6 +146,7 @@ class Night:
     window_from: str                       # where the window length came from
     metadata: pd.DataFrame | None
     groups: dict[str, str] | None          # call id -> reference group (normalisation.group_by)
+    precision: dict[str, Any] | None = None  # the encoder's precision, trained and scoring
 
     @property
     def two_pass(self) -> bool:
@@ -162,11 +166,12 @@ def plan_night(cfg: ScoreConfig, storage: Storage) -> Night:
     run_id = f"{run_date}_{model.model_hash[:12]}"
     output = _output(cfg)
     staging = join(output, f"_staging/{run_id}")
-    settings = worker_settings(cfg, model, run_id, staging)
+    precision = encoder_precision(cfg, model)
+    settings = worker_settings(cfg, model, run_id, staging, precision)
     metadata = load_metadata(cfg.metadata, storage, model.labels) if cfg.metadata else None
     night = Night(cfg, storage, output, run_date, run_id, staging, model, settings,
                   "config" if cfg.window_s else model_window(model.feature_config)[1], metadata,
-                  groups=None)
+                  groups=None, precision=precision)
     if night.two_pass and cfg.normalisation.group_by:
         col = cfg.normalisation.group_by
         if col not in metadata.columns:
@@ -351,6 +356,7 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
            "model_hash": model.model_hash, "model_path": model.path,
            # the pretrained models its features come from (an encoder, Whisper, a text encoder)
            "feature_models": extractor_models(model.feature_config),
+           "encoder_precision": night.precision,
            "window_s": settings.window_s, "window_from": night.window_from,
            "vad": settings.vad, "normalisation": norm_record, "config": public_dict(cfg),
            "versions": versions(),

@@ -66,7 +66,7 @@ class UnitScorer:
         self.predictor = load_predictor(model_dir, device=device, trust=settings.trust_model)
         self.predictor.batch_size = settings.batch_size
         self.labels = list(self.predictor.labels)
-        self.features = WindowFeatures(self.predictor.feature_config)
+        self.features = WindowFeatures(settings.feature_config(self.predictor.feature_config))
         self.sr = self.features.sr
         self.reader = CallReader(settings, self.sr)
         self.storage = self.reader.storage

@@ -43,12 +43,23 @@ class WorkerSettings:
     reference: dict[str, Any]    # see score.reference.Reference
     s3: S3Config
     staged: bool = False         # engine ``staged``: VAD runs in the read pool, not the actor
+    encoder_precision: str | None = None  # the encoder features' precision when not as trained
 
     def material(self) -> str:
         """The settings that change what a unit's rows hold (not where they go), as JSON: part
         of every unit id, so a change starts units afresh."""
         d = dataclasses.asdict(self)
-        return json.dumps({k: d[k] for k in MATERIAL}, sort_keys=True)
+        keep = MATERIAL + (("encoder_precision",) if self.encoder_precision else ())
+        return json.dumps({k: d[k] for k in keep}, sort_keys=True)
+
+    def feature_config(self, fc: dict[str, Any]) -> dict[str, Any]:
+        """The model's feature config as this run computes it: its encoder features at
+        ``encoder_precision`` when that is set."""
+        if not self.encoder_precision:
+            return fc
+        ext = {n: ({**s, "precision": self.encoder_precision} if s.get("name") == "encoder" else s)
+               for n, s in fc["extractors"].items()}
+        return {**fc, "extractors": ext}
 
     def key(self) -> dict[str, Any]:
         """All of it as plain data (a per-process cache's key)."""
@@ -61,9 +72,44 @@ MATERIAL = ("model_hash", "window_s", "hop_s", "min_window_s", "max_call_s", "ma
             "normalisation")
 
 
-def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: str) -> WorkerSettings:
+def encoder_precision(cfg: ScoreConfig, model: ModelInfo) -> dict[str, Any] | None:
+    """What the run record says of the model's encoder features (None without one):
+    ``trained`` (the precision prepare made them in; fp32 for folders older than the setting),
+    ``scoring`` (``encoder_precision``, or as trained, resolved for this cluster's workers) and
+    ``mixed``. Features of the two families (int8, float) differ by more than the tolerance a
+    head was checked at, so a mixed run is refused unless ``allow_mixed_precision``."""
+    from ser_ray.encoders import precision_family
+    from ser_ray.features.encoder import resolve_encoder_precision
+    from ser_ray.runtime import init_ray, uses_gpus
+
+    fc = model.feature_config
+    ext = fc.get("extractors") or {}
+    encs = [ext[n] for n in fc.get("features") or () if (ext.get(n) or {}).get("name") == "encoder"]
+    if not encs:
+        if cfg.encoder_precision:
+            raise ValueError(f"encoder_precision={cfg.encoder_precision}: model {model.path} "
+                             "has no encoder feature")
+        return None
+    init_ray()
+    gpu = uses_gpus(cfg.gpus_per_worker)
+    trained = encs[0].get("precision", "fp32")
+    scoring = resolve_encoder_precision(encs[0], gpu, cfg.encoder_precision)
+    scoring = "int8" if scoring == "int8" else "fp32"
+    mixed = precision_family(trained) != precision_family(scoring)
+    if mixed and not cfg.allow_mixed_precision:
+        raise ValueError(
+            f"model {model.path} was trained on {trained} encoder features; this run would "
+            f"compute them in {scoring}{' (a GPU)' if gpu and scoring != 'int8' else ''}. "
+            "Scores would move by more than the checked tolerance: score with "
+            f"--set encoder_precision={trained}, or pass --set allow_mixed_precision=true")
+    return {"trained": trained, "scoring": scoring, "mixed": mixed}
+
+
+def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: str,
+                    precision: dict[str, Any] | None = None) -> WorkerSettings:
     """The settings of this run's workers: the window from the model unless the config sets one,
-    the VAD detector resolved (``auto`` -> what is installed), byte caps in bytes."""
+    the VAD detector resolved (``auto`` -> what is installed), byte caps in bytes, the encoder
+    precision (:func:`encoder_precision`) when it is not as trained."""
     window, _ = model_window(model.feature_config)
     window_s = cfg.window_s or window
     opts = dict(cfg.vad)
@@ -79,7 +125,9 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
         vad_sample_rate=cfg.vad_sample_rate, batch_size=cfg.batch_size,
         labels=tuple(model.labels), sample_rate=int(audio.sample_rate),
         gpus_per_worker=cfg.gpus_per_worker, trust_model=cfg.trust_model, urgency=cfg.urgency,
-        normalisation=cfg.normalisation, reference=reference_settings(cfg, model), s3=cfg.s3)
+        normalisation=cfg.normalisation, reference=reference_settings(cfg, model), s3=cfg.s3,
+        encoder_precision=precision["scoring"] if precision and (
+            cfg.encoder_precision or precision["scoring"] != precision["trained"]) else None)
 
 
 def settings_from_record(run: dict[str, Any], s3: S3Config) -> WorkerSettings:
