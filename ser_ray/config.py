@@ -168,6 +168,9 @@ class LearnConfig(Checked):
     calibration: str = "auto"               # auto (temperature for classical models, none for
                                             # torch: k extra fits per fold) | temperature | none
     calibration_folds: int = 3              # inner speaker folds of the training side it fits on
+    select: dict[str, Any] = field(default_factory=dict)  # chosen per fold by inner speaker cv:
+                                            # {layers: [3, 2-4] | every, model_options.C: [0.1, 1]}
+    select_folds: int = 3                   # inner speaker folds of that choice
     uncertain_coverage: float = 0.9         # "not sure" below the calibrated top probability
                                             # that answers this share of the training side
     num_workers: int = 1                    # Ray Train workers per fit (DDP)
@@ -189,6 +192,10 @@ class LearnConfig(Checked):
                              "['auto', 'temperature', 'none']")
         if not 0 < self.uncertain_coverage <= 1:
             raise ValueError(f"uncertain_coverage={self.uncertain_coverage} must be in (0, 1]")
+        if self.select_folds < 2 or any((not isinstance(v, list) or not v) and (k, v) != (
+                "layers", "every") for k, v in self.select.items()):
+            raise ValueError("select: each key needs a non-empty list of candidates (layers: "
+                             "also every), and select_folds must be >= 2")
         if self.calibration_folds < 2:
             raise ValueError(f"calibration_folds={self.calibration_folds} must be >= 2")
         if self.augment.copies < 1 or self.channel_protocol.copies < 1:

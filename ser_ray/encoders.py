@@ -31,6 +31,7 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 PRECISIONS = ("fp32", "int8", "auto")  # the encoder's arithmetic: float weights, or int8 on CPU
 MIN_SAMPLES = 400  # 25 ms: the receptive field of the waveform encoders' first conv
 BUCKET_RATIO = 1.25  # a batch's longest clip at most this times its shortest (padding <= 20 %)
+MAX_GPU_BATCH = 256  # clips per batch on a GPU, whatever its free memory
 
 
 def quiet_transformers() -> None:
@@ -369,6 +370,27 @@ class SpeechEncoder:
                 out.append([k])
         return out
 
+    def clip_bytes(self, samples: int) -> int:
+        """Device memory one clip of ``samples`` needs in a forward pass, roughly: every hidden
+        state kept for pooling, one layer's feed-forward activations and attention scores."""
+        import torch
+
+        frames = max(1, samples // (2 * self.fe.hop_length) if self.whisper else samples // 320)
+        heads = getattr(self.config, "encoder_attention_heads", None) or getattr(
+            self.config, "num_attention_heads", 8)
+        size = torch.finfo(self.dtype).bits // 8
+        per_frame = self.n_states * self.hidden + 4 * self.hidden + heads * frames
+        return int(2 * size * frames * per_frame)
+
+    def batch_limit(self, samples: int) -> int:
+        """Clips per batch for clips of up to ``samples``: ``batch_size`` on a CPU; on a GPU as
+        many as half of its free memory holds (at least ``batch_size``, at most
+        ``MAX_GPU_BATCH``), so a large GPU is not fed batches sized for a CPU."""
+        if not self.device.startswith("cuda"):
+            return self.batch_size
+        fit = int(0.5 * free_memory(self.device) // max(self.clip_bytes(samples), 1))
+        return max(self.batch_size, min(MAX_GPU_BATCH, fit))
+
     # -- pooled features -----------------------------------------------------------------
     def chunks(self, y: np.ndarray) -> list[np.ndarray]:
         """A clip split into equal pieces of at most ``chunk_s`` (a 70 s call -> 3 x 23.3 s)."""
@@ -380,15 +402,17 @@ class SpeechEncoder:
         """Clips (16 kHz float32) -> ``(n_states, 2 x hidden)`` float32 each: per layer the mean
         and the standard deviation over the clip's frames (over all chunks of a long clip).
 
-        Chunks are batched ``batch_size`` at a time, grouped by length (:meth:`exact_batches`)."""
+        Chunks are batched ``batch_size`` at a time (on a GPU: as many as its free memory holds,
+        :meth:`batch_limit`), bucketed by length (:meth:`exact_batches`)."""
         import torch
 
         pieces = [(i, c) for i, y in enumerate(waves) for c in self.chunks(y)]
+        limit = self.batch_limit(max((len(c) for _, c in pieces), default=1))
         sums = np.zeros((len(waves), self.n_states, self.hidden), np.float64)
         sqs = np.zeros_like(sums)
         counts = np.zeros(len(waves), np.float64)
         with torch.inference_mode():
-            for idx in self.exact_batches([len(c) for _, c in pieces], self.batch_size):
+            for idx in self.exact_batches([len(c) for _, c in pieces], limit):
                 batch = self.batch([pieces[k][1] for k in idx])
                 states = torch.stack(self.states(batch), dim=1).float()  # (B, S, T, H)
                 keep = frame_mask(states.shape[2], batch.frames, states.device).float()  # (B, T)
@@ -403,6 +427,13 @@ class SpeechEncoder:
         mean = sums / counts[:, None, None]
         std = np.sqrt(np.maximum(sqs / counts[:, None, None] - mean ** 2, 0.0))
         return [np.concatenate([m, s], axis=1).astype(np.float32) for m, s in zip(mean, std)]
+
+
+def free_memory(device: str) -> int:
+    """Free bytes on a CUDA ``device`` now."""
+    import torch
+
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
 
 
 def frame_mask(T: int, frames, device):

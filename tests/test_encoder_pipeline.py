@@ -71,8 +71,12 @@ def test_classical_heads_pick_layers_at_learn_time(world, tmp_path):
                 "--output", str(tmp_path / layers))
         out[layers] = json.loads((tmp_path / layers / "metrics.json").read_text())
         assert out[layers]["protocol"] == "loso" and out[layers]["n_folds"] == 4
-    # different selections of the same table (one extraction), different results
-    assert len({round(o["ua_mean"], 6) for o in out.values()}) >= 2
+    # different selections of the same table (one extraction): different model inputs, and
+    # different probabilities (UA alone can tie on 48 tiny rows)
+    runs = {k: json.loads((tmp_path / k / "run.json").read_text()) for k in out}
+    assert runs["1"]["feature_config"]["layers"]["index"] == [1]
+    assert runs["0-2"]["feature_config"]["layers"]["index"] == [0, 1, 2]
+    assert out["1"]["nll_raw"] != pytest.approx(out["0-2"]["nll_raw"], abs=1e-6)
     r = _cli("cv", "--features", str(world["prepared"]), "--feature-set", "encoder",
              "--model", "logreg", "--set", "layers=7", "--output", str(tmp_path / "bad"))
     assert r.returncode != 0 and "layers='7'" in r.stderr
@@ -163,3 +167,67 @@ def test_int8_precision_is_recorded_and_mixing_it_with_float_is_refused(world, t
     r = _cli("score", "--model", str(model), "--input", str(world["root"] / "calls"),
              "--output", str(tmp_path / "bad"), "--set", "encoder_precision=int4")
     assert r.returncode != 0 and "encoder_precision='int4'" in r.stderr
+
+
+def test_nested_selection_chooses_layers_and_c_on_training_speakers_only(world, tmp_path):
+    from ser_ray.config import LearnConfig
+    from ser_ray.learn.data import load_learn_features
+    from ser_ray.learn.experiment import cross_validate
+
+    cfg = LearnConfig(features=("encoder",), model="logreg", protocol="loso",
+                      select={"layers": [0, 2], "model_options.C": [0.01, 10.0]}, select_folds=3)
+    data = load_learn_features(world["prepared"], cfg)
+    assert data.X.shape[1:] == (3, 64)  # every state kept for the choice
+    m = cross_validate(data, cfg, tmp_path / "a", progress=False)
+    assert m["n_folds"] == 4 and m["selection"]["candidates"] == 4
+    for row in m["folds"]:
+        sel = row["selected"]
+        assert set(sel["speakers"]) == set(row["train_speakers"])  # never the test speaker
+        assert not set(sel["speakers"]) & set(row["test_speakers"])
+        assert len(sel["table"]) == 4 and sel["choice"] in [t["choice"] for t in sel["table"]]
+        assert max(t["ua"] for t in sel["table"]) == next(
+            t["ua"] for t in sel["table"] if t["choice"] == sel["choice"])
+    # the held-out speaker's rows replaced by noise: that fold's choice and inner scores are the
+    # same (they were never read), while its test UA moves
+    first = m["folds"][0]
+    spk = first["test_speakers"][0]
+    noisy = data.X.copy()
+    rows = (data.meta["speaker"] == spk).to_numpy()
+    noisy[rows] = np.random.default_rng(0).normal(0, 5, noisy[rows].shape)
+    import dataclasses
+
+    m2 = cross_validate(dataclasses.replace(data, X=noisy), cfg, tmp_path / "b", progress=False)
+    again = next(r for r in m2["folds"] if r["test_speakers"] == [spk])
+    assert again["selected"]["table"] == first["selected"]["table"]
+    assert again["ua"] != first["ua"] or again["confusion"] != first["confusion"]
+    # train chooses over every speaker and stores the chosen layers with the model
+    from ser_ray.models.artifact import load_predictor
+
+    out = tmp_path / "model"
+    _ok("train", "--features", str(world["prepared"]), "--feature-set", "encoder",
+        "--model", "logreg", "--set", "select={layers: [0, 2], model_options.C: [0.01, 10.0]}",
+        "--output", str(out))
+    meta = json.loads((out / "model.json").read_text())
+    chosen = meta["extra"]["selected"]["choice"]
+    assert load_predictor(out).feature_config["layers"]["index"] == [chosen["layers"]]
+    assert meta["extra"]["config"]["model_options"]["C"] == chosen["model_options.C"]
+    summary = (tmp_path / "a").parent
+    # the telephone test sets keep every state too; each fold's model and its twin read theirs
+    _ok("cv", "--features", str(world["prepared"]), "--feature-set", "encoder",
+        "--model", "logreg", "--protocol", "loso", "--set", "select={layers: [0, 2]}",
+        "--set", "channel_protocol.codecs=[mulaw]", "--output", str(summary / "tel"))
+    tel = json.loads((summary / "tel" / "metrics.json").read_text())
+    assert set(tel["channel"]["modes"]) == {"clean", "telephone"}
+    assert all(r["selected"]["choice"]["layers"] in (0, 2) for r in tel["folds"])
+    assert "Chosen on training speakers only" in (summary / "tel" / "summary.md").read_text()
+    r = _cli("cv", "--features", str(world["prepared"]), "--feature-set", "encoder",
+             "--model", "logreg", "--protocol", "leave-one-corpus-out",
+             "--set", "select={layers: [0, 2]}", "--output", str(summary / "bad"))
+    assert r.returncode != 0 and "select.layers cannot be combined" in r.stderr
+    # augmented copies keep every state and are picked as the fold's rows are
+    aug = dataclasses.replace(cfg, select={"layers": [0, 2]}, augment=dataclasses.replace(
+        cfg.augment, variant="merged", steps=({"name": "gain"},)))
+    m3 = cross_validate(data, aug, tmp_path / "c", progress=False)
+    for row in m3["folds"]:
+        assert row["n_train"] == 2 * row["n_train_clean"]
+        assert row["selected"]["choice"]["layers"] in (0, 2)

@@ -129,7 +129,12 @@ def test_layer_selection():
     assert select_layers(x, layer_selection("2-4", 7, stack=True)).shape == (2, 3, 4)
     assert layer_selection("-1", 7, False)["index"] == [6]
     assert layer_selection("all", 7, False)["index"] == list(range(7))
-    for bad in ("9", "x", "5-2"):
+    # the mean half of each state only (columns [mean | std])
+    mean = layer_selection("2-3:mean", 7, stack=False)
+    assert mean["index"] == [2, 3] and mean["spec"] == "2-3:mean"
+    np.testing.assert_array_equal(select_layers(x, mean), x[:, 2:4, :2].reshape(2, 4))
+    assert select_layers(x, layer_selection("auto:mean", 7, stack=True)).shape == (2, 7, 2)
+    for bad in ("9", "x", "5-2", "3:std"):
         with pytest.raises(ValueError, match="layers="):
             layer_selection(bad, 7, False)
     with pytest.raises(ValueError, match="another encoder"):
@@ -256,3 +261,20 @@ def test_whisper_buckets_clips_of_near_lengths_and_each_matches_it_alone(tiny):
     for y, b in zip(clips, together):
         a = SpeechEncoder(tiny["whisper"]).pooled([y])[0]
         np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(a).max())
+
+
+def test_a_gpu_batch_is_sized_from_free_memory(tiny, monkeypatch):
+    from ser_ray import encoders
+
+    enc = encoders.SpeechEncoder(tiny["whisper"], batch_size=8)
+    assert enc.batch_limit(16000 * 3) == 8  # a CPU: as configured
+    enc.device = "cuda:0"  # what the limit reads; nothing runs on it here
+    sizes = {}
+    for gib in (0.001, 1, 80):
+        monkeypatch.setattr(encoders, "free_memory", lambda device, g=gib: int(g * 2 ** 30))
+        sizes[gib] = enc.batch_limit(16000 * 3)
+    assert sizes[0.001] == 8  # never below the configured size
+    assert 8 < sizes[1] <= sizes[80] == encoders.MAX_GPU_BATCH
+    # longer clips, fewer of them
+    monkeypatch.setattr(encoders, "free_memory", lambda device: 2 ** 28)
+    assert enc.batch_limit(16000 * 30) < enc.batch_limit(16000 * 3)

@@ -30,12 +30,22 @@ def layer_selection(spec: str | None, n_states: int, stack: bool) -> dict[str, A
       other the middle hidden state, ``n_states // 2`` (whisper-base: 3 of 0..6). A fixed rule
       that never looks at test speakers; ``tune`` can search ``layers`` by cross-validation.
     * ``K``: hidden state K (0 = embeddings, negative counts from the last);
-    * ``A-B``: states A to B inclusive; ``all``: every state.
+    * ``A-B``: states A to B inclusive; ``all``: every state;
+    * any of these with ``:mean``: the mean half of each state only (default: mean and std).
 
     ``stack``: keep ``(k, 2 x hidden)`` rows (layer-weighting models), else concatenate them
     into one vector (classical models, MLPs).
     """
     spec = "auto" if spec in (None, "") else str(spec).strip()
+    full, half = spec, None
+    if spec.endswith(":mean"):
+        spec, half = spec[: -len(":mean")], "mean"
+    out = _states(spec, n_states, stack)
+    return {"spec": full, "states": n_states, "index": out, "stack": bool(stack),
+            **({"half": half} if half else {})}
+
+
+def _states(spec: str, n_states: int, stack: bool) -> list[int]:
     if spec == "auto":
         index = list(range(n_states)) if stack else [n_states // 2]
     elif spec == "all":
@@ -52,8 +62,8 @@ def layer_selection(spec: str | None, n_states: int, stack: bool) -> dict[str, A
             index = []
         if not index:
             raise ValueError(f"layers={spec!r}: expected auto, all, K or A-B with hidden states "
-                             f"0..{n_states - 1}")
-    return {"spec": spec, "states": n_states, "index": index, "stack": bool(stack)}
+                             f"0..{n_states - 1} (and :mean for the mean half only)")
+    return index
 
 
 def select_layers(x: np.ndarray, selection: dict[str, Any] | None) -> np.ndarray:
@@ -65,6 +75,8 @@ def select_layers(x: np.ndarray, selection: dict[str, Any] | None) -> np.ndarray
         raise ValueError(f"feature has {x.shape[-2]} hidden states but the model was trained on "
                          f"{selection['states']}: it was extracted with another encoder")
     x = x[..., selection["index"], :]
+    if selection.get("half") == "mean":  # the extractor's columns: [mean | std]
+        x = x[..., : x.shape[-1] // 2]
     return x if selection["stack"] else x.reshape(*x.shape[:-2], -1)
 
 

@@ -56,7 +56,13 @@ class ConditionSets:
 def utterance_metrics(predictor, X: np.ndarray, meta: pd.DataFrame, y: np.ndarray,
                       labels) -> dict[str, Any]:
     """Utterance-level metrics of ``predictor`` on labelled rows (``n``: utterances): a fold's
-    test speakers, a test set in a condition."""
+    test speakers, a test set in a condition. Rows that keep every hidden state (a nested
+    choice of ``layers``) are given the states the predictor was fitted on."""
+    layers = (predictor.feature_config or {}).get("layers")
+    if X.ndim == 3 and layers and X.shape[-2] == layers["states"]:  # every state: pick
+        from ser_ray.features.inputs import select_layers
+
+        X = select_layers(X, layers)
     _, proba, y_true = utterance_level(meta, predict_rows(predictor, X, meta), y)
     return {**compute_metrics(y_true, proba.argmax(1), labels), "n": int(len(y_true))}
 

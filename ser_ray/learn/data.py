@@ -170,9 +170,20 @@ def load_features(roots: str | Path | Sequence[str | Path], features: Sequence[s
 
 def load_learn_features(roots: str | Path | Sequence[str | Path], cfg) -> FeatureData:
     """The rows a :class:`~ser_ray.config.LearnConfig` learns from (features, label set,
-    frames, layers for its model): what ``cv``, ``train`` and every ``tune`` trial read."""
+    frames, layers for its model): what ``cv``, ``train`` and every ``tune`` trial read. When
+    ``select`` chooses the layers, every hidden state is kept (``learn.select.view`` picks)."""
+    if "layers" in cfg.select:
+        if len(cfg.features) != 1:
+            raise ValueError(f"select.layers chooses among one encoder feature's states; "
+                             f"features are {list(cfg.features)}")
+        return load_features(roots, cfg.features, label_set=cfg.label_set, frames=cfg.frames,
+                             layers=ALL_STATES, model=cfg.model)
     return load_features(roots, cfg.features, label_set=cfg.label_set, frames=cfg.frames,
                          layers=cfg.layers, model=cfg.model)
+
+
+# Every hidden state, stacked: the rows a nested choice of ``layers`` selects from.
+ALL_STATES = "all-states"
 
 
 def _layers(features: Sequence[str], parts: list[tuple[list[np.ndarray], pd.DataFrame]],
@@ -196,6 +207,8 @@ def _layers(features: Sequence[str], parts: list[tuple[list[np.ndarray], pd.Data
         raise ValueError(f"{model} weighs the hidden states of one feature; train it on "
                          f"{layered[0]} alone, not {list(features)}")
     arrays = parts[list(features).index(layered[0])][0]
+    if layers == ALL_STATES:
+        return layer_selection("all", arrays[0].shape[0], True)
     selection = layer_selection(layers, arrays[0].shape[0], stack)
     if len(features) > 1:  # joined into a vector beside the others (select_part)
         selection["feature"] = layered[0]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ser_ray.config import LearnConfig, public_dict
 from ser_ray.console import logger
-from ser_ray.learn import conditions, splits
+from ser_ray.learn import conditions, select, splits
 from ser_ray.learn.data import FeatureData
 from ser_ray.learn.evaluate import predict_rows, utterance_level
 from ser_ray.learn.folds import (Augmenter, Fitted, Prepared, best_epoch, calibrate,  # noqa: F401
@@ -37,7 +37,8 @@ log = logger()
 def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
                    on_fold: Callable[[dict[str, Any]], None] | None = None,
                    keep_folds: bool = False, progress: bool = True,
-                   calibrate_folds: bool = True) -> dict[str, Any]:
+                   calibrate_folds: bool = True, augmenter: Augmenter | None = None
+                   ) -> dict[str, Any]:
     """Run ``cfg.protocol`` over ``data``; return the metrics dict (folds + mean/std).
 
     Each fold's model is calibrated on its training speakers (:func:`folds.calibrate`, unless
@@ -47,6 +48,7 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
     from ser_ray.console import Progress
 
     work_dir = Path(work_dir)
+    select.check(cfg)
     folds = splits.make_folds(data.meta, cfg.protocol, folds=cfg.folds, seed=cfg.seed,
                               test_speakers=list(cfg.test_speakers) or None,
                               train_corpora=list(cfg.train_corpora) or None,
@@ -56,13 +58,21 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
     for fold in folds:  # make_folds has run splits.check_fold on every fold
         tr, va = val_split(data, fold.train, cfg)
         plans.append((fold, tr, va))
-    augmenter = make_augmenter(data, cfg, [tr for _, tr, _ in plans])
+    if augmenter is None:  # a nested choice passes the run's, computed once
+        augmenter = make_augmenter(data, cfg, [tr for _, tr, _ in plans])
     noisy = conditions.noisy_sets(data, cfg) if cfg.noisy_snr_db else None
     channel = ChannelProtocol(data, cfg, plans) if cfg.channel_protocol.codecs else None
     method = calibration_method(cfg) if calibrate_folds else "none"
     results, fold_rows, preds = [], [], {"y": [], "p": [], "raw": [], "answered": []}
     bar = Progress(cfg.protocol, total=len(plans), unit="folds", enabled=progress, every_s=0)
+    base, base_cfg = data, cfg
     for k, (fold, tr, va) in enumerate(plans):
+        chosen = None
+        if base_cfg.select:  # on this fold's training speakers only
+            chosen = select.choose(base, fold.train, base_cfg, work_dir / f"select{fold.index}",
+                                   cross_validate, augmenter)
+            cfg = select.configure(base_cfg, chosen["choice"])
+            data = select.view(base, cfg)
         p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
         fitted = fit(data, p, cfg, storage_path=work_dir / "train", run_name=f"fold{fold.index}")
         if method != "none":
@@ -90,7 +100,10 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
         if noisy is not None:
             row["noisy"] = noisy.score(fitted.predictor, test_sources)
         if channel is not None:
-            row["channel"] = channel.fold(fitted, m, fold, tr, va, work_dir)
+            row["channel"] = channel.fold(fitted, m, fold, tr, va, work_dir,
+                                          chosen["choice"] if chosen else None)
+        if chosen is not None:
+            row["selected"] = chosen
         if getattr(fold, "dropped", None):
             row["dropped_labels"] = dict(fold.dropped)
         results.append(m)
@@ -107,12 +120,15 @@ def cross_validate(data: FeatureData, cfg: LearnConfig, work_dir: str | Path, *,
             on_fold({"fold": k + 1, "folds": len(plans), "ua": m["ua"], "wa": m["wa"],
                      "ua_mean": float(np.mean([r["ua"] for r in results]))})
     bar.close()
+    data, cfg = base, base_cfg
     agg = aggregate(results)
     metrics = {"protocol": cfg.protocol, "shares_speakers": spec.shares_speakers,
                "n_folds": len(plans), "seed": cfg.seed, "model": cfg.model,
                "features": list(cfg.features), "labels": data.labels, **agg,
                **_fit_timing(fold_rows), "folds": fold_rows}
     metrics.update(calibration_summary(method, cfg, preds, fold_rows, data.labels))
+    if cfg.select:
+        metrics["selection"] = select.summary([r["selected"] for r in fold_rows])
     if noisy is not None:
         metrics["noisy"] = conditions.summarise(fold_rows, "noisy")
     if channel is not None:
@@ -179,8 +195,19 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
     tracker = Tracker(cfg.tracking, out_dir, "train", to_dict(cfg),
                       tensorboard_dir=work_dir / "tensorboard")
     try:
+        chosen, augmenter = None, None
+        if cfg.select:  # by speaker folds of every training row, as each cv fold chooses
+            select.check(cfg)
+            augmenter = make_augmenter(data, cfg, [np.arange(len(data))])
+            chosen = select.choose(data, np.arange(len(data)), cfg, work_dir / "select",
+                                   cross_validate, augmenter)
+            cfg = select.configure(cfg, chosen["choice"])
+            data = select.view(data, cfg)
+            log(f"selected {chosen['choice']} (inner UA "
+                f"{max(r['ua'] for r in chosen['table']):.3f}, {chosen['folds']} speaker folds)")
         tr, va = val_split(data, np.arange(len(data)), cfg)
-        augmenter = make_augmenter(data, cfg, [tr])
+        if augmenter is None:
+            augmenter = make_augmenter(data, cfg, [tr])
         p = prepare_fold(data, tr, va, cfg, augmenter, not is_torch(cfg.model))
         fitted = fit(data, p, cfg, storage_path=work_dir, run_name="train", callbacks=callbacks)
         # calibrated on out-of-fold predictions of its own training speakers
@@ -210,7 +237,7 @@ def train_model(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, *,
         extra={"config": public_dict(cfg), "seed": cfg.seed, "history": fitted.history,
                "train_speakers": sorted(set(data.meta["speaker"].iloc[tr])),
                "validation_speakers": sorted(set(data.meta["speaker"].iloc[va])),
-               **(extra or {})})
+               **({"selected": chosen} if chosen else {}), **(extra or {})})
     val = metrics["validation"] or {}
     tracker.finish({f"validation_{k}": val[k] for k in ("ua", "wa", "macro_f1") if k in val},
                    out_dir)
@@ -257,7 +284,8 @@ def run_cv(data: FeatureData, cfg: LearnConfig, out_dir: str | Path, **kwargs) -
     try:
         metrics = cross_validate(data, cfg, out_dir / "work", on_fold=on_fold, **kwargs)
         metrics["seconds"] = round(time.time() - t0, 1)
-        write_report(out_dir, metrics, labels=data.labels, seed=cfg.seed, config=to_dict(cfg))
+        write_report(out_dir, metrics, labels=data.labels, seed=cfg.seed, config=to_dict(cfg),
+                     notes=select.notes(metrics.get("selection")))
     except BaseException:
         tracker.fail()
         raise

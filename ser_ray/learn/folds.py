@@ -96,9 +96,18 @@ class Augmenter:
         meta = meta.assign(label=meta["utterance_id"].map(label_of))
         self._meta = meta.reset_index(drop=True)
 
-    def rows_for(self, source_ids: set[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    def rows_for(self, source_ids: set[str], layers: dict[str, Any] | None = None
+                 ) -> tuple[np.ndarray, pd.DataFrame]:
+        """The copies of ``source_ids``; with every hidden state computed (``select.layers``),
+        the states ``layers`` picks, as the fold's own rows were picked."""
+        from ser_ray.features.inputs import select_layers
+
         keep = self._meta["source_id"].isin(source_ids).to_numpy()
-        return self._X[keep], self._meta[keep].reset_index(drop=True)
+        X = self._X[keep]
+        held = self.data.feature_config.get("layers")
+        if layers and held and layers != held and X.ndim == 3:
+            X = select_layers(X, layers)
+        return X, self._meta[keep].reset_index(drop=True)
 
 
 def _group_norm(X: np.ndarray, meta: pd.DataFrame, cfg: LearnConfig, time_axis) -> np.ndarray:
@@ -121,7 +130,8 @@ def head_rows(data: FeatureData, train_idx: np.ndarray, cfg: LearnConfig,
     if NORMALISE_GROUPS[cfg.normalise] is not None:
         norm["population_mean"], norm["population_std"] = moments(X_tr, time_axis)
     if augmenter is not None and cfg.augment.variant != "none":
-        X_aug, meta_aug = augmenter.rows_for(set(meta_tr["source_id"]))
+        X_aug, meta_aug = augmenter.rows_for(set(meta_tr["source_id"]),
+                                             data.feature_config.get("layers"))
         if cfg.augment.variant == "augmented":
             X_tr, meta_tr = X_aug, meta_aug
         else:
@@ -257,8 +267,6 @@ def make_augmenter(data: FeatureData, cfg: LearnConfig, train_sides: Sequence[np
         ids |= set(data.meta["utterance_id"].iloc[idx])
     aug.compute(ids)
     return aug
-
-
 
 
 def calibration_method(cfg: LearnConfig) -> str:

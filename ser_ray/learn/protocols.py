@@ -37,13 +37,18 @@ class ChannelProtocol:
         return {"clean": {"ua": clean["ua"], "wa": clean["wa"]},
                 **self.sets.score(predictor, sources)}
 
-    def fold(self, fitted: Fitted, clean: dict[str, Any], fold, tr, va, work_dir: Path
-             ) -> dict[str, Any]:
+    def fold(self, fitted: Fitted, clean: dict[str, Any], fold, tr, va, work_dir: Path,
+             choice: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fold's model on each line, and its twin of the other training mode (with the
+        fold's nested ``choice`` of options, when it made one)."""
+        from ser_ray.learn.select import configure, view
+
         data = self.data
         sources = set(data.meta["source_id"].iloc[fold.test])
         out = {conditions.mode_name(self.cfg): self._modes(fitted.predictor, clean, sources)}
         if self.other is not None:
-            other = self.other
+            other = configure(self.other, choice) if choice else self.other
+            data = view(data, other)
             p = prepare_fold(data, tr, va, other, self.other_augmenter, not is_torch(other.model))
             f = fit(data, p, other, storage_path=work_dir / "train",
                     run_name=f"fold{fold.index}-{conditions.mode_name(other)}")
