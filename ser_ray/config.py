@@ -20,7 +20,6 @@ from ser_ray.ranges import Checked
 from ser_ray.urgency import UrgencyConfig
 
 
-
 # Allowed values of config fields that more than one plane reads.
 NORMALISE_GROUPS = {"none": None, "global": None, "speaker": "speaker", "corpus": "corpus"}
 TRAINERS = ("auto", "local", "ray_train")
@@ -48,7 +47,6 @@ def pick_trainer(trainer: str, num_workers: int, use_gpu: bool, callbacks: Seque
     if trainer == "auto":
         return "ray_train" if distributed or callbacks else "local"
     return trainer
-
 
 
 @dataclass(frozen=True)
@@ -168,9 +166,8 @@ class LearnConfig(Checked):
     calibration: str = "auto"               # auto (temperature for classical models, none for
                                             # torch: k extra fits per fold) | temperature | none
     calibration_folds: int = 3              # inner speaker folds of the training side it fits on
-    select: dict[str, Any] = field(default_factory=dict)  # chosen per fold by inner speaker cv:
-                                            # {layers: [3, 2-4] | every, model_options.C: [0.1, 1]}
-    select_folds: int = 3                   # inner speaker folds of that choice
+    select: dict[str, Any] = field(default_factory=dict)  # chosen per fold by inner speaker cv,
+    select_folds: int = 3                   # e.g. {layers: every, model_options.C: [0.1, 1]}
     uncertain_coverage: float = 0.9         # "not sure" below the calibrated top probability
                                             # that answers this share of the training side
     num_workers: int = 1                    # Ray Train workers per fit (DDP)
@@ -194,8 +191,8 @@ class LearnConfig(Checked):
             raise ValueError(f"uncertain_coverage={self.uncertain_coverage} must be in (0, 1]")
         if self.select_folds < 2 or any((not isinstance(v, list) or not v) and (k, v) != (
                 "layers", "every") for k, v in self.select.items()):
-            raise ValueError("select: each key needs a non-empty list of candidates (layers: "
-                             "also every), and select_folds must be >= 2")
+            raise ValueError("select: each key needs a list of candidates (layers: or every); "
+                             "select_folds >= 2")
         if self.calibration_folds < 2:
             raise ValueError(f"calibration_folds={self.calibration_folds} must be >= 2")
         if self.augment.copies < 1 or self.channel_protocol.copies < 1:
@@ -460,12 +457,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected KEY=VALUE, e.g. audio.trim=true")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        set_path(data, key.strip(), yaml.safe_load(raw))
     return data
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any, merge: bool = False) -> None:
+    """``a.b.c`` of nested ``data`` set to ``value``; ``merge``: a dict updates a dict there."""
+    *path, last = dotted.split(".")
+    for part in path:
+        data = data.setdefault(part, {})
+    if merge and isinstance(old := data.get(last), dict) and isinstance(value, dict):
+        value = {**old, **value}
+    data[last] = value
 
 
 def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None,

@@ -245,6 +245,13 @@ def test_int8_features_stay_close_to_fp32_and_the_linear_layers_are_int8(tiny, f
     assert resolve_precision("fp32", "bf16", "cuda") == "bf16"
     with pytest.raises(ValueError, match="CPU path"):
         resolve_precision("int8", "auto", "cuda")
+    # what prepare stores and score compares: a setting the extractor accepts
+    from ser_ray.features.encoder import resolve_encoder_precision as stored
+
+    assert stored({"precision": "auto"}, gpu=True) == "fp32"  # fp16 by dtype, the float path
+    assert stored({"precision": "auto"}, gpu=False) == "int8"
+    assert stored({}, gpu=False) == "fp32"  # a folder from before the setting
+    assert stored({"precision": "fp32"}, gpu=False, want="int8") == "int8"
     with pytest.raises(ValueError, match="precision"):
         get_extractor("encoder", model=tiny[family], precision="int4")
 

@@ -92,16 +92,18 @@ class Encoder(Extractor):
 
 def resolve_encoder_precision(settings: dict[str, Any], gpu: bool,
                               want: str | None = None) -> str:
-    """The precision an ``encoder`` extractor with ``settings`` computes in on workers with
-    (``gpu``) or without a GPU: ``want`` (a scoring override) or its own ``precision`` (absent in
-    folders made before precision existed: fp32), ``auto`` resolved as the workers will."""
+    """The precision setting (``int8``, or ``fp32``: the float path, fp16/bf16 on a GPU by
+    ``dtype``) an ``encoder`` extractor with ``settings`` runs at on workers with (``gpu``) or
+    without a GPU: ``want`` (a scoring override) or its own ``precision`` (absent in folders
+    made before precision existed: fp32), ``auto`` resolved as the workers will."""
     from ser_ray.encoders import resolve_precision
 
     device = settings.get("device", "auto")
     if device == "auto":
         device = "cuda" if gpu else "cpu"
-    return resolve_precision(want or settings.get("precision", "fp32"),
-                             settings.get("dtype", "auto"), device)
+    resolved = resolve_precision(want or settings.get("precision", "fp32"),
+                                 settings.get("dtype", "auto"), device)
+    return "int8" if resolved == "int8" else "fp32"
 
 
 @register("waveform")

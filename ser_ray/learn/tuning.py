@@ -94,17 +94,6 @@ def _domain(key: str, dom: Any, search: str):
     return makers[kind]()
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-        node[parts[-1]] = {**node[parts[-1]], **value}
-    else:
-        node[parts[-1]] = value
-
-
 def trial_config(space: SweepSpace, sampled: dict[str, Any]) -> LearnConfig:
     """LearnConfig of one trial: the base, then each sampled value (dicts merge at top level)."""
     data = json.loads(json.dumps(space.base))
@@ -114,9 +103,9 @@ def trial_config(space: SweepSpace, sampled: dict[str, Any]) -> LearnConfig:
         value = json.loads(json.dumps(value, default=lambda o: o.item()))  # numpy -> plain
         if isinstance(value, dict) and key == "model":
             for k, v in value.items():
-                _set(data, k, v)
+                config_mod.set_path(data, k, v, merge=True)
         else:
-            _set(data, key, value)
+            config_mod.set_path(data, key, value, merge=True)
     data.setdefault("cpus_per_worker", space.resources.cpus_per_worker)
     data.setdefault("num_workers", space.resources.workers_per_trial)
     data.setdefault("use_gpu", space.resources.gpus_per_worker > 0)

@@ -94,7 +94,6 @@ def encoder_precision(cfg: ScoreConfig, model: ModelInfo) -> dict[str, Any] | No
     gpu = uses_gpus(cfg.gpus_per_worker)
     trained = encs[0].get("precision", "fp32")
     scoring = resolve_encoder_precision(encs[0], gpu, cfg.encoder_precision)
-    scoring = "int8" if scoring == "int8" else "fp32"
     mixed = precision_family(trained) != precision_family(scoring)
     if mixed and not cfg.allow_mixed_precision:
         raise ValueError(
