@@ -80,6 +80,15 @@ def select_layers(x: np.ndarray, selection: dict[str, Any] | None) -> np.ndarray
     return x if selection["stack"] else x.reshape(*x.shape[:-2], -1)
 
 
+def from_every_state(X: np.ndarray, selection: dict[str, Any] | None) -> np.ndarray:
+    """Rows that keep every hidden state stacked ``(n, n_states, d)`` (a nested choice of
+    ``layers``: the fold's rows, their augmented copies, noisy and telephone test sets) -> the
+    states ``selection`` picks; rows already picked pass as they are."""
+    if X.ndim == 3 and selection and X.shape[-2] == selection["states"]:
+        return select_layers(X, selection)
+    return X
+
+
 def conform(x: np.ndarray, feature_config: dict[str, Any]) -> np.ndarray:
     """One extracted array -> the model's input shape: the hidden states a model reads of a
     layered feature, or a 2-D feature cropped or padded along its time axis to the ``frames``

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ser_ray.config import AudioConfig, LearnConfig, from_dict
 from ser_ray.console import logger
-from ser_ray.features.inputs import extractor_from_settings, join_features
+from ser_ray.features.inputs import extractor_from_settings, from_every_state, join_features
 from ser_ray.learn.data import FeatureData, manifest
 from ser_ray.learn.evaluate import predict_rows, utterance_level
 from ser_ray.learn.metrics import compute_metrics
@@ -58,11 +58,7 @@ def utterance_metrics(predictor, X: np.ndarray, meta: pd.DataFrame, y: np.ndarra
     """Utterance-level metrics of ``predictor`` on labelled rows (``n``: utterances): a fold's
     test speakers, a test set in a condition. Rows that keep every hidden state (a nested
     choice of ``layers``) are given the states the predictor was fitted on."""
-    layers = (predictor.feature_config or {}).get("layers")
-    if X.ndim == 3 and layers and X.shape[-2] == layers["states"]:  # every state: pick
-        from ser_ray.features.inputs import select_layers
-
-        X = select_layers(X, layers)
+    X = from_every_state(X, (predictor.feature_config or {}).get("layers"))
     _, proba, y_true = utterance_level(meta, predict_rows(predictor, X, meta), y)
     return {**compute_metrics(y_true, proba.argmax(1), labels), "n": int(len(y_true))}
 

@@ -100,14 +100,10 @@ class Augmenter:
                  ) -> tuple[np.ndarray, pd.DataFrame]:
         """The copies of ``source_ids``; with every hidden state computed (``select.layers``),
         the states ``layers`` picks, as the fold's own rows were picked."""
-        from ser_ray.features.inputs import select_layers
+        from ser_ray.features.inputs import from_every_state
 
         keep = self._meta["source_id"].isin(source_ids).to_numpy()
-        X = self._X[keep]
-        held = self.data.feature_config.get("layers")
-        if layers and held and layers != held and X.ndim == 3:
-            X = select_layers(X, layers)
-        return X, self._meta[keep].reset_index(drop=True)
+        return from_every_state(self._X[keep], layers), self._meta[keep].reset_index(drop=True)
 
 
 def _group_norm(X: np.ndarray, meta: pd.DataFrame, cfg: LearnConfig, time_axis) -> np.ndarray:

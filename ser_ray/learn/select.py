@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ser_ray.config import ChannelProtocolConfig, LearnConfig, TrackingConfig, from_dict, to_dict
+from ser_ray.config import (ChannelProtocolConfig, LearnConfig, TrackingConfig, from_dict,
+                            set_path, to_dict)
 from ser_ray.learn.data import FeatureData
 
 
@@ -34,14 +35,11 @@ def grid(select: dict[str, Any], states: int | None = None) -> list[dict[str, An
 
 
 def configure(cfg: LearnConfig, choice: dict[str, Any]) -> LearnConfig:
-    """``cfg`` with one candidate's values set (dotted keys into nested fields, dicts merged)
-    and nothing left to select."""
+    """``cfg`` with one candidate's values set (dotted keys into nested fields) and nothing
+    left to select."""
     data = to_dict(cfg)
     for key, value in choice.items():
-        node, parts = data, key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        set_path(data, key, value)
     data["select"] = {}
     return from_dict(LearnConfig, data, f"select {json.dumps(choice, default=str)}")
 
@@ -49,7 +47,7 @@ def configure(cfg: LearnConfig, choice: dict[str, Any]) -> LearnConfig:
 def view(data: FeatureData, cfg: LearnConfig) -> FeatureData:
     """Rows loaded with every hidden state (``select.layers``) -> the states ``cfg.layers``
     picks, stacked for a model that weighs layers, joined for any other. Other data: as is."""
-    from ser_ray.features.inputs import layer_selection, select_layers
+    from ser_ray.features.inputs import from_every_state, layer_selection
     from ser_ray.models import get_model_spec
 
     held = data.feature_config.get("layers") or {}
@@ -57,7 +55,7 @@ def view(data: FeatureData, cfg: LearnConfig) -> FeatureData:
         return data
     stack = getattr(get_model_spec(cfg.model).config, "takes_layers", False)
     selection = layer_selection(cfg.layers, held["states"], stack)
-    return dataclasses.replace(data, X=select_layers(data.X, selection),
+    return dataclasses.replace(data, X=from_every_state(data.X, selection),
                                feature_config={**data.feature_config, "layers": selection})
 
 
