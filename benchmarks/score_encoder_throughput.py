@@ -20,6 +20,8 @@ Runs, after one untimed warm-up run (Ray start-up, first imports):
   (c10-int8) the same with the encoder in int8 (``encoder_precision=int8``; the fp32-trained
         model, so ``allow_mixed_precision``: ``benchmarks/encoder_precision.py`` measures what
         that does to UA, within 0.5 points on EmoDB).
+  (c10-diarize) (c10) with every call diarised (``customer_channel=diarize``: a voices pass,
+        then only the customer's windows scored), the cost of diarisation.
 Throughput is audio seconds per second of the scoring phase (``scoring_s``: listing to the last
 unit, actor start-up and model loading included). The model-stage busy share is the run
 record's ``model_seconds`` (features, encoder, head and staging writes, summed over the model
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true",
                     help="on a GPU node: (g) the 10x backlog with engine=staged, one model actor "
                          "per GPU; prints audio hours per GPU hour and the GPU busy share")
-    ap.add_argument("--runs", help="comma-separated subset of b,c,s,c1,c10,c10-int8 (default: all)")
+    ap.add_argument("--runs", help="comma-separated subset of b,c,s,c1,c10,c10-int8,c10-diarize "
+                                   "(default: all)")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", help="parent folder for the temp backlog (default: $TMPDIR)")
     args = ap.parse_args(argv)
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("b", mid, {"num_workers": 1}), ("c", mid, {}),
             ("s", mid, {"engine": "staged", "read_cpus": 0.5}),
             ("c1", one, {}), ("c10", big, {}),
-            ("c10-int8", big, {"encoder_precision": "int8", "allow_mixed_precision": True})]
+            ("c10-int8", big, {"encoder_precision": "int8", "allow_mixed_precision": True}),
+            ("c10-diarize", big, {"customer_channel": "diarize"})]
     if args.gpu:
         plan = [("g", big, {"engine": "staged", "gpus_per_worker": 1.0, "batch_size": 256})]
     elif args.runs:
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                     "engine": run["engine"], "model_workers": run["worker_processes"],
                     "model_busy": busy_share(run), "read_s": run["read_seconds"],
                     "model_s": run["model_seconds"], "peak_gb": mon.peak["driver_workers"] / 2 ** 30,
-                    "calls": run["calls"]}
+                    "calls": run["calls"],
+                    "voices_s": (run.get("diarization") or {}).get("seconds")}
         if gpu:
             res[key]["gpu_busy"] = gpu.busy()
     if args.gpu:
@@ -176,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     formulas = {"rt_per_core": (("c10",), lambda r: r["c10"]["rate"] / cores),
                 "rt_per_core_int8": (("c10-int8",), lambda r: r["c10-int8"]["rate"] / cores),
                 "int8_vs_fp32": (("c10", "c10-int8"), lambda r: r["c10-int8"]["rate"] / r["c10"]["rate"]),
+                "rt_per_core_diarize": (("c10-diarize",), lambda r: r["c10-diarize"]["rate"] / cores),
+                "diarize_vs_downmix": (("c10", "c10-diarize"),
+                                       lambda r: r["c10-diarize"]["rate"] / r["c10"]["rate"]),
+                # the voices pass alone: audio seconds per second of its worker time
+                "voices_pass_rt_per_worker": (("c10-diarize",), lambda r: r["c10-diarize"]["audio_s"]
+                                              / max(r["c10-diarize"]["voices_s"] or 0, 1e-9)),
                 "scaling": (("b", "c"), lambda r: r["c"]["rate"] / r["b"]["rate"]),
                 "staged_vs_actors": (("c", "s"), lambda r: r["s"]["rate"] / r["c"]["rate"]),
                 "memory_10x_1x": (("c1", "c10"), lambda r: r["c10"]["peak_gb"] / r["c1"]["peak_gb"])}

@@ -271,7 +271,7 @@ def score_config(args: argparse.Namespace):
     return config_mod.load(
         ScoreConfig, args.config, sets, model=args.model, inputs=args.inputs,
         output=args.output, run_date=args.run_date, metadata=args.metadata,
-        customer_channel=args.customer_channel, num_workers=args.num_workers,
+        customer_channel=args.customer_channel, agents=args.agents, num_workers=args.num_workers,
         rescore=args.rescore, trust_model=args.trust_model)
 
 
@@ -434,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="night being scored (default today); rerunning a night replaces its rows")
     sc.add_argument("--metadata", help="CSV/Parquet of call metadata with a call_id column")
     sc.add_argument("--customer-channel", dest="customer_channel", choices=config_mod.CHANNELS,
-                    help="channel of stereo recordings holding the customer (default mono: downmix)")
+                    help="stereo: the customer's channel; mono: downmix (default); diarize: score "
+                         "the customer's voice; auto: stereo_channel of stereo calls, mono diarised")
+    sc.add_argument("--agents", metavar="DIR", help="enrolled agent voices: a file or folder each")
     _config_args(sc, "YAML ScoreConfig (see configs/score.yaml)",
                  "--set vad.name=energy --set urgency.weights.sad=1.0 --set window_s=2")
     sc.add_argument("--num-workers", type=int, dest="num_workers")

@@ -23,7 +23,7 @@ from ser_ray.urgency import UrgencyConfig
 # Allowed values of config fields that more than one plane reads.
 NORMALISE_GROUPS = {"none": None, "global": None, "speaker": "speaker", "corpus": "corpus"}
 TRAINERS = ("auto", "local", "ray_train")
-CHANNELS = ("left", "right", "mono")          # ScoreConfig.customer_channel
+CHANNELS = ("left", "right", "mono", "diarize", "auto")  # ScoreConfig.customer_channel
 REFERENCES = ("run", "training", "call")      # ScoreNormalisation.reference
 
 
@@ -39,11 +39,10 @@ def pick_trainer(trainer: str, num_workers: int, use_gpu: bool, callbacks: Seque
     if trainer not in TRAINERS:
         raise ValueError(f"trainer={trainer!r} is not one of {list(TRAINERS)}")
     distributed = num_workers != 1 or use_gpu
-    if trainer == "local" and distributed:
-        raise ValueError(f"trainer=local runs one CPU worker; num_workers={num_workers}, "
-                         f"use_gpu={use_gpu} need trainer=ray_train (or auto)")
-    if trainer == "local" and callbacks:
-        raise ValueError("Ray Train callbacks need trainer=ray_train (or auto)")
+    if trainer == "local" and (distributed or callbacks):
+        raise ValueError(f"trainer=local runs one CPU worker without Ray Train callbacks; "
+                         f"num_workers={num_workers}, use_gpu={use_gpu}"
+                         f"{', callbacks' if callbacks else ''} need trainer=ray_train (or auto)")
     if trainer == "auto":
         return "ray_train" if distributed or callbacks else "local"
     return trainer
@@ -294,7 +293,10 @@ class ScoreConfig(Checked):
     output: str = ""                 # local folder or s3://bucket/prefix
     run_date: str | None = None      # YYYY-MM-DD partition of this run; None = today (local time)
     metadata: str | None = None      # CSV/Parquet with a call_id column, joined into calls/
-    customer_channel: str = "mono"   # left | right: that channel of stereo calls; mono: downmix
+    customer_channel: str = "mono"   # left | right (stereo) | mono (downmix) | diarize | auto
+    stereo_channel: str = "right"    # auto: the customer's channel of stereo calls
+    agents: str | None = None        # diarize: a folder of enrolled agent voices (file or folder each)
+    diarize: dict[str, Any] = field(default_factory=dict)  # ser_ray.speakers.DiarizeSettings options
     call_id: str = "stem"            # stem: file name without extension | path: path below the input
     vad: dict[str, Any] = field(default_factory=lambda: {"name": "auto"})  # detector + options
     vad_sample_rate: int = 8000      # silero's rate (8000 | 16000): 8 kHz is telephone band, ~1.4x faster
@@ -410,11 +412,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         raise ValueError(f"config {where or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"config {where or cls.__name__}: unknown key(s) {unknown}; valid: {sorted(names)}"
-        )
+    if unknown := sorted(set(data) - names):
+        raise ValueError(f"config {where or cls.__name__}: unknown key(s) {unknown}; valid: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()}
     return cls(**kwargs)
 

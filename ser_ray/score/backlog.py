@@ -38,7 +38,9 @@ class Unit:
     run that standardises with its own statistics), or a unit whose features are staged already
     (``predict``, with the ``reference`` statistics to use). ``groups``: call id -> reference
     group (``normalisation.group_by``); ``parent``: the unit a call was split out of when its
-    worker died. Crosses Ray as JSON (:meth:`to_json`, :meth:`from_json`)."""
+    worker died; ``roles``: call id -> whose speech to score on a diarised mono call
+    (``score.voices``; its ``voices`` pass finds the voices first). Crosses Ray as JSON
+    (:meth:`to_json`, :meth:`from_json`)."""
 
     unit_id: str
     calls: tuple[Call, ...] = ()
@@ -47,6 +49,7 @@ class Unit:
     groups: dict[str, str] | None = None
     reference: dict[str, Any] | None = None
     parent: str | None = None
+    roles: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

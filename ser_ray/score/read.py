@@ -48,7 +48,8 @@ class CallReader:
         return {"call_id": call.call_id, "uri": call.uri, "size_bytes": call.size,
                 "status": None, "reason": None, "duration_s": None, "sample_rate": None,
                 "channels": None, "format": None, "codec": None, "channel": None,
-                "n_segments": 0,
+                "customer_speech_s": None, "agent_speech_s": None, "diarization": None,
+                "diarization_confidence": None, "diarization_reason": None, "n_segments": 0,
                 **{f"share_{lab}": None for lab in self.labels}, **{k: None for k in SUMMARY_FLOATS},
                 "normalised_by": None, "model_id": self.s.model_id,
                 "model_hash": self.s.model_hash, "run_id": self.s.run_id}
@@ -83,12 +84,17 @@ class CallReader:
                    channels=decoded.channels, format=decoded.format, codec=decoded.codec)
         if decoded.duration_s > self.s.max_call_s:
             return fail("too_long", f"{decoded.duration_s:.0f} s > max_call_s={self.s.max_call_s:.0f}")
-        y, row["channel"] = pick_channel(decoded.samples, self.s.customer_channel)
+        y, row["channel"] = pick_channel(decoded.samples, self.s.customer_channel,
+                                         self.s.stereo_channel)
         return audio.resample(y, decoded.sample_rate, self.sr)
 
     def read(self, unit: Unit) -> tuple[list[dict[str, Any]], dict[int, tuple]]:
         """A unit's calls -> (call rows, {call position: (signal, window spans)}); a call without
-        windows has its status set in its row already."""
+        windows has its status set in its row already.
+
+        A ``voices`` unit (``score.voices``) -> (call rows, {call position: (signal, speech
+        segments)}) for the calls to diarise (downmixed: ``channel`` mono) only. A call with a
+        role in ``unit.roles`` has windows over its customer's turns only, and says so in its row."""
         from ser_ray import audio
 
         rows = [self.row(c) for c in unit.calls]
@@ -104,9 +110,16 @@ class CallReader:
                      for i in live]
         found = dict(zip(live, detect_speech(vad_input, self.vad_sr, self.detector))) if live else {}
         calls: dict[int, tuple] = {}
+        if unit.phase == "voices":
+            return rows, {i: (signals[i], found[i]) for i in live
+                          if self.s.diarising and rows[i]["channel"] == "mono"}
+        roles = unit.roles or {}
         for i in live:
             try:
-                spans = self._spans(found[i], rows[i])
+                speech = found[i]
+                if (role := roles.get(rows[i]["call_id"])) and rows[i]["channel"] == "mono":
+                    speech = apply_role(role, speech, rows[i])
+                spans = self._spans(speech, rows[i])
                 if spans:
                     calls[i] = (signals[i], spans)
             except Exception as exc:
@@ -126,13 +139,26 @@ class CallReader:
         return spans
 
 
-def pick_channel(samples: np.ndarray, which: str) -> tuple[np.ndarray, str]:
-    """(frames, channels) -> (mono signal, channel used). A mono file is used as it is."""
+def pick_channel(samples: np.ndarray, which: str, stereo: str = "right") -> tuple[np.ndarray, str]:
+    """(frames, channels) -> (mono signal, channel used). A mono file is used as it is;
+    ``which`` mono or diarize downmixes a stereo one, auto takes its ``stereo`` channel."""
     from ser_ray import audio
 
-    if samples.ndim == 1 or samples.shape[1] == 1 or which == "mono":
+    which = stereo if which == "auto" else which
+    if samples.ndim == 1 or samples.shape[1] == 1 or which in ("mono", "diarize"):
         return audio.downmix(samples).astype(np.float32, copy=False), "mono"
     return np.ascontiguousarray(samples[:, 0 if which == "left" else 1]), which
+
+
+def apply_role(role: dict[str, Any], speech: list[tuple[float, float]],
+               row: dict[str, Any]) -> list[tuple[float, float]]:
+    """A diarised call's role (``score.voices.assign``) -> the speech to score (the customer's
+    turns; all of it where diarisation failed), with the row's diarisation columns filled."""
+    row.update(customer_speech_s=role.get("customer_speech_s"), agent_speech_s=role.get("agent_speech_s"),
+               diarization=role["method"], diarization_confidence=role.get("confidence"),
+               diarization_reason=role.get("reason"))
+    turns = role.get("customer")
+    return speech if turns is None else [(float(s), float(e)) for s, e in turns]
 
 
 def detect_speech(signals: list[np.ndarray], sr: int, detector: vad.Detector) -> list[list[tuple[float, float]]]:

@@ -54,7 +54,9 @@ from ser_ray.score.model import ModelInfo
 from ser_ray.score.publish import publish, write_index, write_report
 from ser_ray.score.reference import (ONE_PASS_STATISTICS, Populations, reference_key,
                                      reference_table, trained_normalisation, training_population)
-from ser_ray.score.settings import WorkerSettings, encoder_precision, worker_settings
+from ser_ray.score.settings import (WorkerSettings, diarize_settings, encoder_precision,
+                                    worker_settings)
+from ser_ray.score.voices import Voices, assign, load_agents, with_roles
 from ser_ray.score.tables import staged_stats, unit_dir
 from ser_ray.score.transcripts import transcribe_night
 from ser_ray.storage import Storage, is_s3, join
@@ -80,8 +82,13 @@ def check_config(cfg: ScoreConfig) -> None:
                          "(or leave it unset: as the model's features were made)")
     if cfg.call_id not in ("stem", "path"):
         raise ValueError(f"call_id={cfg.call_id!r}: choose stem or path")
-    if cfg.customer_channel not in CHANNELS:
-        raise ValueError(f"customer_channel={cfg.customer_channel!r}: choose left, right or mono")
+    if cfg.customer_channel not in CHANNELS or cfg.stereo_channel not in ("left", "right"):
+        raise ValueError(f"customer_channel={cfg.customer_channel!r}: choose {', '.join(CHANNELS)}; "
+                         f"stereo_channel={cfg.stereo_channel!r}: choose left or right")
+    if cfg.agents and cfg.customer_channel not in ("diarize", "auto"):
+        raise ValueError(f"agents={cfg.agents!r} enrols agent voices for diarisation: set "
+                         "customer_channel=diarize or auto")
+    diarize_settings(cfg)  # unknown or out-of-range diarize options fail now
     for name in ("calls_per_task", "batch_size", "units_per_wave", "report_top"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name}={getattr(cfg, name)} must be >= 1")
@@ -197,6 +204,7 @@ class Tally:
     done: int = 0
     resumed: int = 0
     extracted: int = 0
+    voices: Voices = dataclasses.field(default_factory=Voices)  # the voices pass (diarising)
     audio_s: float = 0.0
     fresh_audio_s: float = 0.0
     unit_s: float = 0.0                   # seconds of unit work, of which read_s on the read side
@@ -215,7 +223,9 @@ class Tally:
             self.unit_s += st.get("seconds", 0.0)
             self.read_s += st.get("read_s", 0.0)
             self.workers.add(st.get("pid"))
-        if st.get("phase") == "extract":
+        if st.get("phase") == "voices":
+            self.voices.add(st)
+        elif st.get("phase") == "extract":
             self.extracted += 1
             self.populations.add(self.position[st["unit_id"]], st["moments"])
         else:
@@ -228,6 +238,10 @@ class Tally:
 
     def show(self) -> None:
         n = len(self.unit_ids)
+        if self.voices.units and not self.done and not self.extracted:
+            self.bar.update(self.voices.units, max(n, self.voices.units),
+                            "voices pass (who speaks when on mono calls)")
+            return
         if self.extracted and not self.done:
             self.bar.update(self.extracted, n, "extract pass (reference statistics of the run's calls)")
             return
@@ -255,12 +269,41 @@ class Waves:
             self.todo = []
 
 
-def first_pass(night: Night, listing: Listing, waves: Waves, tally: Tally) -> None:
+def backlog_units(night: Night, listing: Listing):
+    """The night's units of work, lazily, in listing order."""
+    cfg = night.cfg
+    return iter_units(listing.calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20),
+                      night.settings.material(), night.groups)
+
+
+def voices_pass(night: Night, units, waves: Waves, tally: Tally,
+                bank: tuple[list[str], Any] | None) -> tuple[list[Unit], dict[str, Any]]:
+    """Diarising: every unit's mono calls split into voices (a unit an earlier, interrupted run
+    finished is read back, not run again), then each call's agent decided (``score.voices``).
+    Returns the units with their calls' roles and what the run record says."""
+    listed, seconds = [], tally.unit_s
+    for unit in units:
+        listed.append(unit)
+        marker = night.staged(unit.unit_id, "voices.json")
+        if night.storage.exists(marker):
+            tally.record(json.loads(night.storage.read_bytes(marker)), resumed=True)
+            continue
+        waves.add(dataclasses.replace(unit, phase="voices"))
+    waves.flush()
+    neighbours = int(night.settings.diarize["neighbours"])
+    roles, record = assign(tally.voices, bank[1] if bank else None, neighbours)
+    record = {"mode": night.cfg.customer_channel, **record, "seconds": tally.unit_s - seconds,
+              **({"stereo_channel": night.cfg.stereo_channel} if night.cfg.customer_channel == "auto" else {}),
+              **({"agents": bank[0]} if bank else {}), "settings": night.settings.diarize}
+    log("diarisation: " + (", ".join(f"{m} {n}" for m, n in sorted(record["methods"].items()))
+                           or "no mono calls"))
+    return list(with_roles(listed, roles)), record
+
+
+def first_pass(night: Night, units, waves: Waves, tally: Tally) -> None:
     """Every unit of the backlog: scored (one pass), or extracted (two passes); a unit an
     earlier, interrupted run of this night finished is counted, not run again."""
-    cfg = night.cfg
-    for unit in iter_units(listing.calls(), cfg.calls_per_task, int(cfg.mb_per_task * 2 ** 20),
-                           night.settings.material(), night.groups):
+    for unit in units:
         tally.listed(unit)
         if night.two_pass:
             unit = dataclasses.replace(unit, phase="extract")
@@ -320,6 +363,7 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
     skip = {} if cfg.rescore else previously_scored(storage, night.output, night.run_date,
                                                     night.model.model_hash)
     listing = Listing(cfg, storage, skip)
+    bank = load_agents(cfg, storage) if night.settings.diarising else None
     init_ray()
     import ray
 
@@ -331,7 +375,10 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
     engine = make_engine(cfg, settings, model_ref, engine_name)
     try:
         waves = Waves(night, engine, tally)
-        first_pass(night, listing, waves, tally)
+        units, diarization = backlog_units(night, listing), None
+        if night.settings.diarising:
+            units, diarization = voices_pass(night, units, waves, tally, bank)
+        first_pass(night, units, waves, tally)
         ref_key, norm_record = second_pass(night, waves, tally)
     finally:
         engine.close()
@@ -358,7 +405,8 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
            "feature_models": extractor_models(model.feature_config),
            "encoder_precision": night.precision,
            "window_s": settings.window_s, "window_from": night.window_from,
-           "vad": settings.vad, "normalisation": norm_record, "config": public_dict(cfg),
+           "vad": settings.vad, "normalisation": norm_record, "diarization": diarization,
+           "config": public_dict(cfg),
            "versions": versions(),
            "labels": model.labels, "calls": published["calls"], "counts": published["counts"],
            "skipped_previously_scored": listing.skipped, "resumed_units": tally.resumed,

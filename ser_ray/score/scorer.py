@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ser_ray.labels import UNCERTAIN
-from ser_ray.schema import NO_SPEECH, SCORED, internal_error
+from ser_ray.schema import NO_SPEECH, SCORED, error_detail, internal_error
 from ser_ray.score.backlog import Unit
 from ser_ray.score.drift import STAGED as STAGED_DRIFT, unit_drift
 from ser_ray.features.windows import WindowFeatures
@@ -73,6 +73,8 @@ class UnitScorer:
         self.urgency = settings.urgency
         self.reference = Reference(settings.reference, self.predictor)
         self.seg_schema, self.call_schema = segments_schema(self.labels), calls_schema(self.labels)
+        self.device = device
+        self._speakers = None
 
     def warm_up(self) -> None:
         """Run one second of noise through VAD, features and model: lazy imports and JIT
@@ -112,6 +114,8 @@ class UnitScorer:
             extra = read[2] if len(read) > 2 else 0.0
             t0 -= extra  # the unit's seconds of work include its read in the CPU pool
             read_s += extra
+            if phase == "voices":
+                return {**self._stage_voices(unit, rows, calls, t0), "read_s": read_s}
             windows = self._featurise(calls, rows)
             read = calls = None  # the unit's audio is not needed past its features
         if phase == "extract":
@@ -193,7 +197,9 @@ class UnitScorer:
         top = [self.labels[k] for k in best]
         cal = self.predictor.calibration  # the model's "not sure" threshold, when it has one
         sure = cal.answered(p) if cal is not None else np.ones(len(p), bool)
+        mixed = row["channel"] == "mono" and row["diarization"] in (None, "failed")
         seg = pd.DataFrame({"call_id": row["call_id"], "channel": row["channel"],
+                            "speaker": "mixed" if mixed else "customer",
                             "segment_index": np.arange(len(spans), dtype=np.int32),
                             "start_s": start, "end_s": end,
                             **{f"{PROB_PREFIX}{lab}": p[:, k] for k, lab in enumerate(self.labels)},
@@ -210,6 +216,32 @@ class UnitScorer:
                    **{f"share_{lab}": summary[f"share_{lab}"] for lab in self.labels},
                    status=SCORED, n_segments=len(spans))
         return pa.Table.from_pandas(seg, self.seg_schema, preserve_index=False)
+
+    # -- the voices pass: who speaks when on each mono call -----------------------------------
+    def _stage_voices(self, unit: Unit, rows: list[dict[str, Any]], calls: dict[int, tuple],
+                      t0: float) -> dict[str, Any]:
+        """Each call to diarise -> its voices (``speakers.call_voices``; a call that fails says
+        why), staged as the unit's ``voices.json``, which marks the unit done for this pass."""
+        from ser_ray import speakers
+
+        if self._speakers is None:
+            self._speakers = speakers.SpeakerEncoder(self.device)
+        settings = speakers.DiarizeSettings(**(self.s.diarize or {}))
+        found = []
+        for i in sorted(calls):
+            entry = {"call_id": rows[i]["call_id"]}
+            try:
+                if os.environ.get("SER_RAY_FAIL_DIARIZE") == entry["call_id"]:  # fault injection (tests)
+                    raise RuntimeError("injected diarisation failure")
+                entry.update(speakers.call_voices(calls[i][0], self.sr, calls[i][1], self._speakers,
+                                                  settings))
+            except Exception as exc:  # the call is scored on the downmix, saying why
+                entry["failed"] = error_detail(exc)
+            found.append(entry)
+        stats = {**self._stats(unit, rows, t0), "phase": "voices", "voices": found}
+        self.storage.write_bytes(join(unit_dir(self.s.staging, unit.unit_id), "voices.json"),
+                                 json.dumps(stats).encode())
+        return stats
 
     # -- two passes: extract, then predict with the run's statistics ------------------------
     def _stage_extract(self, unit: Unit, rows: list[dict[str, Any]],

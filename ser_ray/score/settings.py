@@ -30,7 +30,7 @@ class WorkerSettings:
     max_call_s: float
     max_bytes: int               # a file larger than this is not read (``too_large``)
     max_decoded_bytes: int       # nor one that would decode to more than this
-    customer_channel: str        # left, right or mono
+    customer_channel: str        # left, right, mono, diarize or auto
     vad: dict[str, Any]          # the resolved detector's config (``vad.detector_config``)
     vad_sample_rate: int
     batch_size: int
@@ -44,12 +44,20 @@ class WorkerSettings:
     s3: S3Config
     staged: bool = False         # engine ``staged``: VAD runs in the read pool, not the actor
     encoder_precision: str | None = None  # the encoder features' precision when not as trained
+    stereo_channel: str = "right"  # auto: the customer's channel of a stereo call
+    diarize: dict[str, Any] | None = None  # speakers.DiarizeSettings options, when diarising
+
+    @property
+    def diarising(self) -> bool:
+        """Whether mono calls are split into voices (``customer_channel`` diarize or auto)."""
+        return self.customer_channel in ("diarize", "auto")
 
     def material(self) -> str:
         """The settings that change what a unit's rows hold (not where they go), as JSON: part
         of every unit id, so a change starts units afresh."""
         d = dataclasses.asdict(self)
-        keep = MATERIAL + (("encoder_precision",) if self.encoder_precision else ())
+        keep = MATERIAL + (("encoder_precision",) if self.encoder_precision else ()) + (
+            ("stereo_channel", "diarize") if self.diarising else ())
         return json.dumps({k: d[k] for k in keep}, sort_keys=True)
 
     def feature_config(self, fc: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +134,21 @@ def worker_settings(cfg: ScoreConfig, model: ModelInfo, run_id: str, staging: st
         gpus_per_worker=cfg.gpus_per_worker, trust_model=cfg.trust_model, urgency=cfg.urgency,
         normalisation=cfg.normalisation, reference=reference_settings(cfg, model), s3=cfg.s3,
         encoder_precision=precision["scoring"] if precision and (
-            cfg.encoder_precision or precision["scoring"] != precision["trained"]) else None)
+            cfg.encoder_precision or precision["scoring"] != precision["trained"]) else None,
+        stereo_channel=cfg.stereo_channel, diarize=diarize_settings(cfg))
+
+
+def diarize_settings(cfg: ScoreConfig) -> dict[str, Any] | None:
+    """``cfg.diarize`` checked and with its defaults (None when not diarising)."""
+    if cfg.customer_channel not in ("diarize", "auto"):
+        return None
+    from ser_ray.speakers import DiarizeSettings
+
+    try:
+        return dataclasses.asdict(DiarizeSettings(**cfg.diarize))
+    except TypeError as exc:
+        raise ValueError(f"diarize: {exc}; options: "
+                         f"{[f.name for f in dataclasses.fields(DiarizeSettings)]}") from None
 
 
 def settings_from_record(run: dict[str, Any], s3: S3Config) -> WorkerSettings:
@@ -144,4 +166,4 @@ def settings_from_record(run: dict[str, Any], s3: S3Config) -> WorkerSettings:
         vad_sample_rate=cfg.vad_sample_rate, batch_size=cfg.batch_size,
         labels=tuple(run["labels"]), sample_rate=16000, gpus_per_worker=0.0,
         trust_model=False, urgency=cfg.urgency, normalisation=cfg.normalisation,
-        reference={"mode": "model"}, s3=s3)
+        reference={"mode": "model"}, s3=s3, stereo_channel=cfg.stereo_channel)

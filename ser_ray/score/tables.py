@@ -22,6 +22,7 @@ SEGMENT_ROWS_PER_PART = 1_000_000
 
 def segments_schema(labels: Sequence[str]) -> pa.Schema:
     return pa.schema([("call_id", pa.string()), ("channel", pa.string()),
+                      ("speaker", pa.string()),  # customer (its channel or voice) | mixed (downmix)
                       ("segment_index", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
                       *[(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels],
                       ("label", pa.string()), ("confidence", pa.float32()),
@@ -42,6 +43,10 @@ def calls_schema(labels: Sequence[str]) -> pa.Schema:
         ("status", pa.string()), ("reason", pa.string()),
         ("duration_s", pa.float64()), ("sample_rate", pa.int32()), ("channels", pa.int32()),
         ("format", pa.string()), ("codec", pa.string()), ("channel", pa.string()),
+        # a mono call split into voices (ser_ray.speakers): whose speech, and how it was decided
+        ("customer_speech_s", pa.float64()), ("agent_speech_s", pa.float64()),
+        ("diarization", pa.string()), ("diarization_confidence", pa.float64()),
+        ("diarization_reason", pa.string()),
         ("n_segments", pa.int32()),
         *[(f"share_{lab}", pa.float64()) for lab in labels],
         *[(name, pa.float64()) for name in SUMMARY_FLOATS],
