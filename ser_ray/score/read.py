@@ -106,19 +106,21 @@ class CallReader:
                 internal_error(row, exc)
                 signals.append(None)
         live = [i for i, y in enumerate(signals) if y is not None]
+        roles = {} if unit.phase == "voices" else (unit.roles or {})
+        given = {i: role for i in live
+                 if (role := roles.get(rows[i]["call_id"])) and rows[i]["channel"] == "mono"}
+        # A call whose customer turns the voices pass found needs no VAD again.
+        need = [i for i in live if given.get(i, {}).get("customer") is None]
         vad_input = [signals[i] if self.vad_sr == self.sr else audio.resample(signals[i], self.sr, self.vad_sr)
-                     for i in live]
-        found = dict(zip(live, detect_speech(vad_input, self.vad_sr, self.detector))) if live else {}
+                     for i in need]
+        found = dict(zip(need, detect_speech(vad_input, self.vad_sr, self.detector))) if need else {}
         calls: dict[int, tuple] = {}
         if unit.phase == "voices":
             return rows, {i: (signals[i], found[i]) for i in live
                           if self.s.diarising and rows[i]["channel"] == "mono"}
-        roles = unit.roles or {}
         for i in live:
             try:
-                speech = found[i]
-                if (role := roles.get(rows[i]["call_id"])) and rows[i]["channel"] == "mono":
-                    speech = apply_role(role, speech, rows[i])
+                speech = apply_role(given[i], found.get(i), rows[i]) if i in given else found[i]
                 spans = self._spans(speech, rows[i])
                 if spans:
                     calls[i] = (signals[i], spans)
@@ -150,7 +152,7 @@ def pick_channel(samples: np.ndarray, which: str, stereo: str = "right") -> tupl
     return np.ascontiguousarray(samples[:, 0 if which == "left" else 1]), which
 
 
-def apply_role(role: dict[str, Any], speech: list[tuple[float, float]],
+def apply_role(role: dict[str, Any], speech: list[tuple[float, float]] | None,
                row: dict[str, Any]) -> list[tuple[float, float]]:
     """A diarised call's role (``score.voices.assign``) -> the speech to score (the customer's
     turns; all of it where diarisation failed), with the row's diarisation columns filled."""
