@@ -156,9 +156,10 @@ def call_voices(y: np.ndarray, sr: int, speech: Sequence[tuple[float, float]], e
         first = 0
     k = int(voice.max()) + 1
     centroids = _unit(np.stack([E[voice == v].mean(axis=0) for v in range(k)]))
+    # seconds from the turns: a segment's last piece may overlap the one before it
     return {"turns": turns, "centroids": centroids.round(6).tolist(),
-            "speech_s": [float(length[voice == v].sum()) for v in range(k)], "first": first,
-            "separation": separation}
+            "speech_s": [float(sum(e - s for s, e, w in turns if w == v)) for v in range(k)],
+            "first": first, "separation": separation}
 
 
 def recurrence(voices: np.ndarray, call_of: np.ndarray, neighbours: int) -> np.ndarray:

@@ -47,6 +47,10 @@ def test_two_voices_split_into_turns_with_the_first_heard_as_voice_zero():
     assert len(found["centroids"]) == 2 and found["first"] == 0
     assert [v for _, _, v in found["turns"]] == [0, 1, 0, 1]
     assert found["speech_s"] == pytest.approx([6.0, 10.5], abs=0.01)
+    # a segment whose last piece overlaps the one before: its seconds are counted once
+    y, speech = _tone_call([("high", 2.0), ("low", 2.0), ("high", 2.0), ("low", 2.0)])
+    found = speakers.call_voices(y, 16000, speech, ToneEncoder())
+    assert found["speech_s"] == pytest.approx([4.0, 4.0], abs=0.01)
     assert found["separation"] > 0.3
     assert speakers.customer_turns(found, 0) == [tuple(t[:2]) for t in found["turns"] if t[2] == 1]
 
