@@ -229,3 +229,35 @@ def test_enrolled_agents_and_their_errors(night, tmp_path):
     with pytest.raises(ValueError, match="diarize"):
         run_score(load(ScoreConfig, None, ["customer_channel=diarize", "diarize={same_voic: 0.9}"],
                        model=night["cfg"].model, inputs=["x"], output=str(out)), progress=False)
+
+
+def test_a_night_killed_in_its_voices_pass_resumes_to_the_same_rows(night, tmp_path):
+    """SIGKILL the whole job (driver and its Ray) once the voices pass has staged units; the
+    rerun reads them back and publishes what an undisturbed run publishes. Every run is a
+    process of its own with its own Ray (the module's Ray has the fault switch set)."""
+    import subprocess
+    import sys
+
+    from prepare_helpers import kill_cli_once_staged
+
+    def ser_ray_cli(*a):
+        r = subprocess.run([sys.executable, "-m", "ser_ray.cli", *a], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    def args(out):
+        return ["score", "--model", night["cfg"].model, "--input", str(night["root"] / "in"),
+                "--output", str(out), "--run-date", NIGHT, "--customer-channel", "diarize",
+                "--set", "calls_per_task=1", "--no-progress"]
+
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    done = kill_cli_once_staged(args(resumed), resumed / "_staging", "voices.json", 2)
+    assert 2 <= done < len(night["truth"]), "the kill should land mid-pass"
+    assert not (resumed / "calls").exists()
+    ser_ray_cli(*args(resumed))
+    ser_ray_cli(*args(clean))
+    cols = ["call_id", "status", "diarization", "customer_speech_s", "agent_speech_s", "urgency_score"]
+    a, b = (read_calls(o).sort_values("call_id").reset_index(drop=True)[cols] for o in (resumed, clean))
+    pd.testing.assert_frame_equal(a, b)
+    # nothing failed here but the silent file, which has no speech to split
+    assert set(a.loc[a["diarization"] == "failed", "status"]) == {"no_speech"}
+    assert "recurring" in set(a["diarization"])
