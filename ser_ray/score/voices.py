@@ -87,8 +87,8 @@ def voice_scores(voices: Voices, bank: np.ndarray | None, neighbours: int
     ids = [c for c, e in voices.calls.items() if len(e.get("centroids") or ()) == 2]
     if not ids:
         return {}, None
-    V = np.array([v for c in ids for v in voices.calls[c]["centroids"]], np.float32)
     if bank is not None:
+        V = np.array([v for c in ids for v in voices.calls[c]["centroids"]], np.float32)
         s = speakers.enrolled_scores(V, bank)
         return {c: s[2 * k:2 * k + 2].tolist() for k, c in enumerate(ids)}, "enrolled"
     # Every voice of the night counts as a neighbour, one-voice calls' too.
