@@ -14,7 +14,9 @@ order) is decoded and conditioned as ``prepare`` does (trim on), then:
       second, the share of computed frames that were padding, the share of clips encoded in a
       batch of one.
   (2) **scoring windows**: each recording cut or looped to the model's 2.6 s analysis window
-      (``docs/emodb-night.sh``'s model), fp32 against int8, batches of 8.
+      (``docs/emodb-night.sh``'s model), fp32 against int8, batches of 8; and each of them with
+      the encoder cut at the middle state (``depth``, what scoring runs for a head that reads
+      it), with the largest difference of the states it computes from the whole encoder's.
   (3) **tolerance**: per hidden state, the cosine similarity of each clip's int8 and fp32 pooled
       vectors (mean half and std half), min and mean; target >= 0.99 on the state the head
       reads (whisper-base: 3, the middle one) and reported for all.
@@ -236,12 +238,21 @@ def main() -> int:
     res["clips_int8_vs_fp32"] = round(rows["int8, bucketed"]["x_real_time"]
                                       / rows["fp32, bucketed"]["x_real_time"], 2)
     wins = windows_of(clips)
-    r32, _, _ = timed(fp32, wins)
-    r8, _, _ = timed(int8, wins)
-    res["windows"] = {"fp32_x_real_time": round(r32, 1), "int8_x_real_time": round(r8, 1),
-                      "int8_vs_fp32": round(r8 / r32, 2)}
-    res["cosine"] = cos = cosines(a, b)
+    r32, w32, _ = timed(fp32, wins)
+    r8, w8, _ = timed(int8, wins)
     mid = a.shape[1] // 2
+    # (2b) the encoder cut at the state the head reads (scoring's ``depth``): the same states
+    cuts = {}
+    for name, full in (("fp32", w32), ("int8", w8)):
+        enc = SpeechEncoder(args.model, device="cpu", precision=name, batch_size=8, depth=mid)
+        rate, out, _ = timed(enc, wins)
+        cuts[name] = {"x_real_time": round(rate, 1),
+                      "vs_every_layer": round(rate / (r32 if name == "fp32" else r8), 2),
+                      "max_abs_diff_states_0_%d" % mid: float(np.abs(out - full[:, :mid + 1]).max())}
+    res["windows"] = {"fp32_x_real_time": round(r32, 1), "int8_x_real_time": round(r8, 1),
+                      "int8_vs_fp32": round(r8 / r32, 2), "cut_at_state_%d" % mid: cuts,
+                      "int8_cut_vs_fp32_every_layer": round(cuts["int8"]["x_real_time"] / r32, 2)}
+    res["cosine"] = cos = cosines(a, b)
     flat = {k: v[:, mid].reshape(len(v), -1) for k, v in res["_out"].items()}
     X32, X8 = flat["fp32, bucketed"], flat["int8, bucketed"]
     (ua32, ua_mixed, ua_batch), (p32, p8, pb), step = loso(
@@ -266,7 +277,10 @@ def main() -> int:
         print(f"{name:28s} {row['x_real_time']:6.1f}x real time  padding {row['padding_share']:.3f}"
               f"  batch of one {row['single_share']:.3f}  clips/batch {row['clips_per_batch']}")
     print(f"scoring windows: fp32 {r32:.1f}x, int8 {r8:.1f}x real time per core "
-          f"(int8/fp32 {r8 / r32:.2f})")
+          f"(int8/fp32 {r8 / r32:.2f}); cut at state {mid}: fp32 {cuts['fp32']['x_real_time']}x "
+          f"({cuts['fp32']['vs_every_layer']}x every layer), int8 {cuts['int8']['x_real_time']}x "
+          f"({cuts['int8']['vs_every_layer']}x), int8 cut / fp32 every layer "
+          f"{res['windows']['int8_cut_vs_fp32_every_layer']}")
     print(f"cosine int8 vs fp32, state {mid}: min mean {cos[str(mid)]['mean']['min']}, "
           f"min std {cos[str(mid)]['std']['min']}; UA fp32 {ua32}, fp32 head on int8 {ua_mixed} "
           f"({res['ua']['delta_mixed']:+.2f}), int8 head {ua8}; int8 changed "

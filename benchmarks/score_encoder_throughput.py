@@ -22,6 +22,10 @@ Runs, after one untimed warm-up run (Ray start-up, first imports):
         that does to UA, within 0.5 points on EmoDB).
   (c10-diarize) (c10) with every call diarised (``customer_channel=diarize``: a voices pass,
         then only the customer's windows scored), the cost of diarisation.
+  (c10-full), (c10-int8-full) (c10) and (c10-int8) with every encoder layer run
+        (``SER_RAY_ENCODER_DEPTH=full``, in a child process with its own Ray): scoring runs
+        the encoder only up to the deepest state the head reads (whisper-base's middle state:
+        3 of 6 layers), and these rows are the cost without that cut.
 Throughput is audio seconds per second of the scoring phase (``scoring_s``: listing to the last
 unit, actor start-up and model loading included). The model-stage busy share is the run
 record's ``model_seconds`` (features, encoder, head and staging writes, summed over the model
@@ -53,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_throughput import cpu_model, make_backlog, measure  # noqa: E402
 
 DEFAULT_MODEL = Path("/tmp/emodb-night/model")
+FULL = {"SER_RAY_ENCODER_DEPTH": "full"}
 
 
 def run_once(backlog: Path, model: Path, out: Path, **kw) -> dict:
@@ -64,6 +69,20 @@ def run_once(backlog: Path, model: Path, out: Path, **kw) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     return run_score(ScoreConfig(model=str(model), inputs=(str(backlog),), output=str(out),
                                  rescore=True, **kw), progress=False)
+
+
+def run_child(backlog: Path, model: Path, out: Path, env: dict[str, str], **kw) -> dict:
+    """:func:`run_once` in a child process with its own Ray and ``env`` (what Ray's workers of
+    this process cannot be given after it started): the run record."""
+    import subprocess
+
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, %r); "
+            "from score_encoder_throughput import run_once; "
+            "print('RUN ' + json.dumps(run_once(Path(%r), Path(%r), Path(%r), **%r), default=str))"
+            % (str(Path(__file__).resolve().parent), str(backlog), str(model), str(out), kw))
+    got = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, text=True,
+                         capture_output=True, check=True)
+    return json.loads(next(x for x in got.stdout.splitlines() if x.startswith("RUN "))[4:])
 
 
 def busy_share(run: dict) -> float:
@@ -122,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true",
                     help="on a GPU node: (g) the 10x backlog with engine=staged, one model actor "
                          "per GPU; prints audio hours per GPU hour and the GPU busy share")
-    ap.add_argument("--runs", help="comma-separated subset of b,c,s,c1,c10,c10-int8,c10-diarize "
-                                   "(default: all)")
+    ap.add_argument("--runs", help="comma-separated subset of b,c,s,c1,c10,c10-int8,c10-diarize,"
+                                   "c10-full,c10-int8-full (default: all)")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--tmp", help="parent folder for the temp backlog (default: $TMPDIR)")
     args = ap.parse_args(argv)
@@ -149,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             ("s", mid, {"engine": "staged", "read_cpus": 0.5}),
             ("c1", one, {}), ("c10", big, {}),
             ("c10-int8", big, {"encoder_precision": "int8", "allow_mixed_precision": True}),
-            ("c10-diarize", big, {"customer_channel": "diarize"})]
+            ("c10-diarize", big, {"customer_channel": "diarize"}),
+            # every encoder layer run, as before scoring cut the encoder at the head's state
+            ("c10-full", big, {"env": FULL}),
+            ("c10-int8-full", big, {"encoder_precision": "int8", "allow_mixed_precision": True,
+                                    "env": FULL})]
     if args.gpu:
         plan = [("g", big, {"engine": "staged", "gpus_per_worker": 1.0, "batch_size": 256})]
     elif args.runs:
@@ -159,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         gpu = GpuSampler() if args.gpu else None
         with gpu or _nothing():
-            mon, run = measure(key, lambda: run_once(backlog, args.model, tmp / f"o-{key}", **kw))
+            if "env" in kw:
+                mon, run = measure(key, lambda: run_child(backlog, args.model, tmp / f"o-{key}",
+                                                          **kw))
+            else:
+                mon, run = measure(key, lambda: run_once(backlog, args.model, tmp / f"o-{key}",
+                                                         **kw))
         res[key] = {"audio_s": run["fresh_audio_s"], "scoring_s": run["scoring_s"],
                     "wall_s": time.time() - t0, "rate": run["fresh_audio_s"] / run["scoring_s"],
                     "engine": run["engine"], "model_workers": run["worker_processes"],
@@ -181,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     formulas = {"rt_per_core": (("c10",), lambda r: r["c10"]["rate"] / cores),
                 "rt_per_core_int8": (("c10-int8",), lambda r: r["c10-int8"]["rate"] / cores),
                 "int8_vs_fp32": (("c10", "c10-int8"), lambda r: r["c10-int8"]["rate"] / r["c10"]["rate"]),
+                "cut_vs_full": (("c10", "c10-full"), lambda r: r["c10"]["rate"] / r["c10-full"]["rate"]),
+                "cut_vs_full_int8": (("c10-int8", "c10-int8-full"),
+                                     lambda r: r["c10-int8"]["rate"] / r["c10-int8-full"]["rate"]),
                 "rt_per_core_diarize": (("c10-diarize",), lambda r: r["c10-diarize"]["rate"] / cores),
                 "diarize_vs_downmix": (("c10", "c10-diarize"),
                                        lambda r: r["c10-diarize"]["rate"] / r["c10"]["rate"]),

@@ -227,11 +227,15 @@ class Batch:
 class SpeechEncoder:
     """A loaded encoder: ``states(batch)`` -> hidden states of every layer (with grads when
     training), ``pooled(waves)`` -> per clip ``(layers + 1, 2 x hidden)`` mean and std over time.
+
+    ``depth``: run the bottom ``depth`` transformer layers only (None: all), so states
+    ``0..depth`` are computed, each exactly as the whole encoder computes it, and the layers
+    above are never run. Scoring sets it to the deepest state its head reads.
     """
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto",
                  whisper_input: str = "unpadded", chunk_s: float = 30.0, batch_size: int = 8,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", depth: int | None = None):
         if whisper_input not in WHISPER_INPUTS:
             raise ValueError(f"whisper_input={whisper_input!r} is not one of {list(WHISPER_INPUTS)}")
         self.device = resolve_device(device)
@@ -239,20 +243,41 @@ class SpeechEncoder:
         self.dtype = resolve_dtype("fp32" if self.precision == "int8" else dtype, self.device)
         self.config, self.backbone, self.fe = load_pretrained(model, self.dtype)
         self.backbone.to(self.device).eval()
+        self.whisper = self.config.model_type == WHISPER
+        if self.whisper:
+            self.n_layers, self.hidden = self.config.encoder_layers, self.config.d_model
+        else:
+            self.n_layers, self.hidden = self.config.num_hidden_layers, self.config.hidden_size
+        self.depth = self._cut(depth)
         if self.precision == "int8":
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             quantize_int8(self.backbone)
-        self.whisper = self.config.model_type == WHISPER
         self.whisper_input = whisper_input
         self.batch_size = max(1, int(batch_size))
         window = self.window_s
         self.chunk_s = min(float(chunk_s), window) if window else float(chunk_s)
         self.work = Work()
-        if self.whisper:
-            self.n_layers, self.hidden = self.config.encoder_layers, self.config.d_model
-        else:
-            self.n_layers, self.hidden = self.config.num_hidden_layers, self.config.hidden_size
+
+    def _cut(self, depth: int | None) -> int | None:
+        """Keep the bottom ``depth`` layers (None, or all of them: the whole encoder); the others
+        are dropped before any quantisation. transformers records a waveform model's states as
+        layer outputs (its last one before any final norm), so cutting its layer list keeps
+        them; Whisper's own loop applies its final norm only when every layer runs."""
+        if depth is None or int(depth) == self.n_layers:
+            return None
+        if not 0 <= int(depth) < self.n_layers:
+            raise ValueError(f"depth={depth}: this encoder has {self.n_layers} layers "
+                             f"(hidden states 0..{self.n_layers})")
+        depth = int(depth)
+        import torch
+
+        if self.whisper:  # its own layer loop (_whisper_states) applies no final norm then
+            self.backbone.layers = torch.nn.ModuleList(list(self.backbone.layers)[:depth])
+        else:  # transformers records a layer's input with its output: keep one layer for state 0
+            enc = self.backbone.encoder
+            enc.layers = torch.nn.ModuleList(list(enc.layers)[: max(depth, 1)])
+        return depth
 
     @property
     def window_s(self) -> float | None:
@@ -263,8 +288,8 @@ class SpeechEncoder:
 
     @property
     def n_states(self) -> int:
-        """Hidden states per clip: the embeddings plus one per transformer layer."""
-        return self.n_layers + 1
+        """Hidden states per clip: the embeddings plus one per transformer layer run."""
+        return (self.n_layers if self.depth is None else self.depth) + 1
 
     # -- inputs ---------------------------------------------------------------------------
     def batch(self, waves: Sequence[np.ndarray]) -> Batch:
@@ -310,7 +335,7 @@ class SpeechEncoder:
         output (Whisper's last one after its final layer norm, as ``last_hidden_state``)."""
         if not self.whisper:
             out = self.backbone(**batch.inputs, output_hidden_states=True)
-            return list(out.hidden_states)
+            return list(out.hidden_states)[: self.n_states]
         return self._whisper_states(batch)
 
     def _whisper_states(self, batch: Batch) -> list:
@@ -339,7 +364,8 @@ class SpeechEncoder:
             x = layer(x, mask)
             x = x[0] if isinstance(x, tuple) else x
             states.append(x)
-        states[-1] = enc.layer_norm(x)
+        if self.depth is None:
+            states[-1] = enc.layer_norm(x)
         return states
 
     @property

@@ -156,6 +156,8 @@ def test_int8_precision_is_recorded_and_mixing_it_with_float_is_refused(world, t
     _ok(*score, "--output", str(tmp_path / "reports"))
     assert read_runs(tmp_path / "reports")[-1]["encoder_precision"] == {
         "trained": "int8", "scoring": "int8", "mixed": False}
+    # the head reads the middle state (1 of 0..2): the encoder's top layer is not run
+    assert read_runs(tmp_path / "reports")[-1]["encoder_layers"] == {"run": 1, "of": 2}
     score += ["--output", str(tmp_path / "mixed"), "--set", "encoder_precision=fp32"]
     r = _cli(*score)
     assert r.returncode != 0 and "trained on int8 encoder features" in r.stderr

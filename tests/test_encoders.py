@@ -285,3 +285,75 @@ def test_a_gpu_batch_is_sized_from_free_memory(tiny, monkeypatch):
     # longer clips, fewer of them
     monkeypatch.setattr(encoders, "free_memory", lambda device: 2 ** 28)
     assert enc.batch_limit(16000 * 30) < enc.batch_limit(16000 * 3)
+
+
+def _stable_wav2vec2(folder) -> str:
+    """A tiny wav2vec 2.0 of the large models' kind: layer norms before each block and one
+    after the last layer (``do_stable_layer_norm``)."""
+    from transformers import AutoModel, Wav2Vec2FeatureExtractor
+    from encoder_helpers import _waveform_config
+
+    torch.manual_seed(3)
+    cfg = _waveform_config("wav2vec2")
+    cfg.do_stable_layer_norm, cfg.feat_extract_norm, cfg.num_hidden_layers = True, "layer", 3
+    AutoModel.from_config(cfg).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "wav2vec2-stable"])
+def test_a_cut_encoder_gives_the_states_below_the_cut_exactly(tiny, family, tmp_path):
+    model = _stable_wav2vec2(tmp_path / "m") if family == "wav2vec2-stable" else tiny[family]
+    clips = _clips(0.8, 1.0, 1.7, seed=2)
+    full = get_extractor("encoder", model=model, batch_size=4).many(clips, SR)
+    n = full[0].shape[0] - 1  # layers
+    assert n >= 2
+    for depth in range(n):
+        e = get_extractor("encoder", model=model, batch_size=4, depth=depth)
+        cut = e.many(clips, SR)
+        assert e.encoder().n_states == depth + 1
+        # the layers above the cut are gone from the module, not only skipped
+        layers = e.encoder().backbone.layers if family == "whisper" else \
+            e.encoder().backbone.encoder.layers
+        assert len(layers) == max(depth, 1 if family != "whisper" else 0)
+        for a, b in zip(full, cut):
+            assert b.shape == (depth + 1, a.shape[1])
+            np.testing.assert_allclose(b, a[: depth + 1], rtol=1e-5, atol=1e-5)
+    # the top state of the whole encoder (Whisper's after its final layer norm) differs from
+    # the layer's raw output a cut there would give: the cut is not a no-op
+    assert get_extractor("encoder", model=model, depth=n).encoder().depth is None
+    with pytest.raises(ValueError, match="layers"):
+        get_extractor("encoder", model=model, depth=n + 1).encoder()
+    with pytest.raises(ValueError, match="depth"):
+        get_extractor("encoder", model=model, depth=-1)
+
+
+def test_int8_cut_encoder_and_windows_run_up_to_the_state_the_head_reads(tiny, monkeypatch):
+    from ser_ray.features import extractor_config
+    from ser_ray.features.windows import WindowFeatures, encoder_depth, shallow
+
+    clips = _clips(1.0, 1.3, seed=5)
+    full = get_extractor("encoder", model=tiny["whisper"], precision="int8").many(clips, SR)
+    cut = get_extractor("encoder", model=tiny["whisper"], precision="int8", depth=1)
+    np.testing.assert_allclose(cut.many(clips, SR), [a[:2] for a in full], rtol=1e-5, atol=1e-5)
+    settings = extractor_config(get_extractor("encoder", model=tiny["whisper"]))
+    fc = {"features": ["encoder"], "extractors": {"encoder": settings},
+          "audio": {"sample_rate": SR}}
+    middle = {**fc, "layers": layer_selection("auto", 3, False)}  # state 1 of 0..2
+    assert shallow(middle)["extractors"]["encoder"]["depth"] == 1
+    assert encoder_depth(middle) == {"run": 1, "of": 2}
+    assert encoder_depth(fc) is None
+    # heads reading the top state, or every state, run the whole encoder
+    for spec, stack in (("-1", False), ("all", True), ("auto", True)):
+        f = {**fc, "layers": layer_selection(spec, 3, stack)}
+        assert shallow(f) is f and encoder_depth(f) == {"run": 2, "of": 2}
+    # a window's row: the same numbers from the cut encoder as from every state
+    rows = WindowFeatures(middle).many(clips)
+    assert WindowFeatures(middle).extractors[0].depth == 1
+    monkeypatch.setenv("SER_RAY_ENCODER_DEPTH", "full")
+    assert WindowFeatures(middle).extractors[0].depth is None
+    np.testing.assert_allclose(rows, WindowFeatures(middle).many(clips), rtol=1e-5, atol=1e-5)
+    fused = {**middle, "features": ["encoder", "egemaps"],
+             "layers": {**middle["layers"], "feature": "encoder"}}
+    monkeypatch.delenv("SER_RAY_ENCODER_DEPTH")
+    assert shallow(fused)["extractors"]["encoder"]["depth"] == 1

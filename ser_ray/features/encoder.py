@@ -37,6 +37,9 @@ class Encoder(Extractor):
     GPU). ``prepare`` records the precision ``auto`` resolved to, and scoring refuses a model
     whose features were made in the other family unless mixing is allowed. ``device``: auto = a
     GPU when one is visible. ``batch_size``: chunks per forward pass, bucketed by length.
+    ``depth``: run the bottom ``depth`` layers only, giving ``(depth + 1, 2 x hidden)``
+    (None: every layer). Scoring sets it to the deepest state its model reads
+    (``features.windows.shallow``); prepare keeps every state for learn to choose from.
     """
 
     warm_at_install: ClassVar[bool] = False
@@ -47,6 +50,7 @@ class Encoder(Extractor):
     dtype: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
+    depth: int | None = None
 
     def __post_init__(self):
         _check_choice(self.name, "whisper_input", self.whisper_input, WHISPER_INPUTS)
@@ -60,6 +64,9 @@ class Encoder(Extractor):
                              f"prepare with audio.sample_rate={SAMPLE_RATE}")
         if self.chunk_s <= 0 or self.batch_size < 1:
             raise ValueError("encoder: chunk_s must be > 0 and batch_size >= 1")
+        if self.depth is not None and (not isinstance(self.depth, int) or self.depth < 0):
+            raise ValueError(f"encoder: depth={self.depth!r} must be a layer count >= 0, or "
+                             "null for every layer")
 
     def min_samples(self, sr: int) -> int:
         return MIN_SAMPLES
@@ -73,7 +80,8 @@ class Encoder(Extractor):
 
             enc = SpeechEncoder(self.model, device=self.device, dtype=self.dtype,
                                 whisper_input=self.whisper_input, chunk_s=self.chunk_s,
-                                batch_size=self.batch_size, precision=self.precision)
+                                batch_size=self.batch_size, precision=self.precision,
+                                depth=self.depth)
             self.__dict__["_encoder"] = enc  # frozen dataclass: a cache, not config
         return enc
 

@@ -44,6 +44,36 @@ def model_window(fc: dict[str, Any]) -> tuple[float, str]:
     return DEFAULT_WINDOW_S, "default"
 
 
+def shallow(fc: dict[str, Any]) -> dict[str, Any]:
+    """``fc`` as a window's features need computing: when its model reads hidden states of an
+    ``encoder`` feature below the top one only (the default head reads the middle state), the
+    encoder runs up to the deepest state read (its ``depth``), so the layers above are not
+    computed, and the selection counts the states it gets. The states read are the same
+    numbers. ``SER_RAY_ENCODER_DEPTH=full`` runs every layer (benchmarks compare the two)."""
+    import os
+
+    sel = fc.get("layers")
+    if not isinstance(sel, dict) or os.environ.get("SER_RAY_ENCODER_DEPTH") == "full":
+        return fc
+    names = [sel["feature"]] if sel.get("feature") else list(fc["features"])
+    settings = fc["extractors"].get(names[0]) if len(names) == 1 else None
+    deepest = max(sel["index"])
+    if not settings or settings.get("name") != "encoder" or deepest + 1 >= sel["states"]:
+        return fc
+    return {**fc, "layers": {**sel, "states": deepest + 1},
+            "extractors": {**fc["extractors"], names[0]: {**settings, "depth": deepest}}}
+
+
+def encoder_depth(fc: dict[str, Any]) -> dict[str, int] | None:
+    """What a run record says of the encoder layers a window runs: ``{"run": k, "of": n}``
+    (None without a layered encoder feature)."""
+    sel = fc.get("layers")
+    if not isinstance(sel, dict):
+        return None
+    run = shallow(fc)["layers"]["states"]
+    return {"run": run - 1, "of": sel["states"] - 1}
+
+
 class WindowFeatures:
     """One analysis window of conditioned audio -> one model input row, as training made them.
 
@@ -55,6 +85,7 @@ class WindowFeatures:
     def __init__(self, fc: dict[str, Any]):
         from ser_ray.features.inputs import extractor_from_settings
 
+        fc = shallow(fc)
         self.audio = from_dict(AudioConfig, dict(fc.get("audio") or {}))
         self.sr = self.audio.sample_rate
         self.extractors = [extractor_from_settings(fc["extractors"][n]) for n in fc["features"]]

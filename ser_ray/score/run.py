@@ -49,7 +49,7 @@ from ser_ray.score.cost import night_cost
 from ser_ray.score.drift import night_drift, read_units
 from ser_ray.score.commit import NightLock, check_replaces_whole, run_record_uri
 from ser_ray.score.engines import ENGINES, engine_for, make_engine, run_wave
-from ser_ray.features.windows import model_window
+from ser_ray.features.windows import encoder_depth, model_window
 from ser_ray.score.model import ModelInfo
 from ser_ray.score.publish import publish, write_index, write_report
 from ser_ray.score.reference import (ONE_PASS_STATISTICS, Populations, reference_key,
@@ -404,6 +404,8 @@ def _run_score(cfg: ScoreConfig, storage: Storage, progress: bool) -> dict[str, 
            # the pretrained models its features come from (an encoder, Whisper, a text encoder)
            "feature_models": extractor_models(model.feature_config),
            "encoder_precision": night.precision,
+           # the encoder layers each window runs: up to the deepest state the head reads
+           "encoder_layers": encoder_depth(model.feature_config),
            "window_s": settings.window_s, "window_from": night.window_from,
            "vad": settings.vad, "normalisation": norm_record, "diarization": diarization,
            "config": public_dict(cfg),
