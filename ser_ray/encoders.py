@@ -332,7 +332,8 @@ class SpeechEncoder:
     # -- forward --------------------------------------------------------------------------
     def states(self, batch: Batch) -> list:
         """Hidden states ``[(B, T, hidden)] * n_states``: the embeddings, then every layer's
-        output (Whisper's last one after its final layer norm, as ``last_hidden_state``)."""
+        output (Whisper's last one after its final layer norm, as ``last_hidden_state``, when
+        every layer runs); ``depth + 1`` of them for a cut encoder."""
         if not self.whisper:
             out = self.backbone(**batch.inputs, output_hidden_states=True)
             return list(out.hidden_states)[: self.n_states]

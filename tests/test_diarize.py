@@ -133,8 +133,8 @@ def failing_ray():
     from cli_helpers import patched_environ
 
     with patched_environ({"SER_RAY_FAIL_DIARIZE": "call-0003"}):
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=1,
+                 include_dashboard=False, log_to_driver=False)  # as conftest._start_ray
     yield
     ray.shutdown()
 

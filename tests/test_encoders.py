@@ -69,7 +69,12 @@ def test_whisper_is_capped_at_its_window_and_padded_input_is_offered(tiny):
 
 
 def test_bad_models_and_options_are_clear_errors(tiny, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE when it is imported; without its constant too, the
+    # hub id below is fetched with HTTP retries and back-off (23 s here)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     (y,) = _clips(0.5)
     with pytest.raises(ValueError, match="set its model"):
         get_extractor("encoder")

@@ -273,7 +273,8 @@ def test_the_staged_engine_publishes_the_same_rows(scored, score_model, backlog,
     rows as the one-pool default, and its run record splits the work between the two sides."""
     out = tmp_path / "staged"
     run = run_score(_config(score_model, [backlog["folder"]], out, metadata=str(backlog["metadata"]),
-                            engine="staged", read_cpus=0.5, calls_per_task=1, read_ahead=1),
+                            engine="staged", read_cpus=0.5, cpus_per_worker=0.5, calls_per_task=1,
+                            read_ahead=1),
                     progress=False)
     assert run["engine"] == "staged" and run["counts"] == scored["run"]["counts"]
     assert run["read_seconds"] > 0 and run["model_seconds"] > 0

@@ -45,8 +45,8 @@ def crashing_ray():
     from cli_helpers import patched_environ
 
     with patched_environ({"SER_RAY_CRASH_ON_CALL": "crash-me"}):
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=1,
+                 include_dashboard=False, log_to_driver=False)  # as conftest._start_ray
     yield
     ray.shutdown()
 
@@ -152,7 +152,7 @@ def test_a_call_that_kills_its_worker_gets_a_row_and_the_night_goes_on(
     victim = _ids(folder)[0]
     (folder / f"{victim}.wav").rename(folder / "crash-me.wav")
     out = tmp_path / "out"
-    extra = {"read_cpus": 0.5} if engine == "staged" else {}
+    extra = {"read_cpus": 0.5, "cpus_per_worker": 0.5} if engine == "staged" else {}
     run_score(_cfg(score_model, folder, out, night, engine=engine, num_workers=1, **extra),
               progress=False)
     calls = read_calls(out).set_index("call_id")

@@ -118,7 +118,7 @@ def test_an_encoder_feature_model_on_s3_with_the_staged_pools_equals_a_local_run
 
     local = night(folder, tmp_path / "out")
     remote = night("s3://calls/incoming/enc", "s3://calls/enc-reports", engine="staged",
-                   read_cpus=0.5, calls_per_task=1)
+                   read_cpus=0.5, cpus_per_worker=0.5, calls_per_task=1)
     assert local["engine"] == "actors" and remote["engine"] == "staged"
     assert remote["calls"] == len(truth) and remote["counts"] == local["counts"]
     assert remote["counts"]["scored"] >= 3
