@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-output
 # pytest-xdist workers for `make test`: a module per worker at a time (tests/conftest.py).
-# Each worker's modules start their own 2-CPU local Ray, so more workers need more cores.
+# Each worker's modules start their own local Ray of 1 CPU (2 where a module asks); the suite is
+# CPU-bound, so more workers need more cores.
 JOBS   ?= 2
 
 .PHONY: demo test test-fast install s3-server browser clean

@@ -233,16 +233,11 @@ def test_enrolled_agents_and_their_errors(night, tmp_path):
 
 def test_a_night_killed_in_its_voices_pass_resumes_to_the_same_rows(night, tmp_path):
     """SIGKILL the whole job (driver and its Ray) once the voices pass has staged units; the
-    rerun reads them back and publishes what an undisturbed run publishes. Every run is a
-    process of its own with its own Ray (the module's Ray has the fault switch set)."""
-    import subprocess
-    import sys
-
+    rerun reads them back and publishes what an undisturbed run publishes. The killed run is a
+    process of its own with its own Ray, given the module's fault switch (call-0003 fails
+    diarisation) as the reruns on the module's Ray have it."""
+    from cli_helpers import patched_environ, ser_ray_cli
     from prepare_helpers import kill_cli_once_staged
-
-    def ser_ray_cli(*a):
-        r = subprocess.run([sys.executable, "-m", "ser_ray.cli", *a], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
 
     def args(out):
         return ["score", "--model", night["cfg"].model, "--input", str(night["root"] / "in"),
@@ -250,7 +245,8 @@ def test_a_night_killed_in_its_voices_pass_resumes_to_the_same_rows(night, tmp_p
                 "--set", "calls_per_task=1", "--no-progress"]
 
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
-    done = kill_cli_once_staged(args(resumed), resumed / "_staging", "voices.json", 2)
+    with patched_environ({"SER_RAY_FAIL_DIARIZE": "call-0003"}):
+        done = kill_cli_once_staged(args(resumed), resumed / "_staging", "voices.json", 2)
     assert 2 <= done < len(night["truth"]), "the kill should land mid-pass"
     assert not (resumed / "calls").exists()
     ser_ray_cli(*args(resumed))
@@ -258,6 +254,8 @@ def test_a_night_killed_in_its_voices_pass_resumes_to_the_same_rows(night, tmp_p
     cols = ["call_id", "status", "diarization", "customer_speech_s", "agent_speech_s", "urgency_score"]
     a, b = (read_calls(o).sort_values("call_id").reset_index(drop=True)[cols] for o in (resumed, clean))
     pd.testing.assert_frame_equal(a, b)
-    # nothing failed here but the silent file, which has no speech to split
-    assert set(a.loc[a["diarization"] == "failed", "status"]) == {"no_speech"}
+    # nothing failed but the silent file, which has no speech to split, and the switched call
+    failed = a[a["diarization"] == "failed"]
+    assert set(failed["status"]) == {"no_speech", "scored"}
+    assert set(failed.loc[failed["status"] == "scored", "call_id"]) == {"call-0003"}
     assert "recurring" in set(a["diarization"])
