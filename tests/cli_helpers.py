@@ -33,6 +33,19 @@ def patched_environ(update: dict[str, str], remove=()):
                 os.environ[k] = v
 
 
+def start_test_ray(cpus: int = 1) -> None:
+    """A local Ray on 127.0.0.1 for a test module, of ``cpus`` CPUs (default 1).
+
+    One CPU means one scoring actor or prepare task at a time. Each actor imports and warms up
+    the whole scoring stack (seconds of CPU), and on CI's 2 cores, with two xdist workers, the
+    suite is CPU-bound, so a second actor per run costs time and covers nothing new. Staged runs
+    give their model actors half a CPU beside the read pool's half."""
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=cpus,
+             include_dashboard=False, log_to_driver=False)
+
+
 def ser_ray_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
                 needs_ray: bool = True) -> subprocess.CompletedProcess:
     """``ser-ray ARGS`` in this process: its exit status, stdout and stderr, as subprocess

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import ser_ray  # noqa: F401 - before any test imports transformers (ser_ray.compat)
-from cli_helpers import patched_environ
+from cli_helpers import patched_environ, start_test_ray
 from s3.server import INSTALL_SCRIPT, S3Server, missing_binaries
 
 # Ray Train's controller polls its workers every 2 s by default, and a TorchTrainer waits on
@@ -110,38 +110,23 @@ def s3_server():
 
 
 # --------------------------------------------------------------------------- Ray
-def _start_ray(module) -> None:
-    """A local Ray on 127.0.0.1 with the module's ``RAY_CPUS`` (default 1).
-
-    One CPU means one scoring actor or prepare task at a time. Each actor imports and warms up
-    the whole scoring stack (seconds of CPU), and on CI's 2 cores, with two xdist workers, the
-    suite is CPU-bound, so a second actor per run costs time and covers nothing new. Modules that
-    test work side by side (a staged read pool beside model actors, a worker killed while
-    another goes on) set ``RAY_CPUS = 2``."""
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1",
-             num_cpus=getattr(module, "RAY_CPUS", 1), include_dashboard=False,
-             log_to_driver=False)
-
-
 @pytest.fixture(scope="module")
-def ray_session(request):
-    """One local Ray per test module (:func:`_start_ray`): start-up costs seconds."""
+def ray_session():
+    """One local Ray per test module (``start_test_ray``: 1 CPU): start-up costs seconds."""
     import ray
 
-    _start_ray(request.module)
+    start_test_ray()
     yield
     ray.shutdown()
 
 
 @pytest.fixture(scope="module")
-def ray_after_s3(request, s3_server):
+def ray_after_s3(s3_server):
     """A module's Ray started after the S3 server, so its workers inherit the endpoint and
     credentials; yields the server."""
     import ray
 
-    _start_ray(request.module)
+    start_test_ray()
     yield s3_server
     ray.shutdown()
 

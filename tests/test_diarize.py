@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,11 +128,10 @@ def failing_ray():
     """The module's Ray with the diarisation fault switch set: call-0003 (mono) fails diarisation."""
     import ray
 
-    from cli_helpers import patched_environ
+    from cli_helpers import patched_environ, start_test_ray
 
     with patched_environ({"SER_RAY_FAIL_DIARIZE": "call-0003"}):
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=1,
-                 include_dashboard=False, log_to_driver=False)  # as conftest._start_ray
+        start_test_ray()
     yield
     ray.shutdown()
 

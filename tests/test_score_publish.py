@@ -42,11 +42,10 @@ def crashing_ray():
     reading a call named ``crash-me`` kills the worker process. Only one test has such a call."""
     import ray
 
-    from cli_helpers import patched_environ
+    from cli_helpers import patched_environ, start_test_ray
 
     with patched_environ({"SER_RAY_CRASH_ON_CALL": "crash-me"}):
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=1,
-                 include_dashboard=False, log_to_driver=False)  # as conftest._start_ray
+        start_test_ray()
     yield
     ray.shutdown()
 

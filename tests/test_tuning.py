@@ -67,6 +67,7 @@ def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
     normalisation."""
     import ray
 
+    from cli_helpers import start_test_ray
     from ser_ray.cli import main
 
     cnn = {"model": "cnn1d", "features": ["mfcc"], "frames": 60,
@@ -88,8 +89,7 @@ def test_four_trial_sweep_over_two_architectures_exports_a_model_evaluate_loads(
     }
     path = _write(tmp_path, space)
     out = tmp_path / "sweep"
-    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
-             include_dashboard=False, log_to_driver=False)
+    start_test_ray(2)  # four trials of half a CPU side by side
     try:
         assert main(["tune", "--features", str(learn_corpus["prepared"]), "--space", path,
                      "--output", str(out)]) == 0
