@@ -182,12 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         gpu = GpuSampler() if args.gpu else None
         with gpu or _nothing():
-            if "env" in kw:
-                mon, run = measure(key, lambda: run_child(backlog, args.model, tmp / f"o-{key}",
-                                                          **kw))
-            else:
-                mon, run = measure(key, lambda: run_once(backlog, args.model, tmp / f"o-{key}",
-                                                         **kw))
+            night = run_child if "env" in kw else run_once
+            mon, run = measure(key, lambda: night(backlog, args.model, tmp / f"o-{key}", **kw))
         res[key] = {"audio_s": run["fresh_audio_s"], "scoring_s": run["scoring_s"],
                     "wall_s": time.time() - t0, "rate": run["fresh_audio_s"] / run["scoring_s"],
                     "engine": run["engine"], "model_workers": run["worker_processes"],

@@ -266,10 +266,10 @@ class SpeechEncoder:
         them; Whisper's own loop applies its final norm only when every layer runs."""
         if depth is None or int(depth) == self.n_layers:
             return None
-        if not 0 <= int(depth) < self.n_layers:
+        depth = int(depth)
+        if not 0 <= depth < self.n_layers:
             raise ValueError(f"depth={depth}: this encoder has {self.n_layers} layers "
                              f"(hidden states 0..{self.n_layers})")
-        depth = int(depth)
         import torch
 
         if self.whisper:  # its own layer loop (_whisper_states) applies no final norm then
